@@ -1,0 +1,39 @@
+//! Compiles the `.proto` files under `switchboard/` with protox (pure Rust, no system `protoc`)
+//! into prost messages plus tonic clients and servers, and writes the encoded
+//! `FileDescriptorSet` to `OUT_DIR` for gRPC server reflection.
+
+use std::{env, error::Error, fs, path::PathBuf};
+
+use prost::Message as _;
+
+/// Directory holding every `.proto` file of this crate; cargo rebuilds when anything in it changes.
+const PROTO_DIR: &str = "switchboard";
+
+/// Files to compile, relative to the crate root (which is also the import root).
+const PROTO_FILES: &[&str] = &[
+    "switchboard/v1/common.proto",
+    "switchboard/v1/events.proto",
+    "switchboard/v1/calls.proto",
+    "switchboard/v1/cluster.proto",
+    "switchboard/v1/raft.proto",
+];
+
+/// File name of the encoded descriptor set in `OUT_DIR`; `lib.rs` includes it by this name.
+const DESCRIPTOR_SET_FILE: &str = "switchboard_descriptor.bin";
+
+fn main() -> Result<(), Box<dyn Error>> {
+    println!("cargo:rerun-if-changed={PROTO_DIR}");
+    let crate_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+
+    // protox errors carry the file, line and column; Display gives the readable form.
+    let fds = protox::compile(PROTO_FILES, [&crate_dir])
+        .map_err(|e| format!("failed to compile protos: {e}"))?;
+    fs::write(out_dir.join(DESCRIPTOR_SET_FILE), fds.encode_to_vec())?;
+
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
+    Ok(())
+}

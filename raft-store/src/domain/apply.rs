@@ -1,0 +1,341 @@
+//! The transition function: one `match (state, command)` decides every command.
+//!
+//! `apply` is deterministic: its only inputs are the call as stored, the cluster head, the
+//! request and the leader's stamp. It reads no clock, does no I/O and draws no randomness.
+
+use serde_json::json;
+
+use super::command::{CallLimit, Command, Rejection, Request};
+use super::model::{
+    Call, CallState, ContextSnapshot, Event, Handoff, Head, Labels, Lifecycle, Payload, Turn,
+    event_id, event_type,
+};
+use crate::limits::{CALL_EVENTS_MAX, CALL_TURNS_MAX, ENTITIES_MAX, HANDOFF_TURNS_MAX};
+
+/// What `apply` may look at besides the request.
+#[derive(Debug, Clone, Copy)]
+pub struct View<'a> {
+    /// The addressed call (for `CreateCall`: the call stored under the minted id, if any).
+    pub call: Option<&'a Call>,
+    /// The call's latest turns, oldest first; only `RequestHandoff` reads them, and the storage
+    /// layer loads them only for it (see [`Command::needs_recent_turns`]).
+    pub recent_turns: &'a [Turn],
+}
+
+/// The effect of an accepted command.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Change {
+    pub head: Head,
+    /// The call after the command.
+    pub call: Call,
+    /// A turn to store, for `AppendTurn`.
+    pub turn: Option<Turn>,
+    /// Events appended, in position order; never empty.
+    pub events: Vec<Event>,
+}
+
+impl Command {
+    pub fn needs_recent_turns(&self) -> bool {
+        matches!(self, Command::RequestHandoff { .. })
+    }
+}
+
+/// Applies one request to the state it addresses.
+pub fn apply(head: Head, view: View<'_>, request: &Request) -> Result<Change, Rejection> {
+    request.validate().map_err(Rejection::Invalid)?;
+    let at_ms = head.clock_ms.max(request.stamp.at_ms);
+    let head = Head {
+        clock_ms: at_ms,
+        ..head
+    };
+
+    let call = match (&request.command, view.call) {
+        (Command::CreateCall { .. }, Some(existing)) => {
+            return Err(Rejection::CallExists {
+                call_id: existing.call_id,
+            });
+        }
+        (
+            Command::CreateCall {
+                source,
+                channel,
+                metadata,
+                trace_id,
+            },
+            None,
+        ) => {
+            let call_id = request
+                .stamp
+                .minted_call_id
+                .ok_or(Rejection::MissingStamp)?;
+            let call = Call {
+                call_id,
+                tenant_id: request.tenant_id.clone(),
+                source: source.clone(),
+                channel: *channel,
+                metadata: metadata.clone(),
+                trace_id: trace_id.clone().unwrap_or_default(),
+                room_name: Call::room_name_for(&call_id),
+                created_at_ms: at_ms,
+                lifecycle: Lifecycle::Created,
+                turn_count: 0,
+                last_sequence_number: 0,
+                last_position: 0,
+                summary: String::new(),
+                entities: Labels::new(),
+            };
+            let payload = json!({
+                "source": call.source,
+                "channel": format!("{:?}", call.channel).to_uppercase(),
+                "room_name": call.room_name,
+            });
+            let mut change = Change {
+                head,
+                call,
+                turn: None,
+                events: Vec::new(),
+            };
+            change.emit(
+                event_type::CALL_CREATED,
+                Payload::Json(payload.to_string()),
+                Labels::new(),
+            )?;
+            return Ok(change);
+        }
+        (command, None) => {
+            let call_id = command.call_id().expect("only CreateCall has no call id");
+            return Err(Rejection::UnknownCall { call_id });
+        }
+        // A call of another tenant does not exist for this one.
+        (_, Some(call)) if call.tenant_id != request.tenant_id => {
+            return Err(Rejection::UnknownCall {
+                call_id: call.call_id,
+            });
+        }
+        (_, Some(call)) => call,
+    };
+
+    let mut change = Change {
+        head,
+        call: call.clone(),
+        turn: None,
+        events: Vec::new(),
+    };
+    let call_id = call.call_id;
+    match (&call.lifecycle, &request.command) {
+        (Lifecycle::Ended { .. }, command) => {
+            return Err(Rejection::CallEnded {
+                call_id,
+                command: command.kind(),
+            });
+        }
+        (Lifecycle::Created, Command::StartCall { .. }) => {
+            change.call.lifecycle = Lifecycle::Active {
+                started_at_ms: at_ms,
+            };
+            change.emit(
+                event_type::CALL_STARTED,
+                Payload::Json("{}".into()),
+                Labels::new(),
+            )?;
+        }
+        (
+            Lifecycle::Active { .. } | Lifecycle::HandedOff { .. },
+            Command::AppendTurn {
+                speaker,
+                text,
+                confidence,
+                language,
+                spoken_at_ms,
+                ..
+            },
+        ) => {
+            if call.turn_count >= CALL_TURNS_MAX {
+                return Err(Rejection::CallLimitReached {
+                    call_id,
+                    limit: CallLimit::Turns,
+                    max: CALL_TURNS_MAX,
+                });
+            }
+            let index = call.turn_count + 1;
+            let payload = json!({
+                "index": index,
+                "speaker": speaker,
+                "text": text,
+                "confidence": f64::from(*confidence),
+                "language": language,
+                "spoken_at_ms": spoken_at_ms,
+            });
+            let position = change.emit(
+                event_type::TURN_APPENDED,
+                Payload::Json(payload.to_string()),
+                Labels::new(),
+            )?;
+            change.call.turn_count = index;
+            change.turn = Some(Turn {
+                index,
+                speaker: speaker.clone(),
+                text: text.clone(),
+                confidence: *confidence,
+                language: language.clone(),
+                spoken_at_ms: *spoken_at_ms,
+                appended_at_ms: at_ms,
+                position,
+            });
+        }
+        (
+            Lifecycle::Active { .. } | Lifecycle::HandedOff { .. },
+            Command::LogEvent {
+                event_type,
+                payload,
+                metadata,
+                ..
+            },
+        ) => {
+            change.emit(event_type, payload.clone(), metadata.clone())?;
+        }
+        (
+            Lifecycle::Created | Lifecycle::Active { .. } | Lifecycle::HandedOff { .. },
+            Command::UpdateContext {
+                summary, entities, ..
+            },
+        ) => {
+            if let Some(summary) = summary {
+                change.call.summary = summary.clone();
+            }
+            // An empty value removes the entity.
+            for (key, value) in entities {
+                if value.is_empty() {
+                    change.call.entities.remove(key);
+                } else {
+                    change.call.entities.insert(key.clone(), value.clone());
+                }
+            }
+            if change.call.entities.len() > ENTITIES_MAX {
+                return Err(Rejection::CallLimitReached {
+                    call_id,
+                    limit: CallLimit::Entities,
+                    max: ENTITIES_MAX as u64,
+                });
+            }
+            let payload = json!({ "summary": summary, "entities": entities });
+            change.emit(
+                event_type::CONTEXT_UPDATED,
+                Payload::Json(payload.to_string()),
+                Labels::new(),
+            )?;
+        }
+        (
+            Lifecycle::Active { started_at_ms },
+            Command::RequestHandoff {
+                reason,
+                urgency,
+                target,
+                ..
+            },
+        ) => {
+            let payload = json!({
+                "reason": reason,
+                "urgency": format!("{urgency:?}").to_uppercase(),
+                "target": target,
+            });
+            let position = change.emit(
+                event_type::CALL_HANDED_OFF,
+                Payload::Json(payload.to_string()),
+                Labels::new(),
+            )?;
+            let skip = view.recent_turns.len().saturating_sub(HANDOFF_TURNS_MAX);
+            change.call.lifecycle = Lifecycle::HandedOff {
+                started_at_ms: *started_at_ms,
+                handoff: Handoff {
+                    reason: reason.clone(),
+                    urgency: *urgency,
+                    target: target.clone(),
+                    at_ms,
+                    position,
+                    snapshot: ContextSnapshot {
+                        summary: call.summary.clone(),
+                        entities: call.entities.clone(),
+                        recent_turns: view.recent_turns[skip..].to_vec(),
+                    },
+                },
+            };
+        }
+        (Lifecycle::HandedOff { handoff, .. }, Command::RequestHandoff { .. }) => {
+            return Err(Rejection::AlreadyHandedOff {
+                call_id,
+                at_position: handoff.position,
+            });
+        }
+        (
+            lifecycle,
+            Command::EndCall {
+                reason, resolution, ..
+            },
+        ) => {
+            let from = lifecycle.state();
+            let payload =
+                json!({ "reason": reason, "resolution": resolution, "from": from.as_str() });
+            change.emit(
+                event_type::CALL_ENDED,
+                Payload::Json(payload.to_string()),
+                Labels::new(),
+            )?;
+            change.call.lifecycle = Lifecycle::Ended {
+                started_at_ms: lifecycle.started_at_ms(),
+                handoff: lifecycle.handoff().cloned(),
+                ended_at_ms: at_ms,
+                reason: reason.clone(),
+                resolution: resolution.clone(),
+            };
+        }
+        (lifecycle, command) => {
+            return Err(Rejection::IllegalTransition {
+                call_id,
+                from: lifecycle.state(),
+                command: command.kind(),
+            });
+        }
+    }
+    Ok(change)
+}
+
+impl Change {
+    /// Appends the call's next event at the cluster's next position; returns the position.
+    fn emit(
+        &mut self,
+        event_type: &str,
+        payload: Payload,
+        metadata: Labels,
+    ) -> Result<u64, Rejection> {
+        if self.call.last_sequence_number >= CALL_EVENTS_MAX {
+            return Err(Rejection::CallLimitReached {
+                call_id: self.call.call_id,
+                limit: CallLimit::Events,
+                max: CALL_EVENTS_MAX,
+            });
+        }
+        let position = self.head.next_position;
+        let sequence_number = self.call.last_sequence_number + 1;
+        self.events.push(Event {
+            position,
+            event_id: event_id(position),
+            event_type: event_type.to_owned(),
+            call_id: self.call.call_id,
+            tenant_id: self.call.tenant_id.clone(),
+            trace_id: self.call.trace_id.clone(),
+            sequence_number,
+            at_ms: self.head.clock_ms,
+            payload,
+            metadata,
+        });
+        self.head.next_position = position + 1;
+        self.call.last_sequence_number = sequence_number;
+        self.call.last_position = position;
+        Ok(position)
+    }
+
+    pub fn state(&self) -> CallState {
+        self.call.state()
+    }
+}

@@ -1,0 +1,286 @@
+//! Commands clients ask for, the stamp the leader adds, and the typed rejections.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::model::{CallId, CallState, Channel, Labels, Payload, Urgency, event_type};
+use crate::limits::{
+    self, ENTITY_BOUNDS, EVENT_PAYLOAD_BYTES_MAX, EVENT_TYPE_BYTES_MAX, Field, Invalid,
+    LANGUAGE_BYTES_MAX, METADATA_BOUNDS, Problem, REASON_BYTES_MAX, REQUEST_ID_BYTES_MAX,
+    RESOLUTION_BYTES_MAX, SOURCE_BYTES_MAX, SPEAKER_BYTES_MAX, SUMMARY_BYTES_MAX, TARGET_BYTES_MAX,
+    TENANT_ID_BYTES_MAX, TRACE_ID_BYTES_MAX, TURN_TEXT_BYTES_MAX,
+};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    CreateCall {
+        source: String,
+        channel: Channel,
+        metadata: Labels,
+        trace_id: Option<String>,
+    },
+    StartCall {
+        call_id: CallId,
+    },
+    AppendTurn {
+        call_id: CallId,
+        speaker: String,
+        text: String,
+        confidence: f32,
+        language: String,
+        spoken_at_ms: u64,
+    },
+    LogEvent {
+        call_id: CallId,
+        event_type: String,
+        payload: Payload,
+        metadata: Labels,
+    },
+    UpdateContext {
+        call_id: CallId,
+        summary: Option<String>,
+        entities: Labels,
+    },
+    RequestHandoff {
+        call_id: CallId,
+        reason: String,
+        urgency: Urgency,
+        target: Option<String>,
+    },
+    EndCall {
+        call_id: CallId,
+        reason: String,
+        resolution: String,
+    },
+}
+
+/// The kind of a command, for rejections and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum CommandKind {
+    CreateCall,
+    StartCall,
+    AppendTurn,
+    LogEvent,
+    UpdateContext,
+    RequestHandoff,
+    EndCall,
+}
+
+impl CommandKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommandKind::CreateCall => "CreateCall",
+            CommandKind::StartCall => "StartCall",
+            CommandKind::AppendTurn => "AppendTurn",
+            CommandKind::LogEvent => "LogEvent",
+            CommandKind::UpdateContext => "UpdateContext",
+            CommandKind::RequestHandoff => "RequestHandoff",
+            CommandKind::EndCall => "EndCall",
+        }
+    }
+}
+
+impl std::fmt::Display for CommandKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Command {
+    pub fn kind(&self) -> CommandKind {
+        match self {
+            Command::CreateCall { .. } => CommandKind::CreateCall,
+            Command::StartCall { .. } => CommandKind::StartCall,
+            Command::AppendTurn { .. } => CommandKind::AppendTurn,
+            Command::LogEvent { .. } => CommandKind::LogEvent,
+            Command::UpdateContext { .. } => CommandKind::UpdateContext,
+            Command::RequestHandoff { .. } => CommandKind::RequestHandoff,
+            Command::EndCall { .. } => CommandKind::EndCall,
+        }
+    }
+
+    /// The call a command addresses; `None` for `CreateCall`, whose id the leader mints.
+    pub fn call_id(&self) -> Option<CallId> {
+        match self {
+            Command::CreateCall { .. } => None,
+            Command::StartCall { call_id }
+            | Command::AppendTurn { call_id, .. }
+            | Command::LogEvent { call_id, .. }
+            | Command::UpdateContext { call_id, .. }
+            | Command::RequestHandoff { call_id, .. }
+            | Command::EndCall { call_id, .. } => Some(*call_id),
+        }
+    }
+
+    /// Checks every field against its bound (DESIGN §6).
+    pub fn validate(&self) -> Result<(), Invalid> {
+        match self {
+            Command::CreateCall {
+                source,
+                channel: _,
+                metadata,
+                trace_id,
+            } => {
+                limits::check_bytes(Field::Source, source, SOURCE_BYTES_MAX)?;
+                limits::check_map(METADATA_BOUNDS, metadata.iter())?;
+                if let Some(trace_id) = trace_id {
+                    limits::check_bytes(Field::TraceId, trace_id, TRACE_ID_BYTES_MAX)?;
+                }
+                Ok(())
+            }
+            Command::StartCall { .. } => Ok(()),
+            Command::AppendTurn {
+                speaker,
+                text,
+                confidence,
+                language,
+                ..
+            } => {
+                limits::check_required(Field::Speaker, speaker, SPEAKER_BYTES_MAX)?;
+                limits::check_required(Field::Text, text, TURN_TEXT_BYTES_MAX)?;
+                if !(0.0..=1.0).contains(confidence) {
+                    return Err(Invalid::new(Field::Confidence, Problem::NotInUnitRange));
+                }
+                limits::check_bytes(Field::Language, language, LANGUAGE_BYTES_MAX)
+            }
+            Command::LogEvent {
+                event_type,
+                payload,
+                metadata,
+                ..
+            } => {
+                limits::check_required(Field::EventType, event_type, EVENT_TYPE_BYTES_MAX)?;
+                if event_type::RESERVED.contains(&event_type.as_str()) {
+                    return Err(Invalid::new(Field::EventType, Problem::Reserved));
+                }
+                if payload.len_bytes() > EVENT_PAYLOAD_BYTES_MAX {
+                    return Err(Invalid::new(
+                        Field::Payload,
+                        Problem::BytesOver {
+                            bytes_max: EVENT_PAYLOAD_BYTES_MAX as u64,
+                            bytes: payload.len_bytes() as u64,
+                        },
+                    ));
+                }
+                if let Payload::Json(text) = payload
+                    && serde_json::from_str::<serde::de::IgnoredAny>(text).is_err()
+                {
+                    return Err(Invalid::new(Field::Payload, Problem::NotJson));
+                }
+                limits::check_map(METADATA_BOUNDS, metadata.iter())
+            }
+            Command::UpdateContext {
+                summary, entities, ..
+            } => {
+                if let Some(summary) = summary {
+                    limits::check_bytes(Field::Summary, summary, SUMMARY_BYTES_MAX)?;
+                }
+                limits::check_map(ENTITY_BOUNDS, entities.iter())
+            }
+            Command::RequestHandoff { reason, target, .. } => {
+                limits::check_required(Field::Reason, reason, REASON_BYTES_MAX)?;
+                if let Some(target) = target {
+                    limits::check_bytes(Field::Target, target, TARGET_BYTES_MAX)?;
+                }
+                Ok(())
+            }
+            Command::EndCall {
+                reason, resolution, ..
+            } => {
+                limits::check_required(Field::Reason, reason, REASON_BYTES_MAX)?;
+                limits::check_bytes(Field::Resolution, resolution, RESOLUTION_BYTES_MAX)
+            }
+        }
+    }
+
+    /// A digest of the command's content, used to tell a retry of a request from a different
+    /// request that reuses its id. Stable across replicas and versions of this binary as long
+    /// as the command's serialized form is.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        // Serializing plain data into a Vec cannot fail.
+        let bytes = postcard::to_stdvec(self).expect("commands serialize to memory");
+        Sha256::digest(&bytes).into()
+    }
+}
+
+/// What the leader decided before proposing: time and minted ids. Replicas never read a clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stamp {
+    pub at_ms: u64,
+    /// The id of the call a `CreateCall` creates (UUIDv7 minted by the leader).
+    pub minted_call_id: Option<CallId>,
+}
+
+/// A client request as it is replicated: who asks, under which idempotency key, for what.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    pub tenant_id: String,
+    pub request_id: String,
+    pub command: Command,
+    pub stamp: Stamp,
+}
+
+impl Request {
+    /// Validates every field of the request, envelope included.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        self.validate_envelope()?;
+        self.command.validate()
+    }
+
+    /// Validates who asks and the idempotency key, without the command.
+    pub fn validate_envelope(&self) -> Result<(), Invalid> {
+        limits::check_required(Field::TenantId, &self.tenant_id, TENANT_ID_BYTES_MAX)?;
+        limits::check_required(Field::RequestId, &self.request_id, REQUEST_ID_BYTES_MAX)
+    }
+}
+
+/// Why a command was not applied. Deterministic and replicated like a success; changes no call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Rejection {
+    #[error("call {call_id} not found")]
+    UnknownCall { call_id: CallId },
+    #[error("call {call_id} already exists")]
+    CallExists { call_id: CallId },
+    #[error("call {call_id} is {from}: {command} is not allowed in that state")]
+    IllegalTransition {
+        call_id: CallId,
+        from: CallState,
+        command: CommandKind,
+    },
+    #[error("call {call_id} was already handed off at event position {at_position}")]
+    AlreadyHandedOff { call_id: CallId, at_position: u64 },
+    #[error("call {call_id} has ended: {command} is not allowed on an ended call")]
+    CallEnded {
+        call_id: CallId,
+        command: CommandKind,
+    },
+    #[error("call {call_id}: {limit} reached ({max})")]
+    CallLimitReached {
+        call_id: CallId,
+        limit: CallLimit,
+        max: u64,
+    },
+    #[error("invalid argument: {0}")]
+    Invalid(Invalid),
+    #[error("request_id {request_id} was already used for a different request")]
+    RequestIdReused { request_id: String },
+    #[error("create call request carries no minted call id")]
+    MissingStamp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CallLimit {
+    Turns,
+    Events,
+    Entities,
+}
+
+impl std::fmt::Display for CallLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CallLimit::Turns => "turns per call",
+            CallLimit::Events => "events per call",
+            CallLimit::Entities => "entities per call",
+        })
+    }
+}

@@ -1,0 +1,181 @@
+//! Column families and the typed key encoders that make RocksDB order the logical order.
+//!
+//! Every key starts with a one-byte prefix naming its table; integers are big-endian so that
+//! byte order is numeric order; variable-length strings are length-prefixed so that a prefix
+//! scan for one tenant never runs into another tenant whose name extends it.
+
+use crate::domain::{CallId, CallState};
+
+/// Raft log entries, keyed by index.
+pub const CF_LOG: &str = "raft_log";
+/// Raft metadata: vote, committed, last purged.
+pub const CF_META: &str = "raft_meta";
+/// The state machine: every table below, plus `last_applied` and membership.
+pub const CF_SM: &str = "state_machine";
+pub const COLUMN_FAMILIES: [&str; 3] = [CF_LOG, CF_META, CF_SM];
+
+pub const META_VOTE: &[u8] = b"vote";
+pub const META_COMMITTED: &[u8] = b"committed";
+pub const META_LAST_PURGED: &[u8] = b"last_purged";
+
+/// State-machine tables (first byte of every key in `CF_SM`).
+pub mod table {
+    pub const SM_META: u8 = 0x00;
+    pub const CALL: u8 = 0x01;
+    pub const TURN: u8 = 0x02;
+    pub const CALL_EVENT: u8 = 0x03;
+    pub const EVENT: u8 = 0x04;
+    pub const TENANT_STATE_CALL: u8 = 0x05;
+    pub const TENANT_CALL: u8 = 0x06;
+    pub const IDEMPOTENCY: u8 = 0x07;
+    pub const IDEMPOTENCY_EXPIRY: u8 = 0x08;
+}
+
+pub const SM_LAST_APPLIED: &[u8] = &[table::SM_META, b'a'];
+pub const SM_MEMBERSHIP: &[u8] = &[table::SM_META, b'm'];
+pub const SM_HEAD: &[u8] = &[table::SM_META, b'h'];
+
+pub fn log_index(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+pub fn decode_u64(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?))
+}
+
+fn key(table: u8, capacity: usize) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + capacity);
+    key.push(table);
+    key
+}
+
+fn push_str(key: &mut Vec<u8>, value: &str) {
+    // Bounded by TENANT_ID_BYTES_MAX / REQUEST_ID_BYTES_MAX (both < 256), validated before apply.
+    let len = u8::try_from(value.len()).expect("key strings are validated to under 256 bytes");
+    key.push(len);
+    key.extend_from_slice(value.as_bytes());
+}
+
+pub fn call(call_id: &CallId) -> Vec<u8> {
+    let mut key = key(table::CALL, 16);
+    key.extend_from_slice(call_id.as_bytes());
+    key
+}
+
+pub fn turn(call_id: &CallId, index: u64) -> Vec<u8> {
+    let mut key = key(table::TURN, 24);
+    key.extend_from_slice(call_id.as_bytes());
+    key.extend_from_slice(&index.to_be_bytes());
+    key
+}
+
+pub fn call_event(call_id: &CallId, sequence_number: u64) -> Vec<u8> {
+    let mut key = key(table::CALL_EVENT, 24);
+    key.extend_from_slice(call_id.as_bytes());
+    key.extend_from_slice(&sequence_number.to_be_bytes());
+    key
+}
+
+pub fn event(position: u64) -> Vec<u8> {
+    let mut key = key(table::EVENT, 8);
+    key.extend_from_slice(&position.to_be_bytes());
+    key
+}
+
+/// `tenant | state | call_id`: a tenant's calls in one state, in call-id (creation) order.
+pub fn tenant_state_call(tenant: &str, state: CallState, call_id: &CallId) -> Vec<u8> {
+    let mut key = tenant_state_prefix(tenant, state);
+    key.extend_from_slice(call_id.as_bytes());
+    key
+}
+
+pub fn tenant_state_prefix(tenant: &str, state: CallState) -> Vec<u8> {
+    let mut key = key(table::TENANT_STATE_CALL, 2 + tenant.len() + 16);
+    push_str(&mut key, tenant);
+    key.push(state.code());
+    key
+}
+
+/// `tenant | call_id`: all of a tenant's calls in call-id (creation) order.
+pub fn tenant_call(tenant: &str, call_id: &CallId) -> Vec<u8> {
+    let mut key = tenant_prefix(tenant);
+    key.extend_from_slice(call_id.as_bytes());
+    key
+}
+
+pub fn tenant_prefix(tenant: &str) -> Vec<u8> {
+    let mut key = key(table::TENANT_CALL, 1 + tenant.len() + 16);
+    push_str(&mut key, tenant);
+    key
+}
+
+/// The call id at the end of a `tenant_call` or `tenant_state_call` key.
+pub fn trailing_call_id(key: &[u8]) -> Option<CallId> {
+    let start = key.len().checked_sub(16)?;
+    CallId::from_slice(&key[start..]).ok()
+}
+
+pub fn idempotency(tenant: &str, request_id: &str) -> Vec<u8> {
+    let mut key = key(table::IDEMPOTENCY, 2 + tenant.len() + request_id.len());
+    push_str(&mut key, tenant);
+    key.extend_from_slice(request_id.as_bytes());
+    key
+}
+
+/// `at_ms | idempotency key`: records in the order they expire.
+pub fn idempotency_expiry(at_ms: u64, tenant: &str, request_id: &str) -> Vec<u8> {
+    let mut key = key(
+        table::IDEMPOTENCY_EXPIRY,
+        8 + 2 + tenant.len() + request_id.len(),
+    );
+    key.extend_from_slice(&at_ms.to_be_bytes());
+    key.extend_from_slice(&idempotency(tenant, request_id));
+    key
+}
+
+/// Splits an expiry key into its time and the idempotency key it points at.
+pub fn split_idempotency_expiry(key: &[u8]) -> Option<(u64, &[u8])> {
+    let rest = key.strip_prefix(&[table::IDEMPOTENCY_EXPIRY])?;
+    let at_ms = decode_u64(rest)?;
+    Some((at_ms, &rest[8..]))
+}
+
+/// The smallest key strictly greater than every key starting with `prefix`.
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integer_keys_sort_numerically() {
+        assert!(event(255) < event(256));
+        assert!(log_index(1) < log_index(1 << 40));
+        let id = CallId::from_u128(7);
+        assert!(turn(&id, 9) < turn(&id, 10));
+    }
+
+    #[test]
+    fn a_tenant_prefix_does_not_cover_a_longer_tenant_name() {
+        let id = CallId::from_u128(1);
+        let prefix = tenant_prefix("acme");
+        assert!(tenant_call("acme", &id).starts_with(&prefix));
+        assert!(!tenant_call("acme2", &id).starts_with(&prefix));
+    }
+
+    #[test]
+    fn prefix_end_bounds_the_prefix() {
+        assert_eq!(prefix_end(&[1, 2]), Some(vec![1, 3]));
+        assert_eq!(prefix_end(&[1, 255]), Some(vec![2]));
+        assert_eq!(prefix_end(&[255]), None);
+    }
+}

@@ -1,0 +1,356 @@
+//! Reads of the applied state, from any task, without going through Raft.
+//!
+//! Every read runs against one RocksDB point-in-time view and reports the applied log index of
+//! that same view, so a result and its index always agree. Consistency levels (linearizable,
+//! `min_index`) are the node's business: it decides when to read, this decides what is there.
+
+use std::sync::Arc;
+
+use rocksdb::{DB, Direction, IteratorMode, SnapshotWithThreadMode};
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+use crate::codec::decode;
+use crate::domain::{Call, CallId, CallState, Event, Handoff, Labels, Turn};
+use crate::error::Error;
+use crate::keys::{self, CF_SM, SM_LAST_APPLIED};
+use crate::limits::{self, CONTEXT_TURNS_MAX, Field, Invalid, Problem};
+use crate::state_machine::Applied;
+use crate::types::LogId;
+
+/// A value read at a known applied index.
+#[derive(Debug, Clone, PartialEq)]
+pub struct At<T> {
+    pub value: T,
+    pub applied_index: u64,
+}
+
+/// A page of results and where the next page starts (`None` when there is no more).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page<T, C> {
+    pub items: Vec<T>,
+    pub next: Option<C>,
+}
+
+/// A call's context as agents read it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Context {
+    pub summary: String,
+    pub entities: Labels,
+    pub recent_turns: Vec<Turn>,
+    pub handoff: Option<Handoff>,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReadError {
+    #[error("call {call_id} not found")]
+    UnknownCall { call_id: CallId },
+    #[error("invalid argument: {0}")]
+    Invalid(Invalid),
+    #[error("storage failure: {0}")]
+    Storage(Arc<Error>),
+}
+
+impl From<Error> for ReadError {
+    fn from(error: Error) -> Self {
+        ReadError::Storage(Arc::new(error))
+    }
+}
+
+impl From<Invalid> for ReadError {
+    fn from(invalid: Invalid) -> Self {
+        ReadError::Invalid(invalid)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Reader {
+    db: Arc<DB>,
+    applied: watch::Receiver<Applied>,
+}
+
+/// A raw key-value pair read from RocksDB.
+type Row = (Box<[u8]>, Box<[u8]>);
+
+struct View<'a> {
+    db: &'a DB,
+    snap: SnapshotWithThreadMode<'a, DB>,
+}
+
+impl View<'_> {
+    fn cf(&self) -> &rocksdb::ColumnFamily {
+        self.db
+            .cf_handle(CF_SM)
+            .expect("column families are checked when the store opens")
+    }
+
+    fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        what: &'static str,
+        key: &[u8],
+    ) -> Result<Option<T>, Error> {
+        self.snap
+            .get_cf(self.cf(), key)
+            .map_err(Error::rocks("read state machine"))?
+            .map(|bytes| decode(what, key, &bytes))
+            .transpose()
+    }
+
+    fn applied_index(&self) -> Result<u64, Error> {
+        let log_id: Option<LogId> = self.get("last applied log id", SM_LAST_APPLIED)?;
+        Ok(log_id.map_or(0, |id| id.index))
+    }
+
+    /// Up to `limit` entries with keys in `[start, end)`.
+    fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<Row>, Error> {
+        let mut out = Vec::new();
+        for item in self
+            .snap
+            .iterator_cf(self.cf(), IteratorMode::From(start, Direction::Forward))
+        {
+            let (key, value) = item.map_err(Error::rocks("scan state machine"))?;
+            if out.len() >= limit || key.as_ref() >= end {
+                break;
+            }
+            out.push((key, value));
+        }
+        Ok(out)
+    }
+
+    fn call_of(&self, tenant_id: &str, call_id: &CallId) -> Result<Call, ReadError> {
+        match self.get::<Call>("call", &keys::call(call_id))? {
+            Some(call) if call.tenant_id == tenant_id => Ok(call),
+            _ => Err(ReadError::UnknownCall { call_id: *call_id }),
+        }
+    }
+}
+
+impl Reader {
+    pub(crate) fn new(db: Arc<DB>, applied: watch::Receiver<Applied>) -> Self {
+        Self { db, applied }
+    }
+
+    /// What has been applied, as last published by the state machine.
+    pub fn applied(&self) -> Applied {
+        self.applied.borrow().clone()
+    }
+
+    /// A receiver that changes whenever the applied index moves.
+    pub fn watch_applied(&self) -> watch::Receiver<Applied> {
+        self.applied.clone()
+    }
+
+    fn view(&self) -> View<'_> {
+        View {
+            db: &self.db,
+            snap: self.db.snapshot(),
+        }
+    }
+
+    fn at<T>(view: &View<'_>, value: T) -> Result<At<T>, ReadError> {
+        Ok(At {
+            value,
+            applied_index: view.applied_index()?,
+        })
+    }
+
+    pub fn get_call(&self, tenant_id: &str, call_id: &CallId) -> Result<At<Call>, ReadError> {
+        let view = self.view();
+        let call = view.call_of(tenant_id, call_id)?;
+        Self::at(&view, call)
+    }
+
+    pub fn get_context(
+        &self,
+        tenant_id: &str,
+        call_id: &CallId,
+        last_turns: u32,
+    ) -> Result<At<Context>, ReadError> {
+        if last_turns > CONTEXT_TURNS_MAX {
+            return Err(Invalid::new(
+                Field::LastTurns,
+                Problem::EntriesOver {
+                    entries_max: u64::from(CONTEXT_TURNS_MAX),
+                    entries: u64::from(last_turns),
+                },
+            )
+            .into());
+        }
+        let view = self.view();
+        let call = view.call_of(tenant_id, call_id)?;
+        let first = call.turn_count.saturating_sub(u64::from(last_turns)) + 1;
+        let turns = view.scan(
+            &keys::turn(call_id, first),
+            &keys::turn(call_id, call.turn_count + 1),
+            last_turns as usize,
+        )?;
+        let recent_turns = turns
+            .iter()
+            .map(|(k, v)| decode("turn", k, v))
+            .collect::<Result<Vec<Turn>, _>>()?;
+        let handoff = call.lifecycle.handoff().cloned();
+        Self::at(
+            &view,
+            Context {
+                summary: call.summary,
+                entities: call.entities,
+                recent_turns,
+                handoff,
+            },
+        )
+    }
+
+    /// Turns from index `from` (1-based; 0 means from the first).
+    pub fn list_turns(
+        &self,
+        tenant_id: &str,
+        call_id: &CallId,
+        from: u64,
+        limit: u32,
+    ) -> Result<At<Page<Turn, u64>>, ReadError> {
+        let limit = limits::page_size(limit)?;
+        let view = self.view();
+        let call = view.call_of(tenant_id, call_id)?;
+        let from = from.max(1);
+        let rows = view.scan(
+            &keys::turn(call_id, from),
+            &keys::turn(call_id, call.turn_count + 1),
+            limit as usize,
+        )?;
+        let items = rows
+            .iter()
+            .map(|(k, v)| decode("turn", k, v))
+            .collect::<Result<Vec<Turn>, _>>()?;
+        let next = items
+            .last()
+            .map(|t| t.index + 1)
+            .filter(|next| *next <= call.turn_count);
+        Self::at(&view, Page { items, next })
+    }
+
+    /// A call's events in sequence order, from sequence number `from` (0 means from the first).
+    pub fn list_call_events(
+        &self,
+        tenant_id: &str,
+        call_id: &CallId,
+        from: u64,
+        limit: u32,
+    ) -> Result<At<Page<Event, u64>>, ReadError> {
+        let limit = limits::page_size(limit)?;
+        let view = self.view();
+        let call = view.call_of(tenant_id, call_id)?;
+        let rows = view.scan(
+            &keys::call_event(call_id, from.max(1)),
+            &keys::call_event(call_id, call.last_sequence_number + 1),
+            limit as usize,
+        )?;
+        let mut items = Vec::with_capacity(rows.len());
+        for (key, value) in &rows {
+            let position = keys::decode_u64(value).ok_or_else(|| Error::Missing {
+                what: "event position",
+                key: crate::codec::hex(key),
+            })?;
+            let event_key = keys::event(position);
+            let event: Event = view
+                .get("event", &event_key)?
+                .ok_or_else(|| Error::Missing {
+                    what: "event",
+                    key: crate::codec::hex(&event_key),
+                })?;
+            items.push(event);
+        }
+        let next = items
+            .last()
+            .map(|e| e.sequence_number + 1)
+            .filter(|next| *next <= call.last_sequence_number);
+        Self::at(&view, Page { items, next })
+    }
+
+    /// The cluster-wide event log from position `from` (0 means from the first).
+    pub fn list_events(&self, from: u64, limit: u32) -> Result<At<Page<Event, u64>>, ReadError> {
+        let limit = limits::page_size(limit)?;
+        let view = self.view();
+        let rows = view.scan(
+            &keys::event(from.max(1)),
+            &[keys::table::EVENT + 1],
+            limit as usize + 1,
+        )?;
+        let mut items = rows
+            .iter()
+            .map(|(k, v)| decode("event", k, v))
+            .collect::<Result<Vec<Event>, _>>()?;
+        let next = if items.len() > limit as usize {
+            items.pop().map(|e| e.position)
+        } else {
+            None
+        };
+        Self::at(&view, Page { items, next })
+    }
+
+    /// A tenant's calls (in one state, or all), in call-id order, after `after`.
+    pub fn list_calls(
+        &self,
+        tenant_id: &str,
+        state: Option<CallState>,
+        after: Option<CallId>,
+        limit: u32,
+    ) -> Result<At<Page<Call, CallId>>, ReadError> {
+        limits::check_required(Field::TenantId, tenant_id, limits::TENANT_ID_BYTES_MAX)?;
+        let limit = limits::page_size(limit)?;
+        let view = self.view();
+        let prefix = match state {
+            Some(state) => keys::tenant_state_prefix(tenant_id, state),
+            None => keys::tenant_prefix(tenant_id),
+        };
+        let start = match &after {
+            Some(id) => {
+                // Just past `after`: index keys end with the call id.
+                let mut key = prefix.clone();
+                key.extend_from_slice(id.as_bytes());
+                key.push(0);
+                key
+            }
+            None => prefix.clone(),
+        };
+        let end = keys::prefix_end(&prefix).unwrap_or_else(|| vec![u8::MAX; prefix.len() + 1]);
+        let rows = view.scan(&start, &end, limit as usize + 1)?;
+        let mut items = Vec::with_capacity(rows.len());
+        for (key, _) in rows.iter().take(limit as usize) {
+            let call_id = keys::trailing_call_id(key).ok_or_else(|| Error::Missing {
+                what: "call id in index key",
+                key: crate::codec::hex(key),
+            })?;
+            let call: Call =
+                view.get("call", &keys::call(&call_id))?
+                    .ok_or_else(|| Error::Missing {
+                        what: "call",
+                        key: crate::codec::hex(&keys::call(&call_id)),
+                    })?;
+            items.push(call);
+        }
+        let next = if rows.len() > limit as usize {
+            items.last().map(|c| c.call_id)
+        } else {
+            None
+        };
+        Self::at(&view, Page { items, next })
+    }
+
+    /// A digest of the entire state machine (every key and value, in order) with the applied
+    /// index it covers: replicas that applied the same log have equal digests.
+    pub fn digest(&self) -> Result<At<[u8; 32]>, Error> {
+        let view = self.view();
+        let mut hasher = Sha256::new();
+        for item in view.snap.iterator_cf(view.cf(), IteratorMode::Start) {
+            let (key, value) = item.map_err(Error::rocks("scan state machine"))?;
+            hasher.update((key.len() as u64).to_be_bytes());
+            hasher.update(&key);
+            hasher.update((value.len() as u64).to_be_bytes());
+            hasher.update(&value);
+        }
+        Ok(At {
+            value: hasher.finalize().into(),
+            applied_index: view.applied_index()?,
+        })
+    }
+}
