@@ -31,7 +31,8 @@ pub const TARGET_BYTES_MAX: usize = 256;
 pub const HANDOFF_TURNS_MAX: usize = 20;
 /// Turns one call may hold; past it `AppendTurn` is rejected.
 pub const CALL_TURNS_MAX: u64 = 10_000;
-/// Events one call may hold; past it every event-producing command is rejected.
+/// Events one call may hold; past it every command but `EndCall` is rejected (so a call can
+/// always end: it then holds `CALL_EVENTS_MAX + 1` events).
 pub const CALL_EVENTS_MAX: u64 = 100_000;
 
 /// How long, in leader-stamped time, a `(tenant, request_id)` outcome is remembered.
@@ -76,6 +77,7 @@ pub enum Field {
     PageSize,
     PageToken,
     LastTurns,
+    State,
 }
 
 impl Field {
@@ -107,6 +109,7 @@ impl Field {
             Field::PageSize => "page_size",
             Field::PageToken => "page_token",
             Field::LastTurns => "last_turns",
+            Field::State => "state",
         }
     }
 }

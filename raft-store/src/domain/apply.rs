@@ -308,7 +308,9 @@ impl Change {
         payload: Payload,
         metadata: Labels,
     ) -> Result<u64, Rejection> {
-        if self.call.last_sequence_number >= CALL_EVENTS_MAX {
+        // `call.ended` is exempt so that a call at its event limit can still be ended.
+        if self.call.last_sequence_number >= CALL_EVENTS_MAX && event_type != event_type::CALL_ENDED
+        {
             return Err(Rejection::CallLimitReached {
                 call_id: self.call.call_id,
                 limit: CallLimit::Events,
