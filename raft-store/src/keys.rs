@@ -34,6 +34,8 @@ pub mod table {
 pub const SM_LAST_APPLIED: &[u8] = &[table::SM_META, b'a'];
 pub const SM_MEMBERSHIP: &[u8] = &[table::SM_META, b'm'];
 pub const SM_HEAD: &[u8] = &[table::SM_META, b'h'];
+/// Calls per lifecycle state, `[created, active, handed_off, ended]`.
+pub const SM_CALL_COUNTS: &[u8] = &[table::SM_META, b'c'];
 
 pub fn log_index(index: u64) -> [u8; 8] {
     index.to_be_bytes()

@@ -336,6 +336,21 @@ impl Reader {
         Self::at(&view, Page { items, next })
     }
 
+    /// How many calls are in each lifecycle state.
+    pub fn call_counts(&self) -> Result<At<Vec<(CallState, u64)>>, Error> {
+        let view = self.view();
+        let counts: crate::state_machine::CallCounts = view
+            .get("call counts", keys::SM_CALL_COUNTS)?
+            .unwrap_or_default();
+        Ok(At {
+            value: CallState::ALL
+                .iter()
+                .map(|s| (*s, counts[usize::from(s.code() - 1)]))
+                .collect(),
+            applied_index: view.applied_index()?,
+        })
+    }
+
     /// A digest of the entire state machine (every key and value, in order) with the applied
     /// index it covers: replicas that applied the same log have equal digests.
     pub fn digest(&self) -> Result<At<[u8; 32]>, Error> {

@@ -17,7 +17,9 @@ use tokio::sync::watch;
 
 use crate::domain::{self, Call, Change, Decision, Head, Remembered, Request, Turn, View};
 use crate::error::Error;
-use crate::keys::{self, CF_META, CF_SM, SM_HEAD, SM_LAST_APPLIED, SM_MEMBERSHIP, table};
+use crate::keys::{
+    self, CF_META, CF_SM, SM_CALL_COUNTS, SM_HEAD, SM_LAST_APPLIED, SM_MEMBERSHIP, table,
+};
 use crate::limits::{HANDOFF_TURNS_MAX, IDEMPOTENCY_PRUNE_PER_ENTRY_MAX, IDEMPOTENCY_WINDOW_MS};
 use crate::reader::Reader;
 use crate::snapshot::{Records, SnapshotDir, SnapshotFile};
@@ -180,7 +182,7 @@ impl StateMachine {
                 outcome,
                 remember,
             } => {
-                write_change(txn, call.as_ref(), &change);
+                write_change(txn, call.as_ref(), &change)?;
                 remember_outcome(txn, request, &remember);
                 self.head = change.head;
                 Response {
@@ -319,8 +321,23 @@ fn recent_turns(txn: &Txn<'_>, call: &Call, max: usize) -> Result<Vec<Turn>, Err
     Ok(turns)
 }
 
-fn write_change(txn: &mut Txn<'_>, before: Option<&Call>, change: &Change) {
+/// Calls per state, indexed by `CallState::code() - 1`.
+pub type CallCounts = [u64; 4];
+
+fn count_slot(state: domain::CallState) -> usize {
+    usize::from(state.code() - 1)
+}
+
+fn write_change(txn: &mut Txn<'_>, before: Option<&Call>, change: &Change) -> Result<(), Error> {
     let call = &change.call;
+    if before.map(Call::state) != Some(call.state()) {
+        let mut counts: CallCounts = txn.get("call counts", SM_CALL_COUNTS)?.unwrap_or_default();
+        if let Some(before) = before {
+            counts[count_slot(before.state())] -= 1;
+        }
+        counts[count_slot(call.state())] += 1;
+        txn.put(SM_CALL_COUNTS.to_vec(), &counts);
+    }
     match before {
         None => txn.put_raw(
             keys::tenant_call(&call.tenant_id, &call.call_id),
@@ -350,6 +367,7 @@ fn write_change(txn: &mut Txn<'_>, before: Option<&Call>, change: &Change) {
             event.position.to_be_bytes().to_vec(),
         );
     }
+    Ok(())
 }
 
 fn remember_outcome(txn: &mut Txn<'_>, request: &Request, remember: &Remembered) {

@@ -305,6 +305,12 @@ fn check_invariants(sm: &StateMachine, model: &Model) {
         "handoff at most once per call"
     );
 
+    let counts = reader.call_counts().expect("call counts").value;
+    for (state, count) in counts {
+        let expected = model.calls.values().filter(|c| c.state == state).count() as u64;
+        assert_eq!(count, expected, "calls counted in state {state}");
+    }
+
     for (call_id, expected) in &model.calls {
         let call = reader
             .get_call(&expected.tenant, call_id)
