@@ -1,6 +1,7 @@
 //! Compiles the `.proto` files under `switchboard/` with protox (pure Rust, no system `protoc`)
 //! into prost messages plus tonic clients and servers, and writes the encoded
-//! `FileDescriptorSet` to `OUT_DIR` for gRPC server reflection.
+//! `FileDescriptorSet` to `OUT_DIR` for gRPC server reflection. For the public API it also
+//! generates serde impls that follow the proto3 JSON mapping (pbjson), used by `-o json`.
 
 use std::{env, error::Error, fs, path::PathBuf};
 
@@ -21,6 +22,10 @@ const PROTO_FILES: &[&str] = &[
 /// File name of the encoded descriptor set in `OUT_DIR`; `lib.rs` includes it by this name.
 const DESCRIPTOR_SET_FILE: &str = "switchboard_descriptor.bin";
 
+/// Packages that get proto3 JSON serde impls: only the public API, the Raft transport never
+/// leaves the cluster as JSON.
+const JSON_PACKAGES: &[&str] = &[".switchboard.v1"];
+
 fn main() -> Result<(), Box<dyn Error>> {
     println!("cargo:rerun-if-changed={PROTO_DIR}");
     let crate_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
@@ -29,11 +34,19 @@ fn main() -> Result<(), Box<dyn Error>> {
     // protox errors carry the file, line and column; Display gives the readable form.
     let fds = protox::compile(PROTO_FILES, [&crate_dir])
         .map_err(|e| format!("failed to compile protos: {e}"))?;
-    fs::write(out_dir.join(DESCRIPTOR_SET_FILE), fds.encode_to_vec())?;
+    let fds_bytes = fds.encode_to_vec();
+    fs::write(out_dir.join(DESCRIPTOR_SET_FILE), &fds_bytes)?;
 
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;
+
+    // Writes `switchboard.v1.serde.rs` next to prost's output; `lib.rs` includes it. Fields at
+    // their default value are emitted too, so scripts reading `-o json` see every field.
+    pbjson_build::Builder::new()
+        .register_descriptors(&fds_bytes)?
+        .emit_fields()
+        .build(JSON_PACKAGES)?;
     Ok(())
 }

@@ -1,7 +1,101 @@
-//! The `switchboard` binary. Its subcommands (`serve`, `dev`, `cluster`, `call`, `events`)
-//! arrive with the cluster-node issue.
+//! The `switchboard` binary: `serve` runs a node, `dev` a local cluster, the other subcommands
+//! talk to a cluster through the client library.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("switchboard: the node is not built yet; see README.md");
-    std::process::ExitCode::from(2)
+use std::process::ExitCode;
+
+use clap::Parser;
+use node::config::ServeArgs;
+use node::dev::DevArgs;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "switchboard",
+    version,
+    about = "Raft-replicated system of record for live AI voice and chat calls"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Run one node.
+    Serve(Box<ServeArgs>),
+    /// Run a local cluster of N nodes as child processes.
+    Dev(DevArgs),
+    #[command(flatten)]
+    Client(node::cli_client::ClientCommand),
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=error"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn shutdown_signal() -> std::io::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r,
+        _ = term.recv() => Ok(()),
+    }
+}
+
+/// Resolves when the parent process is gone (this process was re-parented).
+async fn parent_gone() {
+    let parent = nix::unistd::getppid();
+    while nix::unistd::getppid() == parent {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let exit_with_parent = args.exit_with_parent;
+    let config = args.resolve()?;
+    let shutdown = CancellationToken::new();
+    if exit_with_parent {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            parent_gone().await;
+            tracing::warn!("parent process is gone; stopping");
+            shutdown.cancel();
+        });
+    }
+    let server = node::server::run(config, shutdown.clone());
+    tokio::pin!(server);
+    tokio::select! {
+        served = &mut server => served?,
+        signal = shutdown_signal() => {
+            if let Err(e) = signal {
+                tracing::error!(error = %e, "failed to listen for signals; stopping");
+            }
+            tracing::info!("shutdown requested");
+            shutdown.cancel();
+            server.await?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let result = match cli.command {
+        Command::Serve(args) => serve(*args).await,
+        Command::Dev(args) => node::dev::run(args).await,
+        Command::Client(cmd) => return node::cli_client::run(cmd).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("switchboard: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -162,7 +162,7 @@ pub fn apply(head: Head, view: View<'_>, request: &Request) -> Result<Change, Re
                 "index": index,
                 "speaker": speaker,
                 "text": text,
-                "confidence": f64::from(*confidence),
+                "confidence": confidence,
                 "language": language,
                 "spoken_at_ms": spoken_at_ms,
             });

@@ -1,0 +1,29 @@
+//! `chaos-tests`: measurements and drills against real `switchboard` processes.
+
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "chaos-tests",
+    about = "Drills and measurements against real switchboard processes"
+)]
+enum Cli {
+    /// SIGKILL the leader of a 3-node cluster and time the first successful write, N times.
+    Failover {
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// Extra flags for every `switchboard serve`, e.g. `--node-arg=--heartbeat-ms=50`.
+        #[arg(long = "node-arg", allow_hyphen_values = true)]
+        node_args: Vec<String>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse() {
+        Cli::Failover { runs, node_args } => {
+            chaos_tests::failover::measure(runs, &node_args).await?;
+        }
+    }
+    Ok(())
+}

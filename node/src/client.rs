@@ -1,0 +1,1306 @@
+//! The Switchboard client library: one cheap-to-clone [`Client`] for every RPC of
+//! `switchboard.v1` (calls, events, cluster operations).
+//!
+//! It owns the client half of the redirect contract (DESIGN §4): writes go to the cached leader
+//! first; a follower's `UNAVAILABLE` carrying `x-switchboard-leader-*` metadata is followed at
+//! once (an address not in the list is learned); `UNAVAILABLE` without a hint, connection errors
+//! and timeouts move to the next endpoint with capped, jittered exponential backoff; every retry
+//! carries the same `request_id`, which the server answers with the original outcome. Errors the
+//! caller must fix (`INVALID_ARGUMENT`, `NOT_FOUND`, `FAILED_PRECONDITION`, ...) are never
+//! retried. Everything is bounded by `retries_max` and the whole-call deadline.
+//!
+//! It must not interpret domain rules or rewrite requests beyond minting a missing
+//! `request_id`: the server is the only judge of what is valid.
+
+use std::{
+    collections::hash_map::RandomState,
+    fmt,
+    future::Future,
+    hash::{BuildHasher, Hasher},
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use proto::v1::{
+    AddLearnerRequest, AppendTurnRequest, AppendTurnResponse, CallResponse, Consistency,
+    CreateCallRequest, EndCallRequest, GetCallRequest, GetCallResponse, GetContextRequest,
+    GetContextResponse, InitializeRequest, InitializeResponse, ListCallEventsRequest,
+    ListCallsRequest, ListCallsResponse, ListEventsRequest, ListEventsResponse, ListTurnsRequest,
+    ListTurnsResponse, LogEventRequest, LogEventResponse, MembershipResponse, PromoteRequest,
+    ReadIndexRequest, ReadIndexResponse, ReadOptions, RemoveRequest, RequestHandoffRequest,
+    StartCallRequest, StatusRequest, StatusResponse, TriggerSnapshotRequest,
+    TriggerSnapshotResponse, UpdateContextRequest, WriteMeta,
+    call_service_client::CallServiceClient, cluster_service_client::ClusterServiceClient,
+    event_service_client::EventServiceClient,
+};
+use tokio::time::Instant;
+use tonic::{
+    Code, Request, Response, Status,
+    transport::{Channel, Endpoint},
+};
+use tracing::debug;
+
+use crate::{LEADER_ADDR_HEADER, LEADER_ID_HEADER};
+
+/// The local dev cluster started by `switchboard dev`: the default endpoints.
+pub const DEV_ENDPOINTS: &[&str] = &["127.0.0.1:7101", "127.0.0.1:7102", "127.0.0.1:7103"];
+
+/// Most endpoints a configuration may list.
+pub const ENDPOINTS_MAX: usize = 64;
+
+/// Most endpoints learned from redirects kept besides the configured ones; the oldest learned
+/// one is forgotten first.
+pub const LEARNED_ENDPOINTS_MAX: usize = 16;
+
+/// Upper bound accepted for [`ClientConfig::retries_max`].
+pub const RETRIES_MAX_LIMIT: u32 = 1_000;
+
+/// Largest response message the client decodes.
+pub const RESPONSE_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// Redirects followed back to back without backing off; past this the redirects are chasing a
+/// leader that moves (or two nodes that disagree), so the client backs off as for any failure.
+const REDIRECTS_IMMEDIATE_MAX: u32 = 4;
+
+/// How the client behaves; check it with [`ClientConfig::validate`] (done by [`Client::new`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// gRPC addresses of cluster nodes, `host:port` (an `http://` prefix is accepted).
+    pub endpoints: Vec<String>,
+    /// Timeout to establish a TCP/HTTP2 connection to one endpoint.
+    pub connect_timeout: Duration,
+    /// Timeout of one attempt; an attempt that runs out is retried elsewhere.
+    pub request_timeout: Duration,
+    /// Deadline of a whole call, retries and backoff included.
+    pub call_deadline: Duration,
+    /// Attempts after the first, redirects included.
+    pub retries_max: u32,
+    /// First backoff delay; it doubles per failed attempt.
+    pub backoff_initial: Duration,
+    /// Cap of the backoff delay.
+    pub backoff_max: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            endpoints: DEV_ENDPOINTS.iter().map(|e| (*e).to_owned()).collect(),
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(3),
+            call_deadline: Duration::from_secs(10),
+            retries_max: 16,
+            backoff_initial: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A [`ClientConfig`] value that cannot work; the message names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// `endpoints` is empty.
+    #[error("endpoints is empty: give at least one host:port")]
+    NoEndpoints,
+    /// `endpoints` lists more than [`ENDPOINTS_MAX`].
+    #[error("endpoints lists {count} addresses, at most {max} are allowed")]
+    TooManyEndpoints {
+        /// Addresses given.
+        count: usize,
+        /// The bound.
+        max: usize,
+    },
+    /// One of `endpoints` is not a usable `host:port`.
+    #[error("endpoints: invalid address {endpoint:?}: {reason}")]
+    BadEndpoint {
+        /// The address as given.
+        endpoint: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A duration field is zero.
+    #[error("{field} must be greater than zero")]
+    ZeroDuration {
+        /// Name of the field.
+        field: &'static str,
+    },
+    /// `backoff_initial` exceeds `backoff_max`.
+    #[error("backoff_initial ({initial_ms} ms) exceeds backoff_max ({max_ms} ms)")]
+    BackoffInverted {
+        /// `backoff_initial` in milliseconds.
+        initial_ms: u128,
+        /// `backoff_max` in milliseconds.
+        max_ms: u128,
+    },
+    /// `retries_max` exceeds [`RETRIES_MAX_LIMIT`].
+    #[error("retries_max {retries_max} exceeds {max}")]
+    TooManyRetries {
+        /// The value given.
+        retries_max: u32,
+        /// The bound.
+        max: u32,
+    },
+}
+
+impl ClientConfig {
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.endpoints.is_empty() {
+            return Err(ConfigError::NoEndpoints);
+        }
+        if self.endpoints.len() > ENDPOINTS_MAX {
+            return Err(ConfigError::TooManyEndpoints {
+                count: self.endpoints.len(),
+                max: ENDPOINTS_MAX,
+            });
+        }
+        for endpoint in &self.endpoints {
+            normalize_addr(endpoint).map_err(|reason| ConfigError::BadEndpoint {
+                endpoint: endpoint.clone(),
+                reason,
+            })?;
+        }
+        for (field, value) in [
+            ("connect_timeout", self.connect_timeout),
+            ("request_timeout", self.request_timeout),
+            ("call_deadline", self.call_deadline),
+            ("backoff_initial", self.backoff_initial),
+            ("backoff_max", self.backoff_max),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::ZeroDuration { field });
+            }
+        }
+        if self.backoff_initial > self.backoff_max {
+            return Err(ConfigError::BackoffInverted {
+                initial_ms: self.backoff_initial.as_millis(),
+                max_ms: self.backoff_max.as_millis(),
+            });
+        }
+        if self.retries_max > RETRIES_MAX_LIMIT {
+            return Err(ConfigError::TooManyRetries {
+                retries_max: self.retries_max,
+                max: RETRIES_MAX_LIMIT,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Turns `host:port` or `http://host:port` into `host:port`, or says what is wrong with it.
+fn normalize_addr(raw: &str) -> Result<String, &'static str> {
+    let trimmed = raw.trim();
+    let addr = trimmed.strip_prefix("http://").unwrap_or(trimmed);
+    let addr = addr.strip_suffix('/').unwrap_or(addr);
+    if addr.contains("://") {
+        return Err("only plain host:port (or http://host:port) is supported");
+    }
+    if addr.contains('/') {
+        return Err("expected host:port without a path");
+    }
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err("expected host:port");
+    };
+    if host.is_empty() {
+        return Err("host is empty");
+    }
+    match port.parse::<u16>() {
+        Ok(0) | Err(_) => return Err("port must be a number in 1..=65535"),
+        Ok(_) => {}
+    }
+    Endpoint::from_shared(format!("http://{addr}")).map_err(|_| "not a valid URI authority")?;
+    Ok(addr.to_owned())
+}
+
+/// Name of a gRPC code as written in the gRPC spec (`NOT_FOUND`).
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// Why the client stopped trying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GiveUp {
+    /// The server's answer is final (e.g. `NOT_FOUND`); retrying cannot change it.
+    NotRetryable,
+    /// The whole-call deadline passed.
+    Deadline,
+    /// `retries_max` retries were spent.
+    RetriesExhausted,
+}
+
+impl fmt::Display for GiveUp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::NotRetryable => "failed",
+            Self::Deadline => "gave up at the call deadline",
+            Self::RetriesExhausted => "gave up after retries_max retries",
+        })
+    }
+}
+
+/// A call that did not succeed: the last gRPC status and what was tried.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "{op} {reason}: {code}: {message} ({attempts} attempt(s) in {elapsed_ms} ms; tried {tried})",
+    code = code_name(*.code),
+    elapsed_ms = .elapsed.as_millis(),
+    tried = .tried.join(", ")
+)]
+pub struct ClientError {
+    /// The RPC, e.g. `create_call`.
+    pub op: &'static str,
+    /// Code of the last status received.
+    pub code: Code,
+    /// Message of the last status received.
+    pub message: String,
+    /// Attempts made, redirects included.
+    pub attempts: u32,
+    /// Time from the first attempt to giving up.
+    pub elapsed: Duration,
+    /// Endpoints tried, in the order first tried.
+    pub tried: Vec<String>,
+    /// Why the client stopped.
+    pub reason: GiveUp,
+    /// The `request_id` of a write (the same on every attempt); empty for reads.
+    pub request_id: String,
+}
+
+impl ClientError {
+    /// Code of the last status received.
+    pub fn code(&self) -> Code {
+        self.code
+    }
+}
+
+/// The leader as last learned by the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderInfo {
+    /// Raft node id, when the server said it.
+    pub id: Option<u64>,
+    /// gRPC address, `host:port`.
+    pub addr: String,
+}
+
+/// Client for one Switchboard cluster; clones share channels and the leader cache.
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: ClientConfig,
+    peers: Mutex<Peers>,
+    /// Round-robin cursor for reads any node may serve.
+    next_any: AtomicUsize,
+    /// Varies the jitter between calls made at the same instant.
+    jitter_seq: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Peers {
+    /// Configured endpoints first, then learned ones (at most [`LEARNED_ENDPOINTS_MAX`]).
+    list: Vec<Peer>,
+    configured: usize,
+    leader: Option<LeaderInfo>,
+}
+
+#[derive(Debug)]
+struct Peer {
+    addr: String,
+    endpoint: Endpoint,
+    /// Created on first use so that [`Client::new`] needs no runtime.
+    channel: Option<Channel>,
+}
+
+/// Where the first attempt of a call goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// The cached leader, else the configured endpoints in order: writes, linearizable reads.
+    Leader,
+    /// Round robin: reads any node may serve.
+    Any,
+    /// Always the first configured endpoint: operations aimed at one node.
+    Pinned,
+}
+
+/// What to do after a failed attempt.
+#[derive(Debug)]
+enum Next {
+    Stop,
+    Redirect(LeaderInfo),
+    Retry,
+}
+
+/// Requests that change state and therefore carry an idempotency key.
+trait Idempotent {
+    fn request_id_mut(&mut self) -> &mut String;
+}
+
+macro_rules! idempotent {
+    ($($ty:ty),* $(,)?) => {
+        $(impl Idempotent for $ty {
+            fn request_id_mut(&mut self) -> &mut String {
+                &mut self.request_id
+            }
+        })*
+    };
+}
+
+idempotent!(
+    CreateCallRequest,
+    StartCallRequest,
+    AppendTurnRequest,
+    LogEventRequest,
+    UpdateContextRequest,
+    RequestHandoffRequest,
+    EndCallRequest,
+);
+
+/// Sets a fresh UUIDv7 `request_id` when the caller gave none; returns the one in use.
+fn ensure_request_id<R: Idempotent>(request: &mut R) -> String {
+    let id = request.request_id_mut();
+    if id.is_empty() {
+        *id = uuid::Uuid::now_v7().to_string();
+    }
+    id.clone()
+}
+
+fn read_route(read: Option<&ReadOptions>) -> Route {
+    match read.map(ReadOptions::consistency) {
+        Some(Consistency::Local) => Route::Any,
+        Some(Consistency::Linearizable) | None => Route::Leader,
+    }
+}
+
+/// The node that accepted a write is the leader. A replayed outcome may name the leader of the
+/// original attempt, so its id is not trusted for the serving node.
+fn leader_from_write(meta: Option<&WriteMeta>, served_by: &str) -> Option<LeaderInfo> {
+    meta.map(|meta| LeaderInfo {
+        id: (meta.leader_id != 0 && !meta.replayed).then_some(meta.leader_id),
+        addr: served_by.to_owned(),
+    })
+}
+
+fn no_leader_evidence<T>(_: &T, _: &str) -> Option<LeaderInfo> {
+    None
+}
+
+/// The redirect hint of a status, if it names a usable address.
+fn leader_hint(status: &Status) -> Option<LeaderInfo> {
+    let metadata = status.metadata();
+    let addr = metadata.get(LEADER_ADDR_HEADER)?.to_str().ok()?;
+    if addr.is_empty() {
+        return None;
+    }
+    let addr = normalize_addr(addr).ok()?;
+    let id = metadata
+        .get(LEADER_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    Some(LeaderInfo { id, addr })
+}
+
+fn classify(status: &Status, served_by: &str) -> Next {
+    match status.code() {
+        Code::Unavailable => match leader_hint(status) {
+            // A node naming itself as leader while refusing is stepping down: back off.
+            Some(leader) if leader.addr != served_by => Next::Redirect(leader),
+            _ => Next::Retry,
+        },
+        // Cancelled is what tonic reports when the channel's own timeout fires.
+        Code::DeadlineExceeded | Code::Cancelled | Code::ResourceExhausted => Next::Retry,
+        // Transport failures (connection reset mid-call) surface as UNKNOWN with a source.
+        Code::Unknown if std::error::Error::source(status).is_some() => Next::Retry,
+        _ => Next::Stop,
+    }
+}
+
+/// Mutable state of one call across its attempts.
+#[derive(Debug)]
+struct Attempts {
+    op: &'static str,
+    request_id: String,
+    started: Instant,
+    deadline: Instant,
+    count: u32,
+    tried: Vec<String>,
+    backoffs: u32,
+    redirects_in_a_row: u32,
+}
+
+impl Attempts {
+    fn give_up(&self, reason: GiveUp, status: &Status) -> ClientError {
+        ClientError {
+            op: self.op,
+            code: status.code(),
+            message: status.message().to_owned(),
+            attempts: self.count,
+            elapsed: self.started.elapsed(),
+            tried: self.tried.clone(),
+            reason,
+            request_id: self.request_id.clone(),
+        }
+    }
+}
+
+impl Client {
+    /// Validates `config` and builds a client; connections open lazily on first use.
+    pub fn new(config: ClientConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let mut list: Vec<Peer> = Vec::with_capacity(config.endpoints.len());
+        for raw in &config.endpoints {
+            let addr = normalize_addr(raw).map_err(|reason| ConfigError::BadEndpoint {
+                endpoint: raw.clone(),
+                reason,
+            })?;
+            if list.iter().any(|peer| peer.addr == addr) {
+                continue;
+            }
+            let endpoint = make_endpoint(&addr, &config).map_err(|_| ConfigError::BadEndpoint {
+                endpoint: raw.clone(),
+                reason: "not a valid URI authority",
+            })?;
+            list.push(Peer {
+                addr,
+                endpoint,
+                channel: None,
+            });
+        }
+        let configured = list.len();
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                peers: Mutex::new(Peers {
+                    list,
+                    configured,
+                    leader: None,
+                }),
+                next_any: AtomicUsize::new(0),
+                jitter_seq: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// The configuration this client was built with.
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// The leader as currently cached, if any.
+    pub fn leader(&self) -> Option<LeaderInfo> {
+        self.peers().leader.clone()
+    }
+
+    /// Every endpoint known: the configured ones, then those learned from redirects.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.peers().list.iter().map(|p| p.addr.clone()).collect()
+    }
+
+    fn peers(&self) -> MutexGuard<'_, Peers> {
+        // The guarded data stays consistent at every await-free step, so a poisoned lock
+        // (a panic elsewhere while holding it) leaves nothing half-updated.
+        self.inner
+            .peers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Index of the endpoint the first attempt of a call goes to.
+    fn first_target(&self, route: Route) -> usize {
+        match route {
+            Route::Pinned => 0,
+            Route::Any => self.inner.next_any.fetch_add(1, Ordering::Relaxed),
+            Route::Leader => {
+                let peers = self.peers();
+                peers
+                    .leader
+                    .as_ref()
+                    .and_then(|leader| peers.list.iter().position(|p| p.addr == leader.addr))
+                    .unwrap_or(0)
+            }
+        }
+    }
+
+    /// The endpoint at `index` (modulo the list), its channel created on first use.
+    fn peer_at(&self, index: usize) -> (usize, String, Channel) {
+        let mut peers = self.peers();
+        // The list is never empty: validate() requires an endpoint and none is ever removed
+        // without a replacement.
+        let index = index % peers.list.len().max(1);
+        let peer = &mut peers.list[index];
+        let channel = peer
+            .channel
+            .get_or_insert_with(|| peer.endpoint.connect_lazy())
+            .clone();
+        (index, peer.addr.clone(), channel)
+    }
+
+    /// Caches `leader`, learning its address if new; returns its index in the list.
+    fn remember_leader(&self, leader: LeaderInfo) -> Option<usize> {
+        let mut peers = self.peers();
+        let index = match peers.list.iter().position(|p| p.addr == leader.addr) {
+            Some(index) => index,
+            None => {
+                let endpoint = make_endpoint(&leader.addr, &self.inner.config).ok()?;
+                if peers.list.len() - peers.configured >= LEARNED_ENDPOINTS_MAX {
+                    let oldest_learned = peers.configured;
+                    peers.list.remove(oldest_learned);
+                }
+                debug!(leader_addr = %leader.addr, "learned leader address from redirect");
+                peers.list.push(Peer {
+                    addr: leader.addr.clone(),
+                    endpoint,
+                    channel: None,
+                });
+                peers.list.len() - 1
+            }
+        };
+        if peers.leader.as_ref() != Some(&leader) {
+            debug!(leader_id = ?leader.id, leader_addr = %leader.addr, "cached leader");
+        }
+        peers.leader = Some(leader);
+        Some(index)
+    }
+
+    /// Drops the cached leader if it is `addr`, which just failed.
+    fn forget_leader(&self, addr: &str) {
+        let mut peers = self.peers();
+        if peers.leader.as_ref().is_some_and(|l| l.addr == addr) {
+            debug!(leader_addr = %addr, "forgot cached leader");
+            peers.leader = None;
+        }
+    }
+
+    /// Where to go after `failed_index` failed: the cached leader if another task learned one
+    /// meanwhile, else the next endpoint in the list.
+    fn next_target(&self, route: Route, failed_index: usize, failed_addr: &str) -> usize {
+        if route == Route::Pinned {
+            return failed_index;
+        }
+        let peers = self.peers();
+        if route == Route::Leader
+            && let Some(index) = peers
+                .leader
+                .as_ref()
+                .filter(|l| l.addr != failed_addr)
+                .and_then(|l| peers.list.iter().position(|p| p.addr == l.addr))
+        {
+            return index;
+        }
+        (failed_index + 1) % peers.list.len().max(1)
+    }
+
+    fn is_tried(&self, index: usize, tried: &[String]) -> bool {
+        let peers = self.peers();
+        peers
+            .list
+            .get(index % peers.list.len().max(1))
+            .is_some_and(|p| tried.contains(&p.addr))
+    }
+
+    /// Exponential backoff for the `n`th retry, capped, with equal jitter (half fixed, half
+    /// random) so that clients that failed together do not retry together.
+    fn backoff(&self, n: u32) -> Duration {
+        let config = &self.inner.config;
+        let exp = config
+            .backoff_initial
+            .saturating_mul(2u32.saturating_pow(n.min(31)))
+            .min(config.backoff_max);
+        let half = exp / 2;
+        let half_ns = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
+        let mut hasher = RandomState::new().build_hasher();
+        hasher.write_u64(self.inner.jitter_seq.fetch_add(1, Ordering::Relaxed));
+        let random_ns = hasher.finish() % half_ns.saturating_add(1);
+        half + Duration::from_nanos(random_ns)
+    }
+
+    /// Runs one RPC with redirects, failover, backoff and the call deadline.
+    async fn execute<Req, Resp, S, Fut>(
+        &self,
+        op: &'static str,
+        route: Route,
+        request_id: String,
+        request: Req,
+        send: S,
+        leader_evidence: fn(&Resp, &str) -> Option<LeaderInfo>,
+    ) -> Result<Resp, ClientError>
+    where
+        Req: Clone,
+        S: Fn(Channel, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Response<Resp>, Status>>,
+    {
+        let config = &self.inner.config;
+        let started = Instant::now();
+        let mut state = Attempts {
+            op,
+            request_id,
+            started,
+            deadline: started + config.call_deadline,
+            count: 0,
+            tried: Vec::new(),
+            backoffs: 0,
+            redirects_in_a_row: 0,
+        };
+        let mut target = self.first_target(route);
+        loop {
+            let (index, addr, channel) = self.peer_at(target);
+            state.count += 1;
+            if !state.tried.contains(&addr) {
+                state.tried.push(addr.clone());
+            }
+            let remaining = state.deadline.saturating_duration_since(Instant::now());
+            let attempt_timeout = config.request_timeout.min(remaining);
+            let mut request = Request::new(request.clone());
+            request.set_timeout(attempt_timeout);
+            debug!(
+                op,
+                attempt = state.count,
+                endpoint = %addr,
+                request_id = %state.request_id,
+                timeout_ms = attempt_timeout.as_millis(),
+                "sending request"
+            );
+            let status = match tokio::time::timeout(attempt_timeout, send(channel, request)).await {
+                Ok(Ok(response)) => {
+                    let response = response.into_inner();
+                    if let Some(leader) = leader_evidence(&response, &addr) {
+                        self.remember_leader(leader);
+                    }
+                    return Ok(response);
+                }
+                Ok(Err(status)) => status,
+                Err(_elapsed) => Status::deadline_exceeded(format!(
+                    "attempt timed out after {} ms",
+                    attempt_timeout.as_millis()
+                )),
+            };
+            debug!(
+                op,
+                attempt = state.count,
+                endpoint = %addr,
+                code = code_name(status.code()),
+                message = status.message(),
+                "attempt failed"
+            );
+            let delay = match classify(&status, &addr) {
+                Next::Stop => return Err(state.give_up(GiveUp::NotRetryable, &status)),
+                Next::Redirect(leader) => {
+                    debug!(
+                        op,
+                        leader_id = ?leader.id,
+                        leader_addr = %leader.addr,
+                        "following redirect"
+                    );
+                    state.redirects_in_a_row += 1;
+                    match self.remember_leader(leader) {
+                        Some(leader_index) => target = leader_index,
+                        None => target = self.next_target(route, index, &addr),
+                    }
+                    if state.redirects_in_a_row <= REDIRECTS_IMMEDIATE_MAX {
+                        Duration::ZERO
+                    } else {
+                        state.backoffs += 1;
+                        self.backoff(state.backoffs - 1)
+                    }
+                }
+                Next::Retry => {
+                    state.redirects_in_a_row = 0;
+                    self.forget_leader(&addr);
+                    target = self.next_target(route, index, &addr);
+                    // A fresh endpoint is worth trying at once; cycling back to one that
+                    // already failed is what backs off.
+                    if self.is_tried(target, &state.tried) {
+                        state.backoffs += 1;
+                        self.backoff(state.backoffs - 1)
+                    } else {
+                        Duration::ZERO
+                    }
+                }
+            };
+            if state.count > config.retries_max {
+                return Err(state.give_up(GiveUp::RetriesExhausted, &status));
+            }
+            let remaining = state.deadline.saturating_duration_since(Instant::now());
+            if !delay.is_zero() {
+                tokio::time::sleep(delay.min(remaining)).await;
+            }
+            if Instant::now() >= state.deadline {
+                return Err(state.give_up(GiveUp::Deadline, &status));
+            }
+        }
+    }
+
+    async fn write<Req, Resp, S, Fut>(
+        &self,
+        op: &'static str,
+        mut request: Req,
+        send: S,
+        leader_evidence: fn(&Resp, &str) -> Option<LeaderInfo>,
+    ) -> Result<Resp, ClientError>
+    where
+        Req: Clone + Idempotent,
+        S: Fn(Channel, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Response<Resp>, Status>>,
+    {
+        let request_id = ensure_request_id(&mut request);
+        self.execute(
+            op,
+            Route::Leader,
+            request_id,
+            request,
+            send,
+            leader_evidence,
+        )
+        .await
+    }
+
+    // ---- CallService -------------------------------------------------------------------
+
+    /// Creates a call (a write: leader, same `request_id` on every retry).
+    pub async fn create_call(&self, req: CreateCallRequest) -> Result<CallResponse, ClientError> {
+        self.write(
+            "create_call",
+            req,
+            |ch, r| async move { call_client(ch).create_call(r).await },
+            |r: &CallResponse, a| leader_from_write(r.meta.as_ref(), a),
+        )
+        .await
+    }
+
+    /// Starts a CREATED call.
+    pub async fn start_call(&self, req: StartCallRequest) -> Result<CallResponse, ClientError> {
+        self.write(
+            "start_call",
+            req,
+            |ch, r| async move { call_client(ch).start_call(r).await },
+            |r: &CallResponse, a| leader_from_write(r.meta.as_ref(), a),
+        )
+        .await
+    }
+
+    /// Appends a turn.
+    pub async fn append_turn(
+        &self,
+        req: AppendTurnRequest,
+    ) -> Result<AppendTurnResponse, ClientError> {
+        self.write(
+            "append_turn",
+            req,
+            |ch, r| async move { call_client(ch).append_turn(r).await },
+            |r: &AppendTurnResponse, a| leader_from_write(r.meta.as_ref(), a),
+        )
+        .await
+    }
+
+    /// Logs a semantic event.
+    pub async fn log_event(&self, req: LogEventRequest) -> Result<LogEventResponse, ClientError> {
+        self.write(
+            "log_event",
+            req,
+            |ch, r| async move { call_client(ch).log_event(r).await },
+            |r: &LogEventResponse, a| leader_from_write(r.meta.as_ref(), a),
+        )
+        .await
+    }
+
+    /// Updates a call's summary and entities.
+    pub async fn update_context(
+        &self,
+        req: UpdateContextRequest,
+    ) -> Result<CallResponse, ClientError> {
+        self.write(
+            "update_context",
+            req,
+            |ch, r| async move { call_client(ch).update_context(r).await },
+            |r: &CallResponse, a| leader_from_write(r.meta.as_ref(), a),
+        )
+        .await
+    }
+
+    /// Hands a call off (at most once per call; a retry gets the original outcome).
+    pub async fn request_handoff(
+        &self,
+        req: RequestHandoffRequest,
+    ) -> Result<CallResponse, ClientError> {
+        self.write(
+            "request_handoff",
+            req,
+            |ch, r| async move { call_client(ch).request_handoff(r).await },
+            |r: &CallResponse, a| leader_from_write(r.meta.as_ref(), a),
+        )
+        .await
+    }
+
+    /// Ends a call.
+    pub async fn end_call(&self, req: EndCallRequest) -> Result<CallResponse, ClientError> {
+        self.write(
+            "end_call",
+            req,
+            |ch, r| async move { call_client(ch).end_call(r).await },
+            |r: &CallResponse, a| leader_from_write(r.meta.as_ref(), a),
+        )
+        .await
+    }
+
+    /// Reads one call; routed by `req.read` (linearizable: leader first; local: any node).
+    pub async fn get_call(&self, req: GetCallRequest) -> Result<GetCallResponse, ClientError> {
+        let route = read_route(req.read.as_ref());
+        self.execute(
+            "get_call",
+            route,
+            String::new(),
+            req,
+            |ch, r| async move { call_client(ch).get_call(r).await },
+            no_leader_evidence,
+        )
+        .await
+    }
+
+    /// Reads a call's context; routed by `req.read`.
+    pub async fn get_context(
+        &self,
+        req: GetContextRequest,
+    ) -> Result<GetContextResponse, ClientError> {
+        let route = read_route(req.read.as_ref());
+        self.execute(
+            "get_context",
+            route,
+            String::new(),
+            req,
+            |ch, r| async move { call_client(ch).get_context(r).await },
+            no_leader_evidence,
+        )
+        .await
+    }
+
+    /// Lists a call's turns; routed by `req.read`.
+    pub async fn list_turns(
+        &self,
+        req: ListTurnsRequest,
+    ) -> Result<ListTurnsResponse, ClientError> {
+        let route = read_route(req.read.as_ref());
+        self.execute(
+            "list_turns",
+            route,
+            String::new(),
+            req,
+            |ch, r| async move { call_client(ch).list_turns(r).await },
+            no_leader_evidence,
+        )
+        .await
+    }
+
+    /// Lists a tenant's calls; routed by `req.read`.
+    pub async fn list_calls(
+        &self,
+        req: ListCallsRequest,
+    ) -> Result<ListCallsResponse, ClientError> {
+        let route = read_route(req.read.as_ref());
+        self.execute(
+            "list_calls",
+            route,
+            String::new(),
+            req,
+            |ch, r| async move { call_client(ch).list_calls(r).await },
+            no_leader_evidence,
+        )
+        .await
+    }
+
+    // ---- EventService ------------------------------------------------------------------
+
+    /// Lists one call's events; routed by `req.read`.
+    pub async fn list_call_events(
+        &self,
+        req: ListCallEventsRequest,
+    ) -> Result<ListEventsResponse, ClientError> {
+        let route = read_route(req.read.as_ref());
+        self.execute(
+            "list_call_events",
+            route,
+            String::new(),
+            req,
+            |ch, r| async move { event_client(ch).list_call_events(r).await },
+            no_leader_evidence,
+        )
+        .await
+    }
+
+    /// Lists the cluster-wide event log; routed by `req.read`.
+    pub async fn list_events(
+        &self,
+        req: ListEventsRequest,
+    ) -> Result<ListEventsResponse, ClientError> {
+        let route = read_route(req.read.as_ref());
+        self.execute(
+            "list_events",
+            route,
+            String::new(),
+            req,
+            |ch, r| async move { event_client(ch).list_events(r).await },
+            no_leader_evidence,
+        )
+        .await
+    }
+
+    // ---- ClusterService ----------------------------------------------------------------
+
+    /// A node's view of the cluster, asked of the cached leader first (only it knows
+    /// `matched_index`), else the configured endpoints in order.
+    pub async fn status(&self, req: StatusRequest) -> Result<StatusResponse, ClientError> {
+        self.execute(
+            "status",
+            Route::Leader,
+            String::new(),
+            req,
+            |ch, r| async move { cluster_client(ch).status(r).await },
+            |r: &StatusResponse, a| {
+                (r.leader_id == Some(r.node_id)).then(|| LeaderInfo {
+                    id: Some(r.node_id),
+                    addr: a.to_owned(),
+                })
+            },
+        )
+        .await
+    }
+
+    /// Adds a learner (leader; membership changes are idempotent in effect).
+    pub async fn add_learner(
+        &self,
+        req: AddLearnerRequest,
+    ) -> Result<MembershipResponse, ClientError> {
+        self.execute(
+            "add_learner",
+            Route::Leader,
+            String::new(),
+            req,
+            |ch, r| async move { cluster_client(ch).add_learner(r).await },
+            |_, a| {
+                Some(LeaderInfo {
+                    id: None,
+                    addr: a.to_owned(),
+                })
+            },
+        )
+        .await
+    }
+
+    /// Promotes learners to voters (leader).
+    pub async fn promote(&self, req: PromoteRequest) -> Result<MembershipResponse, ClientError> {
+        self.execute(
+            "promote",
+            Route::Leader,
+            String::new(),
+            req,
+            |ch, r| async move { cluster_client(ch).promote(r).await },
+            |_, a| {
+                Some(LeaderInfo {
+                    id: None,
+                    addr: a.to_owned(),
+                })
+            },
+        )
+        .await
+    }
+
+    /// Removes members (leader).
+    pub async fn remove(&self, req: RemoveRequest) -> Result<MembershipResponse, ClientError> {
+        self.execute(
+            "remove",
+            Route::Leader,
+            String::new(),
+            req,
+            |ch, r| async move { cluster_client(ch).remove(r).await },
+            |_, a| {
+                Some(LeaderInfo {
+                    id: None,
+                    addr: a.to_owned(),
+                })
+            },
+        )
+        .await
+    }
+
+    /// Asks the first configured endpoint (and only it) to build a snapshot now.
+    pub async fn trigger_snapshot(
+        &self,
+        req: TriggerSnapshotRequest,
+    ) -> Result<TriggerSnapshotResponse, ClientError> {
+        self.execute(
+            "trigger_snapshot",
+            Route::Pinned,
+            String::new(),
+            req,
+            |ch, r| async move { cluster_client(ch).trigger_snapshot(r).await },
+            no_leader_evidence,
+        )
+        .await
+    }
+
+    /// Asks the leader for a read index (redirects followed); a read that waits until this
+    /// index is applied is linearizable.
+    pub async fn read_index(
+        &self,
+        req: ReadIndexRequest,
+    ) -> Result<ReadIndexResponse, ClientError> {
+        self.execute(
+            "read_index",
+            Route::Leader,
+            String::new(),
+            req,
+            |ch, r| async move { cluster_client(ch).read_index(r).await },
+            |r: &ReadIndexResponse, a| {
+                Some(LeaderInfo {
+                    id: (r.leader_id != 0).then_some(r.leader_id),
+                    addr: a.to_owned(),
+                })
+            },
+        )
+        .await
+    }
+
+    /// Asks the first configured endpoint (and only it) to initialize a fresh cluster.
+    pub async fn initialize(
+        &self,
+        req: InitializeRequest,
+    ) -> Result<InitializeResponse, ClientError> {
+        self.execute(
+            "initialize",
+            Route::Pinned,
+            String::new(),
+            req,
+            |ch, r| async move { cluster_client(ch).initialize(r).await },
+            no_leader_evidence,
+        )
+        .await
+    }
+}
+
+fn make_endpoint(addr: &str, config: &ClientConfig) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(config.connect_timeout)
+        .timeout(config.request_timeout)
+        .tcp_nodelay(true))
+}
+
+fn call_client(channel: Channel) -> CallServiceClient<Channel> {
+    CallServiceClient::new(channel).max_decoding_message_size(RESPONSE_BYTES_MAX)
+}
+
+fn event_client(channel: Channel) -> EventServiceClient<Channel> {
+    EventServiceClient::new(channel).max_decoding_message_size(RESPONSE_BYTES_MAX)
+}
+
+fn cluster_client(channel: Channel) -> ClusterServiceClient<Channel> {
+    ClusterServiceClient::new(channel).max_decoding_message_size(RESPONSE_BYTES_MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::metadata::MetadataValue;
+
+    use super::*;
+
+    #[test]
+    fn default_config_is_valid() {
+        assert_eq!(ClientConfig::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn validate_names_the_bad_field() {
+        let bad = ClientConfig {
+            endpoints: vec![],
+            ..ClientConfig::default()
+        };
+        assert_eq!(bad.validate(), Err(ConfigError::NoEndpoints));
+
+        let bad = ClientConfig {
+            endpoints: vec!["127.0.0.1".to_owned()],
+            ..ClientConfig::default()
+        };
+        let err = bad.validate().expect_err("no port");
+        assert!(err.to_string().contains("\"127.0.0.1\""), "{err}");
+
+        let bad = ClientConfig {
+            request_timeout: Duration::ZERO,
+            ..ClientConfig::default()
+        };
+        let err = bad.validate().expect_err("zero timeout");
+        assert!(err.to_string().contains("request_timeout"), "{err}");
+
+        let bad = ClientConfig {
+            backoff_initial: Duration::from_secs(5),
+            ..ClientConfig::default()
+        };
+        let err = bad.validate().expect_err("inverted backoff");
+        assert!(err.to_string().contains("backoff_initial"), "{err}");
+
+        let bad = ClientConfig {
+            retries_max: RETRIES_MAX_LIMIT + 1,
+            ..ClientConfig::default()
+        };
+        assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn addresses_are_normalized() {
+        assert_eq!(
+            normalize_addr("127.0.0.1:7101"),
+            Ok("127.0.0.1:7101".to_owned())
+        );
+        assert_eq!(
+            normalize_addr("http://node-1:7101/"),
+            Ok("node-1:7101".to_owned())
+        );
+        assert_eq!(normalize_addr("[::1]:7101"), Ok("[::1]:7101".to_owned()));
+        assert!(normalize_addr("https://node-1:7101").is_err());
+        assert!(normalize_addr("node-1:0").is_err());
+        assert!(normalize_addr(":7101").is_err());
+        assert!(normalize_addr("node-1:7101/x").is_err());
+    }
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        let client = Client::new(ClientConfig {
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(800),
+            ..ClientConfig::default()
+        })
+        .expect("valid config");
+        for n in 0..40 {
+            let exp =
+                (Duration::from_millis(100) * 2u32.pow(n.min(3))).min(Duration::from_millis(800));
+            let delay = client.backoff(n);
+            assert!(
+                delay >= exp / 2 && delay <= exp,
+                "n={n} delay={delay:?} exp={exp:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn missing_request_id_gets_a_uuid_v7_and_given_one_is_kept() {
+        let mut req = CreateCallRequest::default();
+        let id = ensure_request_id(&mut req);
+        let parsed = uuid::Uuid::parse_str(&id).expect("minted id is a uuid");
+        assert_eq!(parsed.get_version_num(), 7);
+        assert_eq!(req.request_id, id);
+
+        let mut req = EndCallRequest {
+            request_id: "mine".to_owned(),
+            ..Default::default()
+        };
+        assert_eq!(ensure_request_id(&mut req), "mine");
+    }
+
+    #[test]
+    fn redirect_needs_an_address_other_than_the_refusing_node() {
+        let mut status = Status::unavailable("not the leader");
+        status
+            .metadata_mut()
+            .insert(LEADER_ID_HEADER, MetadataValue::from_static("2"));
+        status.metadata_mut().insert(
+            LEADER_ADDR_HEADER,
+            MetadataValue::from_static("10.0.0.2:7101"),
+        );
+        match classify(&status, "10.0.0.1:7101") {
+            Next::Redirect(leader) => {
+                assert_eq!(leader.id, Some(2));
+                assert_eq!(leader.addr, "10.0.0.2:7101");
+            }
+            other => panic!("expected redirect, got {other:?}"),
+        }
+        assert!(matches!(classify(&status, "10.0.0.2:7101"), Next::Retry));
+
+        let mut empty = Status::unavailable("no leader known");
+        empty
+            .metadata_mut()
+            .insert(LEADER_ADDR_HEADER, MetadataValue::from_static(""));
+        assert!(matches!(classify(&empty, "10.0.0.1:7101"), Next::Retry));
+    }
+
+    #[test]
+    fn caller_errors_are_final() {
+        for status in [
+            Status::invalid_argument("x"),
+            Status::not_found("x"),
+            Status::failed_precondition("x"),
+            Status::internal("x"),
+        ] {
+            assert!(matches!(classify(&status, "a:1"), Next::Stop), "{status:?}");
+        }
+        for status in [
+            Status::unavailable("x"),
+            Status::deadline_exceeded("x"),
+            Status::cancelled("Timeout expired"),
+        ] {
+            assert!(
+                matches!(classify(&status, "a:1"), Next::Retry),
+                "{status:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn reads_route_by_consistency() {
+        assert_eq!(read_route(None), Route::Leader);
+        let local = ReadOptions {
+            consistency: Consistency::Local.into(),
+            min_index: 0,
+        };
+        assert_eq!(read_route(Some(&local)), Route::Any);
+        assert_eq!(read_route(Some(&ReadOptions::default())), Route::Leader);
+    }
+
+    #[test]
+    fn client_and_its_futures_can_cross_threads() {
+        fn assert_send_sync<T: Send + Sync>(_: &T) {}
+        fn assert_send<T: Send>(_: &T) {}
+        let client = Client::new(ClientConfig::default()).expect("valid config");
+        assert_send_sync(&client);
+        assert_send(&client.create_call(CreateCallRequest::default()));
+        assert_send(&client.get_call(GetCallRequest::default()));
+        assert_send(&client.status(StatusRequest {}));
+    }
+
+    #[test]
+    fn learned_addresses_are_bounded() {
+        let client = Client::new(ClientConfig {
+            endpoints: vec!["127.0.0.1:1".to_owned()],
+            ..ClientConfig::default()
+        })
+        .expect("valid config");
+        for port in 2..(2 + 3 * LEARNED_ENDPOINTS_MAX as u16) {
+            client.remember_leader(LeaderInfo {
+                id: None,
+                addr: format!("127.0.0.1:{port}"),
+            });
+        }
+        let endpoints = client.endpoints();
+        assert_eq!(endpoints.len(), 1 + LEARNED_ENDPOINTS_MAX);
+        assert_eq!(endpoints[0], "127.0.0.1:1");
+        let leader = client.leader().expect("leader cached");
+        assert_eq!(endpoints.last(), Some(&leader.addr));
+    }
+}

@@ -1,0 +1,371 @@
+//! Node configuration: flags, then environment, then an optional JSON file, then defaults.
+//! [`NodeConfig::validate`] runs before any port is bound; its errors name the bad value.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// `switchboard serve` options. Every option is optional here so that a config file can fill
+/// what the command line leaves out; [`ServeArgs::resolve`] applies the defaults.
+#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ServeArgs {
+    /// JSON file with any of these options (kebab-case keys); flags and env win over it.
+    #[arg(long, env = "SWITCHBOARD_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// This node's id (a positive integer, unique in the cluster).
+    #[arg(long, env = "SWITCHBOARD_NODE_ID")]
+    pub node_id: Option<u64>,
+    /// gRPC listen address (public API and Raft).
+    #[arg(long, env = "SWITCHBOARD_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Address other nodes and clients use to reach this node (default: --listen).
+    #[arg(long, env = "SWITCHBOARD_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// HTTP listen address for /metrics, /healthz, /readyz (default: gRPC port + 1000).
+    #[arg(long, env = "SWITCHBOARD_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+    /// Data directory (created on first start).
+    #[arg(long, env = "SWITCHBOARD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Initial voters, `1=host:port,2=host:port,3=host:port`: bootstraps a fresh cluster.
+    #[arg(long, env = "SWITCHBOARD_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+    /// Cluster id recorded in the data directory; nodes refuse peers of another cluster.
+    #[arg(long, env = "SWITCHBOARD_CLUSTER_ID")]
+    pub cluster_id: Option<String>,
+    /// Region label reported in cluster status.
+    #[arg(long, env = "SWITCHBOARD_REGION")]
+    pub region: Option<String>,
+    /// Raft heartbeat interval.
+    #[arg(long, env = "SWITCHBOARD_HEARTBEAT_MS")]
+    pub heartbeat_ms: Option<u64>,
+    /// Lower bound of the randomized election timeout.
+    #[arg(long, env = "SWITCHBOARD_ELECTION_TIMEOUT_MIN_MS")]
+    pub election_timeout_min_ms: Option<u64>,
+    /// Upper bound of the randomized election timeout.
+    #[arg(long, env = "SWITCHBOARD_ELECTION_TIMEOUT_MAX_MS")]
+    pub election_timeout_max_ms: Option<u64>,
+    /// Build a snapshot after this many log entries since the last one.
+    #[arg(long, env = "SWITCHBOARD_SNAPSHOT_LOGS_SINCE_LAST")]
+    pub snapshot_logs_since_last: Option<u64>,
+    /// Log entries kept behind a snapshot (for slow followers) before purging.
+    #[arg(long, env = "SWITCHBOARD_LOGS_KEPT_BEHIND_SNAPSHOT")]
+    pub logs_kept_behind_snapshot: Option<u64>,
+    /// How long a write may wait for commit and apply.
+    #[arg(long, env = "SWITCHBOARD_WRITE_TIMEOUT_MS")]
+    pub write_timeout_ms: Option<u64>,
+    /// How long a read may wait for the read index or `min_index`.
+    #[arg(long, env = "SWITCHBOARD_READ_WAIT_MS_MAX")]
+    pub read_wait_ms_max: Option<u64>,
+    /// Largest gRPC message accepted or sent.
+    #[arg(long, env = "SWITCHBOARD_GRPC_MESSAGE_BYTES_MAX")]
+    pub grpc_message_bytes_max: Option<usize>,
+    /// Concurrent gRPC requests served per connection.
+    #[arg(long, env = "SWITCHBOARD_GRPC_CONCURRENCY_MAX")]
+    pub grpc_concurrency_max: Option<usize>,
+    /// Stop when the parent process goes away (used by `switchboard dev`).
+    #[arg(long, hide = true)]
+    #[serde(skip)]
+    pub exit_with_parent: bool,
+}
+
+/// A validated node configuration.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub node_id: u64,
+    pub listen: SocketAddr,
+    pub advertise: String,
+    pub http_listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub initial_cluster: BTreeMap<u64, String>,
+    pub cluster_id: String,
+    pub region: String,
+    pub heartbeat: Duration,
+    pub election_timeout_min: Duration,
+    pub election_timeout_max: Duration,
+    pub snapshot_logs_since_last: u64,
+    pub logs_kept_behind_snapshot: u64,
+    pub write_timeout: Duration,
+    pub read_wait_max: Duration,
+    pub grpc_message_bytes_max: usize,
+    pub grpc_concurrency_max: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--{0} is required")]
+    Missing(&'static str),
+    #[error("--{option} {value:?} is invalid: {reason}")]
+    Invalid {
+        option: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("failed to read config file {path}")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is invalid: {reason}")]
+    FileFormat { path: PathBuf, reason: String },
+}
+
+fn invalid(
+    option: &'static str,
+    value: impl std::fmt::Display,
+    reason: impl Into<String>,
+) -> ConfigError {
+    ConfigError::Invalid {
+        option,
+        value: value.to_string(),
+        reason: reason.into(),
+    }
+}
+
+pub const CONFIG_FILE_BYTES_MAX: u64 = 1 << 20;
+
+impl ServeArgs {
+    fn load_file(path: &Path) -> Result<ServeArgs, ConfigError> {
+        let file_error = |source| ConfigError::File {
+            path: path.to_path_buf(),
+            source,
+        };
+        let len = std::fs::metadata(path).map_err(file_error)?.len();
+        if len > CONFIG_FILE_BYTES_MAX {
+            return Err(ConfigError::FileFormat {
+                path: path.to_path_buf(),
+                reason: format!("{len} bytes, over the bound of {CONFIG_FILE_BYTES_MAX}"),
+            });
+        }
+        let bytes = std::fs::read(path).map_err(file_error)?;
+        serde_json::from_slice(&bytes).map_err(|e| ConfigError::FileFormat {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Merges flags/env over the optional file over defaults, then validates.
+    pub fn resolve(self) -> Result<NodeConfig, ConfigError> {
+        let file = match &self.config {
+            Some(path) => Self::load_file(path)?,
+            None => ServeArgs::default(),
+        };
+        macro_rules! pick {
+            ($field:ident) => {
+                self.$field.clone().or(file.$field.clone())
+            };
+        }
+        let node_id = pick!(node_id).ok_or(ConfigError::Missing("node-id"))?;
+        let listen = pick!(listen).ok_or(ConfigError::Missing("listen"))?;
+        let data_dir = pick!(data_dir).ok_or(ConfigError::Missing("data-dir"))?;
+        let http_listen = match pick!(http_listen) {
+            Some(addr) => addr,
+            None => {
+                let port = listen.port().checked_add(1000).ok_or_else(|| {
+                    invalid(
+                        "listen",
+                        listen,
+                        "port + 1000 (the default HTTP port) overflows; set --http-listen",
+                    )
+                })?;
+                SocketAddr::new(listen.ip(), port)
+            }
+        };
+        let initial_cluster = match pick!(initial_cluster) {
+            Some(text) => parse_initial_cluster(&text)?,
+            None => BTreeMap::new(),
+        };
+        let advertise = pick!(advertise)
+            .or_else(|| initial_cluster.get(&node_id).cloned())
+            .unwrap_or_else(|| listen.to_string());
+        let config = NodeConfig {
+            node_id,
+            listen,
+            advertise,
+            http_listen,
+            data_dir,
+            initial_cluster,
+            cluster_id: pick!(cluster_id).unwrap_or_else(|| "switchboard".to_owned()),
+            region: pick!(region).unwrap_or_default(),
+            heartbeat: Duration::from_millis(pick!(heartbeat_ms).unwrap_or(100)),
+            election_timeout_min: Duration::from_millis(
+                pick!(election_timeout_min_ms).unwrap_or(400),
+            ),
+            election_timeout_max: Duration::from_millis(
+                pick!(election_timeout_max_ms).unwrap_or(800),
+            ),
+            snapshot_logs_since_last: pick!(snapshot_logs_since_last).unwrap_or(10_000),
+            logs_kept_behind_snapshot: pick!(logs_kept_behind_snapshot).unwrap_or(1_000),
+            write_timeout: Duration::from_millis(pick!(write_timeout_ms).unwrap_or(5_000)),
+            read_wait_max: Duration::from_millis(pick!(read_wait_ms_max).unwrap_or(5_000)),
+            grpc_message_bytes_max: pick!(grpc_message_bytes_max).unwrap_or(4 << 20),
+            grpc_concurrency_max: pick!(grpc_concurrency_max).unwrap_or(256),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// Parses `1=host:port,2=host:port`.
+pub fn parse_initial_cluster(text: &str) -> Result<BTreeMap<u64, String>, ConfigError> {
+    let mut members = BTreeMap::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| invalid("initial-cluster", part, "expected ID=HOST:PORT"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| invalid("initial-cluster", part, "node id is not a positive integer"))?;
+        let addr = addr.trim();
+        if addr
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .is_none()
+        {
+            return Err(invalid("initial-cluster", part, "address is not HOST:PORT"));
+        }
+        if members.insert(id, addr.to_owned()).is_some() {
+            return Err(invalid(
+                "initial-cluster",
+                text,
+                format!("node {id} is listed twice"),
+            ));
+        }
+    }
+    Ok(members)
+}
+
+impl NodeConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.node_id == 0 {
+            return Err(invalid(
+                "node-id",
+                self.node_id,
+                "must be a positive integer",
+            ));
+        }
+        if !self.initial_cluster.is_empty() && !self.initial_cluster.contains_key(&self.node_id) {
+            return Err(invalid(
+                "initial-cluster",
+                format!("{:?}", self.initial_cluster),
+                format!("does not list this node ({})", self.node_id),
+            ));
+        }
+        if self.cluster_id.is_empty() || self.cluster_id.len() > 128 {
+            return Err(invalid(
+                "cluster-id",
+                &self.cluster_id,
+                "must be 1 to 128 bytes",
+            ));
+        }
+        if self.heartbeat.is_zero() {
+            return Err(invalid("heartbeat-ms", 0, "must be positive"));
+        }
+        if self.election_timeout_min <= self.heartbeat * 2 {
+            return Err(invalid(
+                "election-timeout-min-ms",
+                self.election_timeout_min.as_millis(),
+                format!(
+                    "must exceed twice the heartbeat ({} ms)",
+                    self.heartbeat.as_millis()
+                ),
+            ));
+        }
+        if self.election_timeout_max <= self.election_timeout_min {
+            return Err(invalid(
+                "election-timeout-max-ms",
+                self.election_timeout_max.as_millis(),
+                "must exceed --election-timeout-min-ms",
+            ));
+        }
+        if self.snapshot_logs_since_last == 0 {
+            return Err(invalid("snapshot-logs-since-last", 0, "must be positive"));
+        }
+        if self.write_timeout.is_zero() || self.read_wait_max.is_zero() {
+            return Err(invalid("write-timeout-ms", 0, "timeouts must be positive"));
+        }
+        if !(64 << 10..=256 << 20).contains(&self.grpc_message_bytes_max) {
+            return Err(invalid(
+                "grpc-message-bytes-max",
+                self.grpc_message_bytes_max,
+                "must be from 64 KiB to 256 MiB",
+            ));
+        }
+        if !(1..=65_536).contains(&self.grpc_concurrency_max) {
+            return Err(invalid(
+                "grpc-concurrency-max",
+                self.grpc_concurrency_max,
+                "must be from 1 to 65536",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> ServeArgs {
+        ServeArgs {
+            node_id: Some(1),
+            listen: Some("127.0.0.1:7101".parse().expect("addr")),
+            data_dir: Some("/tmp/x".into()),
+            ..ServeArgs::default()
+        }
+    }
+
+    #[test]
+    fn defaults_fill_what_flags_leave_out() {
+        let config = args().resolve().expect("valid");
+        assert_eq!(config.http_listen.port(), 8101);
+        assert_eq!(config.advertise, "127.0.0.1:7101");
+    }
+
+    #[test]
+    fn errors_name_the_offending_option() {
+        let err = ServeArgs {
+            initial_cluster: Some("1=a:1,1=b:2".into()),
+            ..args()
+        }
+        .resolve()
+        .expect_err("duplicate");
+        assert!(err.to_string().contains("initial-cluster"), "{err}");
+        let err = ServeArgs {
+            election_timeout_min_ms: Some(150),
+            ..args()
+        }
+        .resolve()
+        .expect_err("too short");
+        assert!(err.to_string().contains("election-timeout-min-ms"), "{err}");
+        let err = ServeArgs {
+            initial_cluster: Some("2=a:1".into()),
+            ..args()
+        }
+        .resolve()
+        .expect_err("not a member");
+        assert!(err.to_string().contains("does not list this node"), "{err}");
+    }
+
+    #[test]
+    fn the_file_fills_in_and_flags_win() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("node.json");
+        std::fs::write(&path, br#"{"region": "eu-west", "node-id": 7}"#).expect("write");
+        let config = ServeArgs {
+            config: Some(path),
+            ..args()
+        }
+        .resolve()
+        .expect("valid");
+        assert_eq!(config.region, "eu-west");
+        assert_eq!(config.node_id, 1);
+    }
+}

@@ -1,0 +1,292 @@
+//! Conversions between the wire types (`proto::v1`) and the domain (`raft_store::domain`).
+//!
+//! Requests become domain commands here, with every wire-only failure (an unparsable call id,
+//! an unspecified enum) reported as the same `Invalid {field, problem}` the domain uses, so the
+//! client sees one kind of INVALID_ARGUMENT whichever layer found it.
+
+use std::collections::{BTreeMap, HashMap};
+
+use proto::v1;
+use raft_store::domain::{
+    Call, CallId, CallState, Channel, Command, ContextSnapshot, Event, Handoff, Labels, Lifecycle,
+    Payload, Turn, Urgency,
+};
+use raft_store::limits::{Field, Invalid, Problem};
+
+pub fn call_id(text: &str) -> Result<CallId, Invalid> {
+    if text.is_empty() {
+        return Err(Invalid::new(Field::CallId, Problem::Empty));
+    }
+    CallId::parse_str(text).map_err(|_| Invalid::new(Field::CallId, Problem::Malformed))
+}
+
+fn labels(map: HashMap<String, String>) -> Labels {
+    map.into_iter().collect()
+}
+
+fn wire_labels(map: &BTreeMap<String, String>) -> HashMap<String, String> {
+    map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+fn channel(value: i32) -> Result<Channel, Invalid> {
+    match v1::Channel::try_from(value) {
+        Ok(v1::Channel::Voice) => Ok(Channel::Voice),
+        Ok(v1::Channel::Chat) => Ok(Channel::Chat),
+        Ok(v1::Channel::Unspecified) => Err(Invalid::new(Field::Channel, Problem::Unspecified)),
+        Err(_) => Err(Invalid::new(Field::Channel, Problem::Malformed)),
+    }
+}
+
+fn urgency(value: i32) -> Result<Urgency, Invalid> {
+    match v1::Urgency::try_from(value) {
+        // Unspecified urgency is the ordinary case, not an error.
+        Ok(v1::Urgency::Unspecified | v1::Urgency::Normal) => Ok(Urgency::Normal),
+        Ok(v1::Urgency::Low) => Ok(Urgency::Low),
+        Ok(v1::Urgency::High) => Ok(Urgency::High),
+        Ok(v1::Urgency::Critical) => Ok(Urgency::Critical),
+        Err(_) => Err(Invalid::new(Field::Urgency, Problem::Malformed)),
+    }
+}
+
+/// The state filter of a list request: unspecified means any state.
+pub fn state_filter(value: i32) -> Result<Option<CallState>, Invalid> {
+    match v1::CallState::try_from(value) {
+        Ok(v1::CallState::Unspecified) => Ok(None),
+        Ok(v1::CallState::Created) => Ok(Some(CallState::Created)),
+        Ok(v1::CallState::Active) => Ok(Some(CallState::Active)),
+        Ok(v1::CallState::HandedOff) => Ok(Some(CallState::HandedOff)),
+        Ok(v1::CallState::Ended) => Ok(Some(CallState::Ended)),
+        Err(_) => Err(Invalid::new(Field::State, Problem::Malformed)),
+    }
+}
+
+/// A mutating request as the three things every write carries: who, the idempotency key, what.
+#[derive(Debug)]
+pub struct WriteRequest {
+    pub tenant_id: String,
+    pub request_id: String,
+    pub command: Command,
+}
+
+pub fn create_call(req: v1::CreateCallRequest) -> Result<WriteRequest, Invalid> {
+    Ok(WriteRequest {
+        command: Command::CreateCall {
+            source: req.source,
+            channel: channel(req.channel)?,
+            metadata: labels(req.metadata),
+            trace_id: req.trace_id,
+        },
+        tenant_id: req.tenant_id,
+        request_id: req.request_id,
+    })
+}
+
+pub fn start_call(req: v1::StartCallRequest) -> Result<WriteRequest, Invalid> {
+    Ok(WriteRequest {
+        command: Command::StartCall {
+            call_id: call_id(&req.call_id)?,
+        },
+        tenant_id: req.tenant_id,
+        request_id: req.request_id,
+    })
+}
+
+pub fn append_turn(req: v1::AppendTurnRequest) -> Result<WriteRequest, Invalid> {
+    Ok(WriteRequest {
+        command: Command::AppendTurn {
+            call_id: call_id(&req.call_id)?,
+            speaker: req.speaker,
+            text: req.text,
+            confidence: req.confidence,
+            language: req.language,
+            spoken_at_ms: req.spoken_at_ms,
+        },
+        tenant_id: req.tenant_id,
+        request_id: req.request_id,
+    })
+}
+
+pub fn log_event(req: v1::LogEventRequest) -> Result<WriteRequest, Invalid> {
+    let payload = match req.payload {
+        Some(v1::log_event_request::Payload::PayloadJson(json)) => Payload::Json(json),
+        Some(v1::log_event_request::Payload::PayloadBytes(bytes)) => Payload::Bytes(bytes),
+        None => Payload::Json("{}".to_owned()),
+    };
+    Ok(WriteRequest {
+        command: Command::LogEvent {
+            call_id: call_id(&req.call_id)?,
+            event_type: req.event_type,
+            payload,
+            metadata: labels(req.metadata),
+        },
+        tenant_id: req.tenant_id,
+        request_id: req.request_id,
+    })
+}
+
+pub fn update_context(req: v1::UpdateContextRequest) -> Result<WriteRequest, Invalid> {
+    Ok(WriteRequest {
+        command: Command::UpdateContext {
+            call_id: call_id(&req.call_id)?,
+            summary: req.summary,
+            entities: labels(req.entities),
+        },
+        tenant_id: req.tenant_id,
+        request_id: req.request_id,
+    })
+}
+
+pub fn request_handoff(req: v1::RequestHandoffRequest) -> Result<WriteRequest, Invalid> {
+    Ok(WriteRequest {
+        command: Command::RequestHandoff {
+            call_id: call_id(&req.call_id)?,
+            reason: req.reason,
+            urgency: urgency(req.urgency)?,
+            target: req.target,
+        },
+        tenant_id: req.tenant_id,
+        request_id: req.request_id,
+    })
+}
+
+pub fn end_call(req: v1::EndCallRequest) -> Result<WriteRequest, Invalid> {
+    Ok(WriteRequest {
+        command: Command::EndCall {
+            call_id: call_id(&req.call_id)?,
+            reason: req.reason,
+            resolution: req.resolution,
+        },
+        tenant_id: req.tenant_id,
+        request_id: req.request_id,
+    })
+}
+
+pub fn wire_state(state: CallState) -> v1::CallState {
+    match state {
+        CallState::Created => v1::CallState::Created,
+        CallState::Active => v1::CallState::Active,
+        CallState::HandedOff => v1::CallState::HandedOff,
+        CallState::Ended => v1::CallState::Ended,
+    }
+}
+
+fn wire_urgency(urgency: Urgency) -> v1::Urgency {
+    match urgency {
+        Urgency::Low => v1::Urgency::Low,
+        Urgency::Normal => v1::Urgency::Normal,
+        Urgency::High => v1::Urgency::High,
+        Urgency::Critical => v1::Urgency::Critical,
+    }
+}
+
+pub fn wire_turn(turn: &Turn) -> v1::Turn {
+    v1::Turn {
+        index: turn.index,
+        speaker: turn.speaker.clone(),
+        text: turn.text.clone(),
+        confidence: turn.confidence,
+        language: turn.language.clone(),
+        spoken_at_ms: turn.spoken_at_ms,
+        appended_at_ms: turn.appended_at_ms,
+        position: turn.position,
+    }
+}
+
+fn wire_snapshot(snapshot: &ContextSnapshot) -> v1::ContextSnapshot {
+    v1::ContextSnapshot {
+        summary: snapshot.summary.clone(),
+        entities: wire_labels(&snapshot.entities),
+        recent_turns: snapshot.recent_turns.iter().map(wire_turn).collect(),
+    }
+}
+
+pub fn wire_handoff(handoff: &Handoff) -> v1::Handoff {
+    v1::Handoff {
+        reason: handoff.reason.clone(),
+        urgency: wire_urgency(handoff.urgency).into(),
+        target: handoff.target.clone().unwrap_or_default(),
+        at_ms: handoff.at_ms,
+        position: handoff.position,
+        snapshot: Some(wire_snapshot(&handoff.snapshot)),
+    }
+}
+
+pub fn wire_call(call: &Call) -> v1::Call {
+    let (ended_at_ms, end_reason, resolution) = match &call.lifecycle {
+        Lifecycle::Ended {
+            ended_at_ms,
+            reason,
+            resolution,
+            ..
+        } => (Some(*ended_at_ms), reason.clone(), resolution.clone()),
+        _ => (None, String::new(), String::new()),
+    };
+    v1::Call {
+        call_id: call.call_id.to_string(),
+        tenant_id: call.tenant_id.clone(),
+        source: call.source.clone(),
+        channel: match call.channel {
+            Channel::Voice => v1::Channel::Voice,
+            Channel::Chat => v1::Channel::Chat,
+        }
+        .into(),
+        metadata: wire_labels(&call.metadata),
+        trace_id: call.trace_id.clone(),
+        room_name: call.room_name.clone(),
+        state: wire_state(call.state()).into(),
+        created_at_ms: call.created_at_ms,
+        started_at_ms: call.lifecycle.started_at_ms(),
+        ended_at_ms,
+        end_reason,
+        resolution,
+        turn_count: call.turn_count,
+        last_sequence_number: call.last_sequence_number,
+        summary: call.summary.clone(),
+        entities: wire_labels(&call.entities),
+        handoff: call.lifecycle.handoff().map(wire_handoff),
+        last_position: call.last_position,
+    }
+}
+
+pub fn wire_event(event: &Event) -> v1::Event {
+    v1::Event {
+        position: event.position,
+        event_id: event.event_id.to_string(),
+        event_type: event.event_type.clone(),
+        call_id: event.call_id.to_string(),
+        tenant_id: event.tenant_id.clone(),
+        trace_id: event.trace_id.clone(),
+        sequence_number: event.sequence_number,
+        at_ms: event.at_ms,
+        payload: Some(match &event.payload {
+            Payload::Json(json) => v1::event::Payload::PayloadJson(json.clone()),
+            Payload::Bytes(bytes) => v1::event::Payload::PayloadBytes(bytes.clone()),
+        }),
+        metadata: wire_labels(&event.metadata),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_malformed_call_id_names_the_field() {
+        let err = call_id("not-a-uuid").expect_err("malformed");
+        assert_eq!(err.field, Field::CallId);
+        assert_eq!(call_id("").expect_err("empty").problem, Problem::Empty);
+    }
+
+    #[test]
+    fn an_unspecified_channel_is_invalid() {
+        let req = v1::CreateCallRequest {
+            tenant_id: "t".into(),
+            request_id: "r".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            create_call(req).expect_err("no channel"),
+            Invalid::new(Field::Channel, Problem::Unspecified)
+        );
+    }
+}

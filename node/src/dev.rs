@@ -1,0 +1,196 @@
+//! `switchboard dev`: a local cluster of N `switchboard serve` child processes on loopback.
+//! Prints the endpoints once a leader is elected. A node that dies (say, a leader killed to
+//! rehearse a failover) is restarted after a pause, so it rejoins and catches up. Ctrl-C or
+//! SIGTERM stops every node; if `dev` itself is killed, the nodes notice and stop too.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use proto::v1::cluster_service_client::ClusterServiceClient;
+use tokio::process::{Child, Command};
+
+pub const DEV_NODES_MAX: u16 = 9;
+const READY_WAIT: Duration = Duration::from_secs(60);
+const STOP_WAIT: Duration = Duration::from_secs(10);
+const RESTART_PAUSE: Duration = Duration::from_secs(3);
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DevArgs {
+    /// Number of nodes (1 to 9).
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u16,
+    /// gRPC port of node 1; node i listens on base + i - 1, its HTTP port 1000 above.
+    #[arg(long, default_value_t = 7101)]
+    pub base_port: u16,
+    /// Directory holding one data directory per node.
+    #[arg(long, default_value = ".switchboard-dev")]
+    pub data_dir: PathBuf,
+    /// Delete the data directories first (start a new cluster).
+    #[arg(long)]
+    pub fresh: bool,
+}
+
+struct Node {
+    id: u16,
+    grpc: String,
+    child: Child,
+}
+
+pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        (1..=DEV_NODES_MAX).contains(&args.nodes),
+        "--nodes {} is invalid: must be from 1 to {DEV_NODES_MAX}",
+        args.nodes
+    );
+    let last_port = args.base_port.checked_add(args.nodes - 1 + 1000);
+    anyhow::ensure!(
+        last_port.is_some(),
+        "--base-port {} leaves no room for {} nodes",
+        args.base_port,
+        args.nodes
+    );
+    if args.fresh && args.data_dir.exists() {
+        std::fs::remove_dir_all(&args.data_dir)
+            .with_context(|| format!("failed to delete {}", args.data_dir.display()))?;
+    }
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("failed to create {}", args.data_dir.display()))?;
+    let exe = std::env::current_exe().context("cannot find the switchboard binary")?;
+    let addr = |i: u16| format!("127.0.0.1:{}", args.base_port + i - 1);
+    let initial_cluster = (1..=args.nodes)
+        .map(|i| format!("{i}={}", addr(i)))
+        .collect::<Vec<_>>()
+        .join(",");
+
+    let spawn = |id: u16| -> anyhow::Result<Child> {
+        Command::new(&exe)
+            .arg("serve")
+            .args(["--node-id", &id.to_string()])
+            .args(["--listen", &addr(id)])
+            .arg("--data-dir")
+            .arg(args.data_dir.join(format!("node-{id}")))
+            .args(["--initial-cluster", &initial_cluster])
+            .args(["--cluster-id", "switchboard-dev"])
+            .arg("--exit-with-parent")
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("failed to start node {id}"))
+    };
+    let mut nodes = Vec::new();
+    for id in 1..=args.nodes {
+        nodes.push(Node {
+            id,
+            grpc: addr(id),
+            child: spawn(id)?,
+        });
+    }
+
+    let outcome = tokio::select! {
+        ready = wait_for_leader(&nodes) => match ready {
+            Ok(leader) => {
+                let endpoints = nodes.iter().map(|n| n.grpc.as_str()).collect::<Vec<_>>().join(",");
+                println!("switchboard dev cluster is up: {} nodes, leader node {leader}", nodes.len());
+                for node in &nodes {
+                    println!("  node {}: grpc {}  http http://127.0.0.1:{}/metrics", node.id, node.grpc, args.base_port + node.id - 1 + 1000);
+                }
+                println!("  endpoints: {endpoints}");
+                println!("  try: switchboard call create --tenant demo");
+                println!("press Ctrl-C to stop every node");
+                supervise(&mut nodes, &spawn).await
+            }
+            Err(e) => Err(e),
+        },
+        stopped = stop_requested() => stopped.map(|()| ExitCode::SUCCESS),
+    };
+    stop_all(&mut nodes).await;
+    outcome
+}
+
+async fn wait_for_leader(nodes: &[Node]) -> anyhow::Result<u64> {
+    let started = Instant::now();
+    while started.elapsed() < READY_WAIT {
+        for node in nodes {
+            let Ok(mut client) =
+                ClusterServiceClient::connect(format!("http://{}", node.grpc)).await
+            else {
+                continue;
+            };
+            if let Ok(status) = client.status(proto::v1::StatusRequest {}).await
+                && let Some(leader) = status.into_inner().leader_id
+            {
+                return Ok(leader);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    anyhow::bail!("no leader was elected within {} s", READY_WAIT.as_secs())
+}
+
+async fn stop_requested() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
+    println!("stopping the dev cluster");
+    Ok(())
+}
+
+/// Restarts nodes that die until a stop is requested.
+async fn supervise(
+    nodes: &mut [Node],
+    spawn: &dyn Fn(u16) -> anyhow::Result<Child>,
+) -> anyhow::Result<ExitCode> {
+    let stop = stop_requested();
+    tokio::pin!(stop);
+    loop {
+        let died = futures::future::select_all(nodes.iter_mut().map(|n| {
+            let id = n.id;
+            Box::pin(async move { (id, n.child.wait().await) })
+        }));
+        let (id, status) = tokio::select! {
+            stopped = &mut stop => return stopped.map(|()| ExitCode::SUCCESS),
+            ((id, status), _, _) = died => (id, status),
+        };
+        eprintln!(
+            "node {id} exited ({}); restarting it in {} s",
+            status.map_or_else(|e| e.to_string(), |s| s.to_string()),
+            RESTART_PAUSE.as_secs()
+        );
+        tokio::select! {
+            stopped = &mut stop => return stopped.map(|()| ExitCode::SUCCESS),
+            () = tokio::time::sleep(RESTART_PAUSE) => {}
+        }
+        let node = nodes
+            .iter_mut()
+            .find(|n| n.id == id)
+            .ok_or_else(|| anyhow::anyhow!("no node {id}"))?;
+        node.child = spawn(id)?;
+        eprintln!("node {id} restarted");
+    }
+}
+
+async fn stop_all(nodes: &mut [Node]) {
+    for node in nodes.iter() {
+        if let Some(pid) = node.child.id().and_then(|p| i32::try_from(p).ok()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+    }
+    for node in nodes.iter_mut() {
+        match tokio::time::timeout(STOP_WAIT, node.child.wait()).await {
+            Ok(_) => {}
+            Err(_) => {
+                eprintln!(
+                    "node {} did not stop within {} s; killing it",
+                    node.id,
+                    STOP_WAIT.as_secs()
+                );
+                let _ = node.child.kill().await;
+            }
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! One node: opens the data directory, starts Raft, bootstraps a fresh cluster, and serves the
+//! gRPC port (public API, Raft, health, reflection) and the HTTP port until shutdown.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use anyhow::Context as _;
+use openraft::SnapshotPolicy;
+use proto::v1::call_service_server::CallServiceServer;
+use proto::v1::cluster_service_server::ClusterServiceServer;
+use proto::v1::event_service_server::EventServiceServer;
+use raft_store::{Claim, Identity, Member};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{Api, ApiConfig};
+use crate::config::NodeConfig;
+use crate::transport::{self, NetworkFactory, TransportConfig};
+use crate::{Raft, observe};
+
+/// Binds both ports, then serves until `shutdown` is cancelled.
+pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let grpc = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("failed to bind the gRPC port {}", config.listen))?;
+    let http = TcpListener::bind(config.http_listen)
+        .await
+        .with_context(|| format!("failed to bind the HTTP port {}", config.http_listen))?;
+    serve(config, grpc, http, shutdown).await
+}
+
+fn raft_config(config: &NodeConfig) -> anyhow::Result<openraft::Config> {
+    let millis = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let raft = openraft::Config {
+        cluster_name: config.cluster_id.clone(),
+        heartbeat_interval: millis(config.heartbeat),
+        election_timeout_min: millis(config.election_timeout_min),
+        election_timeout_max: millis(config.election_timeout_max),
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_logs_since_last),
+        max_in_snapshot_log_to_keep: config.logs_kept_behind_snapshot,
+        enable_pre_vote: Some(true),
+        ..openraft::Config::default()
+    };
+    Ok(raft.validate()?)
+}
+
+/// Serves on already bound listeners (tests bind port 0).
+pub async fn serve(
+    config: NodeConfig,
+    grpc_listener: TcpListener,
+    http_listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let identity = Identity::new(config.cluster_id.clone(), config.node_id);
+    let store = raft_store::open(&config.data_dir, &identity).with_context(|| {
+        format!(
+            "failed to open the data directory {}",
+            config.data_dir.display()
+        )
+    })?;
+    let claim = store.claim;
+    let reader = store.state_machine.reader();
+    let snapshots = store.state_machine.snapshot_dir().clone();
+    let log = store.log.clone();
+
+    let transport_config = TransportConfig {
+        cluster_id: config.cluster_id.clone(),
+        node_id: config.node_id,
+        ..TransportConfig::default()
+    };
+    transport_config.validate()?;
+    let network = NetworkFactory::new(transport_config.clone());
+    let raft = Raft::new(
+        config.node_id,
+        Arc::new(raft_config(&config)?),
+        network,
+        store.log,
+        store.state_machine,
+    )
+    .await
+    .context("failed to start raft")?;
+    tracing::info!(
+        node_id = config.node_id,
+        grpc = %grpc_listener.local_addr()?,
+        http = %http_listener.local_addr()?,
+        data_dir = %config.data_dir.display(),
+        fresh = claim == Claim::Fresh,
+        "node started"
+    );
+    bootstrap(&raft, &config, claim).await?;
+
+    let api = Api::new(
+        raft.clone(),
+        reader.clone(),
+        ApiConfig {
+            node_id: config.node_id,
+            cluster_id: config.cluster_id.clone(),
+            write_timeout: config.write_timeout,
+            read_wait_max: config.read_wait_max,
+        },
+    );
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<CallServiceServer<Api>>().await;
+    health.set_serving::<EventServiceServer<Api>>().await;
+    health.set_serving::<ClusterServiceServer<Api>>().await;
+    // v1 and v1alpha: grpcurl and older tools speak only the latter.
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let prometheus = observe::install_recorder().ok();
+    let mut tasks = JoinSet::new();
+    tasks.spawn(observe::publish(raft.clone(), reader, shutdown.clone()));
+    if let Some(prometheus) = prometheus {
+        tasks.spawn({
+            let (raft, shutdown) = (raft.clone(), shutdown.clone());
+            async move {
+                if let Err(e) = observe::serve_http(http_listener, raft, prometheus, shutdown).await
+                {
+                    tracing::error!(error = %e, "http server failed");
+                }
+            }
+        });
+    } else {
+        tracing::warn!(
+            "a metrics recorder is already installed in this process; /metrics is not served"
+        );
+    }
+
+    let bytes_max = config.grpc_message_bytes_max;
+    let grpc = tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(config.grpc_concurrency_max)
+        .layer(tower::layer::layer_fn(|inner| Timed { inner }))
+        .add_service(
+            CallServiceServer::new(api.clone())
+                .max_decoding_message_size(bytes_max)
+                .max_encoding_message_size(bytes_max),
+        )
+        .add_service(
+            EventServiceServer::new(api.clone())
+                .max_decoding_message_size(bytes_max)
+                .max_encoding_message_size(bytes_max),
+        )
+        .add_service(ClusterServiceServer::new(api.clone()))
+        .add_service(transport::raft_service(
+            raft.clone(),
+            transport_config,
+            snapshots,
+        ))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(reflection_v1alpha)
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(grpc_listener),
+            shutdown.clone().cancelled_owned(),
+        );
+    let served = grpc.await;
+    shutdown.cancel();
+
+    tracing::info!(node_id = config.node_id, "node stopping");
+    if let Err(e) = raft.shutdown().await {
+        tracing::warn!(error = %e, "raft did not shut down cleanly");
+    }
+    while tasks.join_next().await.is_some() {}
+    if let Err(e) = log.sync() {
+        tracing::error!(error = %e, "failed to sync the raft log at shutdown");
+    }
+    served.context("gRPC server failed")?;
+    tracing::info!(node_id = config.node_id, "node stopped");
+    Ok(())
+}
+
+/// On the first start of a fresh data directory, the lowest id of `--initial-cluster`
+/// initializes the cluster; the others wait to hear from it. Restarts never initialize.
+async fn bootstrap(raft: &Raft, config: &NodeConfig, claim: Claim) -> anyhow::Result<()> {
+    let Some(first) = config.initial_cluster.keys().next().copied() else {
+        return Ok(());
+    };
+    if claim != Claim::Fresh || first != config.node_id || raft.is_initialized().await? {
+        return Ok(());
+    }
+    let members: BTreeMap<u64, Member> = config
+        .initial_cluster
+        .iter()
+        .map(|(id, addr)| {
+            let region = if *id == config.node_id {
+                config.region.clone()
+            } else {
+                String::new()
+            };
+            (*id, Member::new(addr.clone(), region))
+        })
+        .collect();
+    tracing::info!(members = ?members.keys().collect::<Vec<_>>(), "initializing a new cluster");
+    raft.initialize(members)
+        .await
+        .context("failed to initialize the cluster")?;
+    Ok(())
+}
+
+/// The gRPC methods this node serves: only these get a latency series (bounded labels).
+const METHODS: &[&str] = &[
+    "/switchboard.v1.CallService/CreateCall",
+    "/switchboard.v1.CallService/StartCall",
+    "/switchboard.v1.CallService/AppendTurn",
+    "/switchboard.v1.CallService/LogEvent",
+    "/switchboard.v1.CallService/UpdateContext",
+    "/switchboard.v1.CallService/RequestHandoff",
+    "/switchboard.v1.CallService/EndCall",
+    "/switchboard.v1.CallService/GetCall",
+    "/switchboard.v1.CallService/GetContext",
+    "/switchboard.v1.CallService/ListTurns",
+    "/switchboard.v1.CallService/ListCalls",
+    "/switchboard.v1.EventService/ListCallEvents",
+    "/switchboard.v1.EventService/ListEvents",
+    "/switchboard.v1.ClusterService/Status",
+    "/switchboard.v1.ClusterService/ReadIndex",
+    "/switchboard.raft.v1.RaftService/AppendEntries",
+    "/switchboard.raft.v1.RaftService/Vote",
+    "/switchboard.raft.v1.RaftService/PreVote",
+    "/switchboard.raft.v1.RaftService/InstallSnapshot",
+];
+
+/// Records the latency of every known gRPC method.
+#[derive(Debug, Clone)]
+struct Timed<S> {
+    inner: S,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Timed<S>
+where
+    S: tower::Service<http::Request<B>> + Send,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let method = METHODS
+            .iter()
+            .find(|m| **m == request.uri().path())
+            .copied();
+        let started = Instant::now();
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let result = response.await;
+            if let Some(method) = method {
+                metrics::histogram!(observe::names::GRPC_REQUEST_SECONDS, "method" => method)
+                    .record(started.elapsed().as_secs_f64());
+            }
+            result
+        })
+    }
+}
