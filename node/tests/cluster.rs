@@ -625,3 +625,36 @@ async fn health_and_reflection_are_served_on_the_grpc_port() {
         assert!(names.contains(&service), "{service} missing from {names:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_min_index_the_node_never_reaches_fails_after_the_bounded_wait_saying_how_far_it_got() {
+    let mut cluster =
+        ProcessCluster::start(binary(), 1, &["--read-wait-ms-max", "300"]).expect("start cluster");
+    cluster.wait_for_leader(LEADER_WAIT).await.expect("leader");
+    let mut client = calls(&cluster.grpc(1)).await;
+    let created = client
+        .create_call(create("r-1"))
+        .await
+        .expect("create")
+        .into_inner();
+    let started = Instant::now();
+    let status = client
+        .get_call(v1::GetCallRequest {
+            tenant_id: TENANT.into(),
+            call_id: created.call.expect("call").call_id,
+            read: local(1_000_000),
+        })
+        .await
+        .expect_err("index 1000000 is never applied");
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(status.message().contains("1000000"), "{}", status.message());
+    assert!(
+        status.message().contains("has applied index"),
+        "{}",
+        status.message()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the wait is bounded"
+    );
+}
