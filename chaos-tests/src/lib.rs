@@ -2,6 +2,8 @@
 //! generator and the etcd baseline. For now: the failover measurement; the rest arrives with
 //! the drills and benchmark issues.
 
+pub mod bench;
+pub mod drill;
 pub mod failover;
 
 use std::path::PathBuf;

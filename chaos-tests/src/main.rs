@@ -1,5 +1,7 @@
 //! `chaos-tests`: measurements and drills against real `switchboard` processes.
 
+use std::process::ExitCode;
+
 use clap::Parser;
 
 #[derive(Debug, Parser)]
@@ -16,14 +18,24 @@ enum Cli {
         #[arg(long = "node-arg", allow_hyphen_values = true)]
         node_args: Vec<String>,
     },
+    /// Benchmark Switchboard against etcd side by side on this machine.
+    Bench(chaos_tests::bench::BenchArgs),
+    /// Run a chaos drill: real processes, real faults, invariant checkers.
+    Drill(chaos_tests::drill::DrillArgs),
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<ExitCode> {
     match Cli::parse() {
         Cli::Failover { runs, node_args } => {
             chaos_tests::failover::measure(runs, &node_args).await?;
         }
+        Cli::Bench(args) => chaos_tests::bench::run(args).await?,
+        Cli::Drill(args) => {
+            if !chaos_tests::drill::run(args).await? {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
