@@ -162,7 +162,8 @@ pub fn apply(head: Head, view: View<'_>, request: &Request) -> Result<Change, Re
                 "index": index,
                 "speaker": speaker,
                 "text": text,
-                "confidence": confidence,
+                // Via its shortest decimal form, so 0.93f32 reads 0.93 and not 0.9300000071525574.
+                "confidence": confidence.to_string().parse::<f64>().expect("a float formats as a parsable float"),
                 "language": language,
                 "spoken_at_ms": spoken_at_ms,
             });
