@@ -20,6 +20,9 @@ pub struct ServeArgs {
     /// This node's id (a positive integer, unique in the cluster).
     #[arg(long, env = "SWITCHBOARD_NODE_ID")]
     pub node_id: Option<u64>,
+    /// StatefulSet pod name (`name-<ordinal>`): without --node-id, the id is ordinal + 1.
+    #[arg(long, env = "SWITCHBOARD_POD_NAME")]
+    pub pod_name: Option<String>,
     /// gRPC listen address (public API and Raft).
     #[arg(long, env = "SWITCHBOARD_LISTEN")]
     pub listen: Option<SocketAddr>,
@@ -161,7 +164,11 @@ impl ServeArgs {
                 self.$field.clone().or(file.$field.clone())
             };
         }
-        let node_id = pick!(node_id).ok_or(ConfigError::Missing("node-id"))?;
+        let node_id = match (pick!(node_id), pick!(pod_name)) {
+            (Some(id), _) => id,
+            (None, Some(pod)) => node_id_from_pod_name(&pod)?,
+            (None, None) => return Err(ConfigError::Missing("node-id")),
+        };
         let listen = pick!(listen).ok_or(ConfigError::Missing("listen"))?;
         let data_dir = pick!(data_dir).ok_or(ConfigError::Missing("data-dir"))?;
         let http_listen = match pick!(http_listen) {
@@ -210,6 +217,14 @@ impl ServeArgs {
         config.validate()?;
         Ok(config)
     }
+}
+
+/// The node id of a StatefulSet pod: its trailing ordinal plus one (`switchboard-0` is node 1).
+pub fn node_id_from_pod_name(pod: &str) -> Result<u64, ConfigError> {
+    pod.rsplit_once('-')
+        .and_then(|(_, ordinal)| ordinal.parse::<u64>().ok())
+        .and_then(|ordinal| ordinal.checked_add(1))
+        .ok_or_else(|| invalid("pod-name", pod, "expected NAME-ORDINAL, e.g. switchboard-0"))
 }
 
 /// Parses `1=host:port,2=host:port`.
@@ -352,6 +367,19 @@ mod tests {
         .resolve()
         .expect_err("not a member");
         assert!(err.to_string().contains("does not list this node"), "{err}");
+    }
+
+    #[test]
+    fn a_statefulset_pod_name_gives_the_node_id() {
+        let config = ServeArgs {
+            node_id: None,
+            pod_name: Some("switchboard-2".into()),
+            ..args()
+        }
+        .resolve()
+        .expect("valid");
+        assert_eq!(config.node_id, 3);
+        assert!(node_id_from_pod_name("switchboard").is_err());
     }
 
     #[test]

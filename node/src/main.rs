@@ -25,6 +25,8 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Run a local cluster of N nodes as child processes.
     Dev(DevArgs),
+    /// Check an HTTP endpoint (for container health checks): exit 0 on a 2xx answer.
+    Probe(node::probe::ProbeArgs),
     #[command(flatten)]
     Client(node::cli_client::ClientCommand),
 }
@@ -89,6 +91,10 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(*args).await,
         Command::Dev(args) => node::dev::run(args).await,
+        Command::Probe(args) => node::probe::run(args).await.map(|status| {
+            println!("{status}");
+            ExitCode::SUCCESS
+        }),
         Command::Client(cmd) => return node::cli_client::run(cmd).await,
     };
     match result {
