@@ -3,8 +3,13 @@
 //! the drills and benchmark issues.
 
 pub mod bench;
+pub mod checkers;
 pub mod drill;
 pub mod failover;
+pub mod history;
+pub mod netns;
+pub mod proxy;
+pub mod rng;
 
 use std::path::PathBuf;
 

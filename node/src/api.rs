@@ -785,4 +785,20 @@ impl ClusterService for Api {
             .await,
         )
     }
+
+    async fn digest(
+        &self,
+        _req: GrpcRequest<v1::DigestRequest>,
+    ) -> Result<GrpcResponse<v1::DigestResponse>, Status> {
+        answer(
+            self.reader()
+                .digest()
+                .map(|at| v1::DigestResponse {
+                    node_id: self.inner.config.node_id,
+                    applied_index: at.applied_index,
+                    sha256: at.value.to_vec(),
+                })
+                .map_err(|e| ApiError::Read(e.into())),
+        )
+    }
 }

@@ -26,13 +26,13 @@ use std::{
 
 use proto::v1::{
     AddLearnerRequest, AppendTurnRequest, AppendTurnResponse, CallResponse, Consistency,
-    CreateCallRequest, EndCallRequest, GetCallRequest, GetCallResponse, GetContextRequest,
-    GetContextResponse, InitializeRequest, InitializeResponse, ListCallEventsRequest,
-    ListCallsRequest, ListCallsResponse, ListEventsRequest, ListEventsResponse, ListTurnsRequest,
-    ListTurnsResponse, LogEventRequest, LogEventResponse, MembershipResponse, PromoteRequest,
-    ReadIndexRequest, ReadIndexResponse, ReadOptions, RemoveRequest, RequestHandoffRequest,
-    StartCallRequest, StatusRequest, StatusResponse, TriggerSnapshotRequest,
-    TriggerSnapshotResponse, UpdateContextRequest, WriteMeta,
+    CreateCallRequest, DigestRequest, DigestResponse, EndCallRequest, GetCallRequest,
+    GetCallResponse, GetContextRequest, GetContextResponse, InitializeRequest, InitializeResponse,
+    ListCallEventsRequest, ListCallsRequest, ListCallsResponse, ListEventsRequest,
+    ListEventsResponse, ListTurnsRequest, ListTurnsResponse, LogEventRequest, LogEventResponse,
+    MembershipResponse, PromoteRequest, ReadIndexRequest, ReadIndexResponse, ReadOptions,
+    RemoveRequest, RequestHandoffRequest, StartCallRequest, StatusRequest, StatusResponse,
+    TriggerSnapshotRequest, TriggerSnapshotResponse, UpdateContextRequest, WriteMeta,
     call_service_client::CallServiceClient, cluster_service_client::ClusterServiceClient,
     event_service_client::EventServiceClient,
 };
@@ -283,6 +283,42 @@ pub struct ClientError {
     pub reason: GiveUp,
     /// The `request_id` of a write (the same on every attempt); empty for reads.
     pub request_id: String,
+    /// The `x-switchboard-rejection` metadata of the last status, when the server rejected the
+    /// command: the outcome is then known and final.
+    pub rejection: Option<RejectionName>,
+}
+
+/// Rejection variants the server names in `x-switchboard-rejection` (see `status.rs`).
+pub const REJECTION_NAMES: &[&str] = &[
+    "UnknownCall",
+    "CallExists",
+    "IllegalTransition",
+    "AlreadyHandedOff",
+    "CallEnded",
+    "CallLimitReached",
+    "Invalid",
+    "RequestIdReused",
+    "MissingStamp",
+];
+
+/// A rejection variant named by the server; one byte, so that errors stay small.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RejectionName(u8);
+
+impl RejectionName {
+    /// The variant for a header value, `None` when it is not a known name.
+    pub fn parse(value: &str) -> Option<Self> {
+        let index = REJECTION_NAMES.iter().position(|name| *name == value)?;
+        u8::try_from(index).ok().map(Self)
+    }
+
+    /// The variant's name, e.g. `AlreadyHandedOff`.
+    pub fn as_str(self) -> &'static str {
+        REJECTION_NAMES
+            .get(usize::from(self.0))
+            .copied()
+            .unwrap_or("")
+    }
 }
 
 impl ClientError {
@@ -460,6 +496,11 @@ impl Attempts {
             tried: self.tried.clone(),
             reason,
             request_id: self.request_id.clone(),
+            rejection: status
+                .metadata()
+                .get(crate::status::REJECTION_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(RejectionName::parse),
         }
     }
 }
@@ -1076,6 +1117,19 @@ impl Client {
                     addr: a.to_owned(),
                 })
             },
+        )
+        .await
+    }
+
+    /// Asks the first configured endpoint (and only it) for its state-machine digest.
+    pub async fn digest(&self, req: DigestRequest) -> Result<DigestResponse, ClientError> {
+        self.execute(
+            "digest",
+            Route::Pinned,
+            String::new(),
+            req,
+            |ch, r| async move { cluster_client(ch).digest(r).await },
+            no_leader_evidence,
         )
         .await
     }

@@ -1,10 +1,551 @@
-//! Chaos drills (being written).
+//! Chaos drills, Jepsen-style: real `switchboard` processes (on loopback, or each in its own
+//! network namespace), a workload of concurrent clients recorded in a history, a nemesis that
+//! injects faults chosen from one seed, and checkers that judge the history and the healed
+//! cluster.
+//!
+//! A drill has two phases. Safety: the workload runs while the nemesis injects faults. Liveness:
+//! every fault is healed and the cluster must accept a write within `--liveness-bound`; then
+//! the nodes must converge, and every checker runs. The report prints the seed, each fault with
+//! its time, operations by outcome, every verdict and the replay command. The drill never
+//! changes anything outside what it created, and removes all of it on every exit path.
+
+pub mod cluster;
+pub mod nemesis;
+pub mod workload;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use proto::v1;
+
+use crate::checkers::{self, Facts, NodeFinal, Verdict};
+use crate::history::{History, OpKind, Outcome, ReadLevel, SeenEvent};
+use crate::rng::Rng;
+use cluster::{DrillCluster, Mode};
+use nemesis::{FaultKind, FaultRecord, Nemesis, Timing};
+
+/// Pages of the event log read per node after healing (1000 events each).
+const EVENT_PAGES_MAX: u32 = 10_000;
+const LEADER_WAIT: Duration = Duration::from_secs(60);
+const CONVERGE_WAIT: Duration = Duration::from_secs(60);
+const CLIENTS_STOP_WAIT: Duration = Duration::from_secs(30);
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected e.g. 60s, 500ms, 5m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("{text:?}: unit must be ms, s, m or h")),
+    }
+}
 
 /// `chaos-tests drill` options.
 #[derive(Debug, Clone, clap::Args)]
-pub struct DrillArgs {}
+pub struct DrillArgs {
+    /// Seed of every decision (faults, timing, operations); random when absent (printed).
+    #[arg(long, env = "CHAOS_SEED")]
+    pub seed: Option<u64>,
+    /// Length of the safety phase (faults on), e.g. 60s, 5m.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Number of nodes (3 or 5).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(3..=5))]
+    pub nodes: u64,
+    /// Concurrent workload clients.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub clients: u32,
+    /// Where nodes run; default: netns when root with ip and nft, else loopback.
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
+    /// Faults to inject (comma-separated); default: every fault the mode supports.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub faults: Vec<FaultKind>,
+    /// Run the workload without any fault.
+    #[arg(long)]
+    pub no_faults: bool,
+    /// Quiet time between faults, most (ms; the least is a quarter of it).
+    #[arg(long, default_value_t = 2000)]
+    pub quiet_ms_max: u64,
+    /// How long a fault lasts, most (ms; the least is a quarter of it).
+    #[arg(long, default_value_t = 4000)]
+    pub hold_ms_max: u64,
+    /// After healing, the cluster must accept a write within this bound.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub liveness_bound: Duration,
+    /// History file (JSON lines); default: <tmp>/switchboard-chaos-<seed>.jsonl.
+    #[arg(long)]
+    pub history: Option<PathBuf>,
+    /// Extra flags for every `switchboard serve`, e.g. `--node-arg=--heartbeat-ms=50`.
+    #[arg(long = "node-arg", allow_hyphen_values = true)]
+    pub node_args: Vec<String>,
+}
 
 /// Runs one drill; returns whether every checker passed.
-pub async fn run(_args: DrillArgs) -> anyhow::Result<bool> {
-    anyhow::bail!("drills are not written yet")
+pub async fn run(args: DrillArgs) -> anyhow::Result<bool> {
+    let seed = args.seed.unwrap_or_else(|| {
+        // The only value not derived from a seed: the seed itself, printed for replay.
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64 % 1_000_000_007)
+    });
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        result = drill(seed, &args) => result,
+        _ = terminate.recv() => {
+            eprintln!("terminated; cleaning up (replay with CHAOS_SEED={seed})");
+            anyhow::bail!("terminated")
+        }
+        _ = tokio::signal::ctrl_c() => {
+            // Returning drops the cluster: processes, namespaces and directories go with it.
+            eprintln!("interrupted; cleaning up (replay with CHAOS_SEED={seed})");
+            anyhow::bail!("interrupted")
+        }
+    }
+}
+
+fn replay_command(seed: u64, args: &DrillArgs, mode: Mode, faults: &[FaultKind]) -> String {
+    let faults: Vec<String> = faults
+        .iter()
+        .map(|f| {
+            clap::ValueEnum::to_possible_value(f)
+                .map(|v| v.get_name().to_owned())
+                .unwrap_or_default()
+        })
+        .collect();
+    let mut line = format!(
+        "CHAOS_SEED={seed} cargo run -p chaos-tests --release -- drill --duration {}s --nodes {} --clients {} --mode {}",
+        args.duration.as_secs(),
+        args.nodes,
+        args.clients,
+        if mode == Mode::Netns {
+            "netns"
+        } else {
+            "loopback"
+        },
+    );
+    if faults.is_empty() {
+        line.push_str(" --no-faults");
+    } else {
+        line.push_str(&format!(" --faults {}", faults.join(",")));
+    }
+    for arg in &args.node_args {
+        line.push_str(&format!(" --node-arg={arg}"));
+    }
+    line
+}
+
+async fn drill(seed: u64, args: &DrillArgs) -> anyhow::Result<bool> {
+    let mode = match args.mode {
+        Some(mode) => mode,
+        None if crate::netns::preflight().is_ok() => Mode::Netns,
+        None => Mode::Loopback,
+    };
+    let faults: Vec<FaultKind> = if args.no_faults {
+        Vec::new()
+    } else if args.faults.is_empty() {
+        FaultKind::defaults(mode)
+    } else {
+        args.faults.clone()
+    };
+    if mode == Mode::Loopback
+        && let Some(f) = faults.iter().find(|f| f.needs_netns())
+    {
+        anyhow::bail!("fault {f:?} needs --mode netns (root, ip, nft)");
+    }
+    let replay = replay_command(seed, args, mode, &faults);
+    println!(
+        "== switchboard drill: seed {seed}, mode {mode:?}, {} nodes, {} clients, safety phase {:?}",
+        args.nodes, args.clients, args.duration
+    );
+    println!("   replay: {replay}");
+    let binary = crate::switchboard_binary()?;
+    let mut node_args = vec![
+        // Small snapshot thresholds so that snapshots, purges and installs happen in a drill.
+        "--snapshot-logs-since-last=500".to_owned(),
+        "--logs-kept-behind-snapshot=50".to_owned(),
+    ];
+    node_args.extend(args.node_args.iter().cloned());
+    let mut cluster = DrillCluster::start(binary, mode, args.nodes, node_args).await?;
+    wait_for_leader(&cluster, LEADER_WAIT).await?;
+    let history_path = args
+        .history
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("switchboard-chaos-{seed}.jsonl")));
+    let history = History::create(Some(&history_path))?;
+    let started = Instant::now();
+    let node_clients: Vec<(u64, node::client::Client)> = cluster
+        .nodes
+        .values()
+        .map(|n| (n.id, n.client.clone()))
+        .collect();
+    let shared = workload::Shared::new(history.clone(), seed, cluster.endpoints(), node_clients);
+
+    // Safety phase.
+    println!("-- safety phase: workload + faults {faults:?}");
+    let mut clients = tokio::task::JoinSet::new();
+    for who in 0..args.clients {
+        clients.spawn(workload::run_client(shared.clone(), who));
+    }
+    let timing = Timing {
+        quiet_ms: (args.quiet_ms_max / 4, args.quiet_ms_max.max(1)),
+        hold_ms: (args.hold_ms_max / 4, args.hold_ms_max.max(1)),
+    };
+    let records = {
+        let mut nemesis = Nemesis::new(
+            &mut cluster,
+            Rng::fork(seed, 1),
+            faults.clone(),
+            timing,
+            started,
+        )?;
+        if faults.is_empty() {
+            tokio::time::sleep(args.duration).await;
+        } else {
+            nemesis.run(args.duration).await;
+        }
+        nemesis.records
+    };
+    let remaining = args.duration.saturating_sub(started.elapsed());
+    tokio::time::sleep(remaining).await;
+    shared.stop.store(true, Ordering::Relaxed);
+    let stop_deadline = Instant::now() + CLIENTS_STOP_WAIT;
+    while !clients.is_empty() && Instant::now() < stop_deadline {
+        match tokio::time::timeout(Duration::from_secs(1), clients.join_next()).await {
+            Ok(Some(Ok(Err(e)))) => println!("   client stopped with an error: {e}"),
+            Ok(Some(Err(e))) => println!("   client task failed: {e}"),
+            _ => {}
+        }
+    }
+    clients.abort_all();
+
+    // Liveness phase.
+    println!("-- liveness phase: heal everything");
+    let healed_at = Instant::now();
+    heal_all(&mut cluster).await;
+    let liveness = probe_write(&shared, args.liveness_bound).await;
+    match liveness {
+        Some(took) => println!("   first write {} ms after healing", took.as_millis()),
+        None => println!("   no write within {:?} of healing", args.liveness_bound),
+    }
+    let convergence = converge(&cluster, CONVERGE_WAIT).await;
+    let leader = cluster.leader().await;
+    if let Some(leader) = leader
+        && let Some(client) = cluster.client_of(leader)
+    {
+        let node = (leader, client);
+        for call_id in shared.known_call_ids() {
+            workload::read_call(
+                &shared,
+                999,
+                &node,
+                &call_id,
+                ReadLevel::Linearizable,
+                false,
+            )
+            .await;
+        }
+    }
+    let nodes = collect_finals(&cluster).await;
+    history.flush();
+    let final_log = leader
+        .and_then(|l| nodes.iter().find(|n| n.node_id == l))
+        .or_else(|| nodes.first())
+        .and_then(|n| n.events.clone())
+        .unwrap_or_default();
+    let facts = Facts {
+        ops: history.ops(),
+        final_log,
+        nodes,
+    };
+    let mut verdicts = checkers::check_all(&facts);
+    let mut live = Verdict::new("liveness after healing");
+    live.checked = format!("bound {:?}", args.liveness_bound);
+    if liveness.is_none() {
+        live.violation(format!(
+            "no write was accepted within {:?} of healing",
+            args.liveness_bound
+        ));
+    }
+    if let Err(e) = &convergence {
+        live.violation(format!("nodes did not converge: {e}"));
+    }
+    verdicts.push(live);
+    let ok = verdicts.iter().all(Verdict::ok);
+    report(&Report {
+        seed,
+        mode,
+        args,
+        records: &records,
+        facts: &facts,
+        verdicts: &verdicts,
+        liveness,
+        healed_after_ms: u64::try_from(healed_at.duration_since(started).as_millis()).unwrap_or(0),
+        history_path: &history_path,
+        replay: &replay,
+    });
+    Ok(ok)
+}
+
+async fn wait_for_leader(cluster: &DrillCluster, within: Duration) -> anyhow::Result<u64> {
+    let started = Instant::now();
+    while started.elapsed() < within {
+        if let Some(leader) = cluster.leader().await {
+            return Ok(leader);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("no leader within {within:?}")
+}
+
+/// Heals every fault: network rules, proxy shapes, paused and dead processes, membership.
+async fn heal_all(cluster: &mut DrillCluster) {
+    if let Some(net) = &cluster.net
+        && let Err(e) = net.heal()
+    {
+        println!("   heal network: {e}");
+    }
+    for id in cluster.ids() {
+        if let Some(node) = cluster.nodes.get(&id)
+            && let Some(p) = &node.proxy
+        {
+            p.shape.clear();
+        }
+        if let Err(e) = cluster.resume(id) {
+            println!("   resume node {id}: {e}");
+        }
+        if let Err(e) = cluster.restart(id) {
+            println!("   restart node {id}: {e}");
+        }
+    }
+    // Every node must be a voter again (a membership fault may have been cut short).
+    let admin = match workload::write_client(&cluster.endpoints()) {
+        Ok(admin) => admin,
+        Err(e) => {
+            println!("   admin client: {e}");
+            return;
+        }
+    };
+    if wait_for_leader(cluster, LEADER_WAIT).await.is_err() {
+        println!("   no leader after healing");
+        return;
+    }
+    let Ok(status) = admin.status(v1::StatusRequest {}).await else {
+        return;
+    };
+    for id in cluster.ids() {
+        let voter = status.members.iter().any(|m| m.node_id == id && m.voter);
+        if !voter {
+            println!("   node {id} is not a voter after healing: adding it back");
+            if let Err(e) = nemesis::readd(cluster, &admin, id).await {
+                println!("   re-add node {id}: {e}");
+            }
+        }
+    }
+}
+
+/// Writes until one succeeds; returns how long that took, `None` past `bound`.
+async fn probe_write(shared: &workload::Shared, bound: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let client = workload::write_client(&shared.endpoints_list()).ok()?;
+    for n in 0..10_000u32 {
+        if started.elapsed() > bound {
+            return None;
+        }
+        let op = workload::write_once(
+            shared,
+            &client,
+            998,
+            workload::Write::probe(&format!("probe-{n}")),
+        )
+        .await;
+        if op.outcome == Outcome::Ok {
+            let took = started.elapsed();
+            return (took <= bound).then_some(took);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+/// Waits until every node has applied the same index, the leader's commit index.
+async fn converge(cluster: &DrillCluster, within: Duration) -> anyhow::Result<u64> {
+    let started = Instant::now();
+    let mut last = String::new();
+    while started.elapsed() < within {
+        let statuses = cluster.statuses().await;
+        let applied: BTreeMap<u64, u64> = statuses
+            .iter()
+            .map(|(id, s)| (*id, s.applied_index))
+            .collect();
+        let committed = statuses
+            .values()
+            .map(|s| s.committed_index)
+            .max()
+            .unwrap_or(0);
+        if statuses.len() == cluster.nodes.len()
+            && applied.values().all(|a| *a == committed)
+            && committed > 0
+        {
+            return Ok(committed);
+        }
+        last = format!("applied {applied:?}, committed {committed}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    anyhow::bail!("not converged within {within:?}: {last}")
+}
+
+async fn collect_finals(cluster: &DrillCluster) -> Vec<NodeFinal> {
+    let mut finals = Vec::new();
+    for (id, node) in &cluster.nodes {
+        let digest = node
+            .client
+            .digest(v1::DigestRequest {})
+            .await
+            .ok()
+            .map(|d| {
+                (
+                    d.applied_index,
+                    d.sha256
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect::<String>(),
+                )
+            });
+        let events = read_all_events(&node.client).await;
+        finals.push(NodeFinal {
+            node_id: *id,
+            digest,
+            events,
+        });
+    }
+    finals
+}
+
+async fn read_all_events(client: &node::client::Client) -> Option<Vec<SeenEvent>> {
+    let mut events = Vec::new();
+    let mut from = 1;
+    for _ in 0..EVENT_PAGES_MAX {
+        let page = client
+            .list_events(v1::ListEventsRequest {
+                from_position: from,
+                limit: 1000,
+                read: Some(v1::ReadOptions {
+                    consistency: v1::Consistency::Local.into(),
+                    min_index: 0,
+                }),
+            })
+            .await
+            .ok()?;
+        events.extend(page.events.iter().map(workload::seen_event));
+        if page.next == 0 {
+            return Some(events);
+        }
+        from = page.next;
+    }
+    Some(events)
+}
+
+struct Report<'a> {
+    seed: u64,
+    mode: Mode,
+    args: &'a DrillArgs,
+    records: &'a [FaultRecord],
+    facts: &'a Facts,
+    verdicts: &'a [Verdict],
+    liveness: Option<Duration>,
+    healed_after_ms: u64,
+    history_path: &'a std::path::Path,
+    replay: &'a str,
+}
+
+fn report(r: &Report<'_>) {
+    println!();
+    println!("== drill report ==");
+    println!(
+        "seed {}  mode {:?}  nodes {}  clients {}  safety phase {:?}",
+        r.seed, r.mode, r.args.nodes, r.args.clients, r.args.duration
+    );
+    println!("faults injected: {}", r.records.len());
+    for f in r.records {
+        let healed = f.healed_ms.map_or("-".to_owned(), |h| format!("{h} ms"));
+        println!(
+            "  {:>7} ms .. {:>9}  {:?}: {}",
+            f.at_ms, healed, f.kind, f.what
+        );
+        for t in &f.trouble {
+            println!("                         trouble: {t}");
+        }
+    }
+    let mut by_kind: BTreeMap<String, [usize; 3]> = BTreeMap::new();
+    let mut totals = [0usize; 3];
+    for op in &r.facts.ops {
+        let slot = match op.outcome {
+            Outcome::Ok => 0,
+            Outcome::Fail => 1,
+            Outcome::Unknown | Outcome::Pending => 2,
+        };
+        let name = match (op.kind, op.read) {
+            (OpKind::GetCall | OpKind::ListEvents, Some(ReadLevel::MinIndex(_))) => {
+                format!("{:?}/min_index", op.kind)
+            }
+            (OpKind::GetCall | OpKind::ListEvents, Some(level)) => {
+                format!("{:?}/{level:?}", op.kind)
+            }
+            (kind, _) => format!("{kind:?}"),
+        };
+        by_kind.entry(name).or_default()[slot] += 1;
+        totals[slot] += 1;
+    }
+    println!(
+        "operations: {} (ok {}, fail {}, unknown {})",
+        r.facts.ops.len(),
+        totals[0],
+        totals[1],
+        totals[2]
+    );
+    for (kind, [ok, fail, unknown]) in &by_kind {
+        println!("  {kind:<28} ok {ok:>6}  fail {fail:>6}  unknown {unknown:>6}");
+    }
+    println!(
+        "liveness: healed at {} ms; first write {}",
+        r.healed_after_ms,
+        r.liveness.map_or("never".to_owned(), |d| format!(
+            "after {} ms (bound {:?})",
+            d.as_millis(),
+            r.args.liveness_bound
+        ))
+    );
+    println!("checkers:");
+    for v in r.verdicts {
+        println!(
+            "  {} {:<42} {}",
+            if v.ok() { "PASS" } else { "FAIL" },
+            v.name,
+            v.checked
+        );
+        for note in &v.notes {
+            println!("       note: {note}");
+        }
+        for violation in &v.violations {
+            println!("       violation: {violation}");
+        }
+        if v.violation_count > v.violations.len() {
+            println!("       ... {} violations in all", v.violation_count);
+        }
+    }
+    println!("history: {}", r.history_path.display());
+    let ok = r.verdicts.iter().all(Verdict::ok);
+    println!("verdict: {}", if ok { "PASS" } else { "FAIL" });
+    println!("replay: {}", r.replay);
 }

@@ -1,0 +1,538 @@
+//! The nemesis: one fault at a time, chosen and timed from the drill's seed, each healed before
+//! the next. Process faults work everywhere (kill -9 and restart, SIGSTOP/SIGCONT, membership
+//! changes, a restart that needs a snapshot install, delay through the proxies); network faults
+//! (partitions of every shape, random loss) need namespace mode.
+
+use std::time::{Duration, Instant};
+
+use node::client::Client;
+use proto::v1;
+
+use super::cluster::{DrillCluster, Mode};
+use crate::netns::{Rule, cut};
+use crate::rng::Rng;
+
+/// Kinds of fault, as named on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FaultKind {
+    /// SIGKILL a random node, restart it later.
+    Kill,
+    /// SIGKILL the leader, restart it later.
+    KillLeader,
+    /// SIGSTOP a random node, SIGCONT it later.
+    Pause,
+    /// SIGSTOP the leader.
+    PauseLeader,
+    /// Cut the leader off from every other node (namespace mode).
+    IsolateLeader,
+    /// Split into a majority and a minority (namespace mode).
+    Halves,
+    /// Two sides that only one bridge node sees both of (namespace mode).
+    Bridge,
+    /// One node cannot call the others; they can still call it (namespace mode).
+    OneWay,
+    /// Random packet loss between all nodes (namespace mode).
+    Loss,
+    /// Delay every peer link through the proxies.
+    Delay,
+    /// One slow link: small throughput and some delay into one node.
+    SlowLink,
+    /// Remove a follower, wipe it, add it back as a learner and promote it.
+    Membership,
+    /// Kill a follower, snapshot and purge the log on the leader, restart the follower.
+    Snapshot,
+}
+
+impl FaultKind {
+    pub fn needs_netns(self) -> bool {
+        matches!(
+            self,
+            FaultKind::IsolateLeader
+                | FaultKind::Halves
+                | FaultKind::Bridge
+                | FaultKind::OneWay
+                | FaultKind::Loss
+        )
+    }
+
+    pub fn all() -> Vec<FaultKind> {
+        use FaultKind::*;
+        vec![
+            Kill,
+            KillLeader,
+            Pause,
+            PauseLeader,
+            IsolateLeader,
+            Halves,
+            Bridge,
+            OneWay,
+            Loss,
+            Delay,
+            SlowLink,
+            Membership,
+            Snapshot,
+        ]
+    }
+
+    /// The faults a mode can inject.
+    pub fn defaults(mode: Mode) -> Vec<FaultKind> {
+        Self::all()
+            .into_iter()
+            .filter(|f| mode == Mode::Netns || !f.needs_netns())
+            .collect()
+    }
+}
+
+/// One injected fault, for the report.
+#[derive(Debug, Clone)]
+pub struct FaultRecord {
+    pub kind: FaultKind,
+    pub at_ms: u64,
+    pub healed_ms: Option<u64>,
+    pub what: String,
+    /// Problems while injecting or healing (not violations: the drill goes on).
+    pub trouble: Vec<String>,
+}
+
+/// Timing of the nemesis.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub quiet_ms: (u64, u64),
+    pub hold_ms: (u64, u64),
+}
+
+pub struct Nemesis<'a> {
+    pub cluster: &'a mut DrillCluster,
+    pub rng: Rng,
+    pub faults: Vec<FaultKind>,
+    pub timing: Timing,
+    pub started: Instant,
+    pub records: Vec<FaultRecord>,
+    admin: Client,
+}
+
+impl std::fmt::Debug for Nemesis<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Nemesis")
+            .field("faults", &self.faults)
+            .finish()
+    }
+}
+
+fn ms_since(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+impl<'a> Nemesis<'a> {
+    pub fn new(
+        cluster: &'a mut DrillCluster,
+        rng: Rng,
+        faults: Vec<FaultKind>,
+        timing: Timing,
+        started: Instant,
+    ) -> anyhow::Result<Self> {
+        let admin = super::workload::write_client(&cluster.endpoints())?;
+        Ok(Self {
+            cluster,
+            rng,
+            faults,
+            timing,
+            started,
+            records: Vec::new(),
+            admin,
+        })
+    }
+
+    /// Injects faults until `until` (measured from `started`).
+    pub async fn run(&mut self, until: Duration) {
+        let faults = self.faults.clone();
+        // Bounded: every round sleeps at least the minimum quiet time.
+        for _ in 0..100_000 {
+            let quiet = Duration::from_millis(
+                self.rng
+                    .range(self.timing.quiet_ms.0, self.timing.quiet_ms.1),
+            );
+            if self.started.elapsed() + quiet >= until {
+                break;
+            }
+            tokio::time::sleep(quiet).await;
+            let Some(kind) = self.rng.pick(&faults).copied() else {
+                break;
+            };
+            let remaining = until.saturating_sub(self.started.elapsed());
+            let hold =
+                Duration::from_millis(self.rng.range(self.timing.hold_ms.0, self.timing.hold_ms.1))
+                    .min(remaining);
+            self.inject(kind, hold).await;
+        }
+    }
+
+    fn record(&mut self, kind: FaultKind, what: String) -> usize {
+        println!(
+            "  [{:>6} ms] fault {kind:?}: {what}",
+            ms_since(self.started)
+        );
+        self.records.push(FaultRecord {
+            kind,
+            at_ms: ms_since(self.started),
+            healed_ms: None,
+            what,
+            trouble: Vec::new(),
+        });
+        self.records.len() - 1
+    }
+
+    fn healed(&mut self, index: usize) {
+        if let Some(r) = self.records.get_mut(index) {
+            r.healed_ms = Some(ms_since(self.started));
+        }
+    }
+
+    fn trouble(&mut self, index: usize, what: String) {
+        println!("  [{:>6} ms] trouble: {what}", ms_since(self.started));
+        if let Some(r) = self.records.get_mut(index) {
+            r.trouble.push(what);
+        }
+    }
+
+    fn random_node(&mut self) -> u64 {
+        let ids = self.cluster.ids();
+        self.rng.pick(&ids).copied().unwrap_or(1)
+    }
+
+    async fn leader_or_random(&mut self) -> u64 {
+        match self.cluster.leader().await {
+            Some(leader) => leader,
+            None => self.random_node(),
+        }
+    }
+
+    async fn inject(&mut self, kind: FaultKind, hold: Duration) {
+        match kind {
+            FaultKind::Kill | FaultKind::KillLeader => {
+                let target = if kind == FaultKind::Kill {
+                    self.random_node()
+                } else {
+                    self.leader_or_random().await
+                };
+                let i = self.record(
+                    kind,
+                    format!(
+                        "kill -9 node {target}, restart after {} ms",
+                        hold.as_millis()
+                    ),
+                );
+                if let Err(e) = self.cluster.kill(target) {
+                    self.trouble(i, format!("kill: {e}"));
+                }
+                tokio::time::sleep(hold).await;
+                if let Err(e) = self.cluster.restart(target) {
+                    self.trouble(i, format!("restart: {e}"));
+                }
+                self.healed(i);
+            }
+            FaultKind::Pause | FaultKind::PauseLeader => {
+                let target = if kind == FaultKind::Pause {
+                    self.random_node()
+                } else {
+                    self.leader_or_random().await
+                };
+                let i = self.record(
+                    kind,
+                    format!("SIGSTOP node {target} for {} ms", hold.as_millis()),
+                );
+                if let Err(e) = self.cluster.pause(target) {
+                    self.trouble(i, format!("pause: {e}"));
+                }
+                tokio::time::sleep(hold).await;
+                if let Err(e) = self.cluster.resume(target) {
+                    self.trouble(i, format!("resume: {e}"));
+                }
+                self.healed(i);
+            }
+            FaultKind::IsolateLeader
+            | FaultKind::Halves
+            | FaultKind::Bridge
+            | FaultKind::OneWay
+            | FaultKind::Loss => {
+                let (what, rules) = self.network_rules(kind).await;
+                let i = self.record(kind, format!("{what} for {} ms", hold.as_millis()));
+                self.net_fault(i, &rules, hold).await;
+            }
+            FaultKind::Delay => {
+                let delay = self.rng.range(20, 250);
+                let i = self.record(
+                    kind,
+                    format!(
+                        "delay every peer link by {delay} ms for {} ms",
+                        hold.as_millis()
+                    ),
+                );
+                for node in self.cluster.nodes.values() {
+                    if let Some(p) = &node.proxy {
+                        p.shape.set(delay, 0);
+                    }
+                }
+                tokio::time::sleep(hold).await;
+                self.clear_shapes();
+                self.healed(i);
+            }
+            FaultKind::SlowLink => {
+                let target = self.random_node();
+                let bps = self.rng.range(8, 64) * 1024;
+                let i = self.record(
+                    kind,
+                    format!(
+                        "slow link into node {target}: {} KiB/s, 30 ms, for {} ms",
+                        bps / 1024,
+                        hold.as_millis()
+                    ),
+                );
+                if let Some(p) = self
+                    .cluster
+                    .nodes
+                    .get(&target)
+                    .and_then(|n| n.proxy.as_ref())
+                {
+                    p.shape.set(30, bps);
+                }
+                tokio::time::sleep(hold).await;
+                self.clear_shapes();
+                self.healed(i);
+            }
+            FaultKind::Membership => self.membership(hold).await,
+            FaultKind::Snapshot => self.snapshot_restart(hold).await,
+        }
+    }
+
+    fn clear_shapes(&self) {
+        for node in self.cluster.nodes.values() {
+            if let Some(p) = &node.proxy {
+                p.shape.clear();
+            }
+        }
+    }
+
+    async fn network_rules(&mut self, kind: FaultKind) -> (String, Vec<Rule>) {
+        let mut ids = self.cluster.ids();
+        // Seeded shuffle.
+        for i in (1..ids.len()).rev() {
+            let j = self.rng.below(i as u64 + 1) as usize;
+            ids.swap(i, j);
+        }
+        match kind {
+            FaultKind::IsolateLeader => {
+                let leader = self.leader_or_random().await;
+                let others: Vec<u64> = ids.iter().copied().filter(|id| *id != leader).collect();
+                (
+                    format!("isolate leader {leader} from {others:?}"),
+                    cut(&[leader], &others),
+                )
+            }
+            FaultKind::Halves => {
+                let minority = (ids.len() - 1) / 2;
+                let (a, b) = ids.split_at(minority.max(1));
+                (format!("partition {a:?} | {b:?}"), cut(a, b))
+            }
+            FaultKind::Bridge => {
+                let bridge = ids[0];
+                let rest = &ids[1..];
+                let (a, b) = rest.split_at(rest.len() / 2);
+                (
+                    format!("bridge partition {a:?} | {b:?}, node {bridge} sees both"),
+                    cut(a, b),
+                )
+            }
+            FaultKind::OneWay => {
+                let from = if self.rng.chance(50) {
+                    self.leader_or_random().await
+                } else {
+                    ids[0]
+                };
+                let rules = ids
+                    .iter()
+                    .filter(|id| **id != from)
+                    .map(|at| Rule::DropRequestsFrom { at: *at, from })
+                    .collect();
+                (
+                    format!("one-way: node {from} cannot call the others, they can call it"),
+                    rules,
+                )
+            }
+            _ => {
+                let percent = self.rng.range(5, 35);
+                let mut rules = Vec::new();
+                for at in &ids {
+                    for from in &ids {
+                        if at != from {
+                            rules.push(Rule::LoseFrom {
+                                at: *at,
+                                from: *from,
+                                percent,
+                            });
+                        }
+                    }
+                }
+                (
+                    format!("{percent}% random packet loss on every peer link"),
+                    rules,
+                )
+            }
+        }
+    }
+
+    async fn net_fault(&mut self, i: usize, rules: &[Rule], hold: Duration) {
+        let Some(net) = self.cluster.net.as_ref() else {
+            self.trouble(i, "network faults need --mode netns".into());
+            return;
+        };
+        let applied = net.apply(rules);
+        if let Err(e) = applied {
+            self.trouble(i, format!("nft: {e}"));
+        }
+        tokio::time::sleep(hold).await;
+        let healed = self.cluster.net.as_ref().map(|n| n.heal());
+        if let Some(Err(e)) = healed {
+            self.trouble(i, format!("heal: {e}"));
+        }
+        self.healed(i);
+    }
+
+    async fn follower(&mut self) -> Option<(u64, u64)> {
+        let leader = self.cluster.leader().await?;
+        let followers: Vec<u64> = self
+            .cluster
+            .ids()
+            .into_iter()
+            .filter(|id| *id != leader)
+            .collect();
+        let follower = *self.rng.pick(&followers)?;
+        Some((leader, follower))
+    }
+
+    /// Remove a follower, wipe it, start it fresh, add it as a learner, promote it.
+    async fn membership(&mut self, hold: Duration) {
+        let Some((leader, target)) = self.follower().await else {
+            let i = self.record(FaultKind::Membership, "skipped: no leader".into());
+            self.healed(i);
+            return;
+        };
+        let i = self.record(
+            FaultKind::Membership,
+            format!("remove node {target} (leader {leader}), wipe it, re-add as learner, promote"),
+        );
+        if let Err(e) = self
+            .admin
+            .remove(v1::RemoveRequest {
+                node_ids: vec![target],
+            })
+            .await
+        {
+            self.trouble(i, format!("remove: {e}"));
+            self.healed(i);
+            return;
+        }
+        if let Err(e) = self.cluster.wipe_and_start_fresh(target) {
+            self.trouble(i, format!("wipe and restart: {e}"));
+        }
+        tokio::time::sleep(hold).await;
+        if let Err(e) = readd(self.cluster, &self.admin, target).await {
+            self.trouble(i, format!("re-add: {e}"));
+        }
+        self.healed(i);
+    }
+
+    /// Kill a follower, make the leader snapshot and purge, restart the follower.
+    async fn snapshot_restart(&mut self, hold: Duration) {
+        let Some((leader, target)) = self.follower().await else {
+            let i = self.record(FaultKind::Snapshot, "skipped: no leader".into());
+            self.healed(i);
+            return;
+        };
+        let i = self.record(
+            FaultKind::Snapshot,
+            format!(
+                "kill node {target}, snapshot on leader {leader}, restart {target} after {} ms",
+                hold.as_millis()
+            ),
+        );
+        if let Err(e) = self.cluster.kill(target) {
+            self.trouble(i, format!("kill: {e}"));
+        }
+        tokio::time::sleep(hold).await;
+        let mut leader_snapshot = 0;
+        if let Some(client) = self.cluster.client_of(leader) {
+            match client.trigger_snapshot(v1::TriggerSnapshotRequest {}).await {
+                Ok(r) => leader_snapshot = r.snapshot_index,
+                Err(e) => self.trouble(i, format!("trigger snapshot: {e}")),
+            }
+        }
+        if let Err(e) = self.cluster.restart(target) {
+            self.trouble(i, format!("restart: {e}"));
+        }
+        // Note whether it caught up by installing the leader's snapshot (bounded wait).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut seen = 0;
+        while Instant::now() < deadline && leader_snapshot > 0 {
+            if let Ok(status) = self.cluster.status(target).await {
+                seen = status.snapshot_index;
+                if seen >= leader_snapshot {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let outcome = if leader_snapshot > 0 && seen >= leader_snapshot {
+            format!(
+                "; leader snapshot at {leader_snapshot}, node {target} now has snapshot {seen} (installed)"
+            )
+        } else {
+            format!(
+                "; leader snapshot at {leader_snapshot}, node {target} has snapshot {seen} (caught up from the log)"
+            )
+        };
+        if let Some(rec) = self.records.get_mut(i) {
+            rec.what.push_str(&outcome);
+        }
+        self.healed(i);
+    }
+}
+
+/// Adds `target` back as a learner and promotes it (bounded waits).
+pub async fn readd(cluster: &DrillCluster, admin: &Client, target: u64) -> anyhow::Result<()> {
+    let addr = cluster
+        .nodes
+        .get(&target)
+        .map(|n| n.advertise.clone())
+        .ok_or_else(|| anyhow::anyhow!("no node {target}"))?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match admin
+            .add_learner(v1::AddLearnerRequest {
+                node_id: target,
+                addr: addr.clone(),
+                region: String::new(),
+            })
+            .await
+        {
+            Ok(_) => break,
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    while Instant::now() < deadline {
+        match admin
+            .promote(v1::PromoteRequest {
+                node_ids: vec![target],
+            })
+            .await
+        {
+            Ok(r) if r.members.iter().any(|m| m.node_id == target && m.voter) => return Ok(()),
+            Ok(_) => last = "not a voter after promote".into(),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    anyhow::bail!("node {target} not promoted within 20 s: {last}")
+}
