@@ -16,6 +16,8 @@ context="$(mktemp -d -t switchboard-image-XXXXXX)"
 trap 'rm -rf "$context"' EXIT
 mkdir -p "$context/rootfs/etc" "$context/data"
 cp "$binary" "$context/rootfs/switchboard"
+# Debug info stays in the build directory; the image carries the stripped binary.
+strip --strip-debug "$context/rootfs/switchboard"
 # Every library ldd resolves, plus the loader itself, at the same paths.
 ldd "$binary" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}' | sort -u |
   while read -r lib; do cp -L --parents "$lib" "$context/rootfs/"; done
