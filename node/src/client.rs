@@ -288,18 +288,8 @@ pub struct ClientError {
     pub rejection: Option<RejectionName>,
 }
 
-/// Rejection variants the server names in `x-switchboard-rejection` (see `status.rs`).
-pub const REJECTION_NAMES: &[&str] = &[
-    "UnknownCall",
-    "CallExists",
-    "IllegalTransition",
-    "AlreadyHandedOff",
-    "CallEnded",
-    "CallLimitReached",
-    "Invalid",
-    "RequestIdReused",
-    "MissingStamp",
-];
+/// Rejection variants the server names in `x-switchboard-rejection` (the domain owns the list).
+pub const REJECTION_NAMES: &[&str] = &raft_store::domain::Rejection::NAMES;
 
 /// A rejection variant named by the server; one byte, so that errors stay small.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -72,20 +72,6 @@ fn rejection_code(rejection: &Rejection) -> Code {
     }
 }
 
-fn rejection_name(rejection: &Rejection) -> &'static str {
-    match rejection {
-        Rejection::UnknownCall { .. } => "UnknownCall",
-        Rejection::CallExists { .. } => "CallExists",
-        Rejection::IllegalTransition { .. } => "IllegalTransition",
-        Rejection::AlreadyHandedOff { .. } => "AlreadyHandedOff",
-        Rejection::CallEnded { .. } => "CallEnded",
-        Rejection::CallLimitReached { .. } => "CallLimitReached",
-        Rejection::Invalid(_) => "Invalid",
-        Rejection::RequestIdReused { .. } => "RequestIdReused",
-        Rejection::MissingStamp => "MissingStamp",
-    }
-}
-
 impl From<ApiError> for Status {
     fn from(error: ApiError) -> Self {
         let message = error.to_string();
@@ -95,7 +81,7 @@ impl From<ApiError> for Status {
                 let mut status = Status::new(rejection_code(&rejection), message);
                 status.metadata_mut().insert(
                     REJECTION_HEADER,
-                    MetadataValue::from_static(rejection_name(&rejection)),
+                    MetadataValue::from_static(rejection.name()),
                 );
                 status
             }
