@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use openraft::SnapshotPolicy;
+use openraft::async_runtime::WatchReceiver;
 use proto::v1::call_service_server::CallServiceServer;
 use proto::v1::cluster_service_server::ClusterServiceServer;
 use proto::v1::event_service_server::EventServiceServer;
@@ -115,6 +116,7 @@ pub async fn serve(
         .build_v1alpha()?;
 
     let prometheus = observe::install_recorder().ok();
+    let raft_stopped = tokio::spawn(watch_raft(raft.clone(), shutdown.clone()));
     let mut tasks = JoinSet::new();
     tasks.spawn(observe::publish(raft.clone(), reader, shutdown.clone()));
     if let Some(prometheus) = prometheus {
@@ -177,8 +179,37 @@ pub async fn serve(
         tracing::error!(error = %e, "failed to sync the raft log at shutdown");
     }
     served.context("gRPC server failed")?;
+    if let Ok(Some(why)) = raft_stopped.await {
+        anyhow::bail!("raft stopped on its own: {why}");
+    }
     tracing::info!(node_id = config.node_id, "node stopped");
     Ok(())
+}
+
+/// Waits for Raft to stop on its own (openraft stops a node on a storage error) and then shuts
+/// the node down, so that the process exits with an error and its supervisor (systemd, Docker,
+/// Kubernetes) restarts it, rather than serving on with a dead consensus core. Returns why, or
+/// `None` when the node is shutting down anyway.
+async fn watch_raft(raft: crate::Raft, shutdown: CancellationToken) -> Option<String> {
+    let mut metrics = raft.metrics();
+    loop {
+        let stopped = match &metrics.borrow_and_update().running_state {
+            Ok(()) => None,
+            Err(fatal) => Some(fatal.to_string()),
+        };
+        if let Some(why) = stopped {
+            if shutdown.is_cancelled() {
+                return None;
+            }
+            tracing::error!(error = %why, "raft stopped on its own; shutting the node down");
+            shutdown.cancel();
+            return Some(why);
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return None,
+            changed = metrics.changed() => if changed.is_err() { return None },
+        }
+    }
 }
 
 /// On the first start of a fresh data directory, the lowest id of `--initial-cluster`

@@ -658,3 +658,68 @@ async fn a_min_index_the_node_never_reaches_fails_after_the_bounded_wait_saying_
         "the wait is bounded"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_raft_stops_on_a_storage_error_exits_and_recovers_on_restart() {
+    let mut cluster = ProcessCluster::start(binary(), 3, &[]).expect("start cluster");
+    let leader = cluster.wait_for_leader(LEADER_WAIT).await.expect("leader");
+    let victim = *cluster
+        .nodes
+        .keys()
+        .find(|id| **id != leader)
+        .expect("a follower");
+    calls(&cluster.grpc(leader))
+        .await
+        .create_call(create("fatal-before"))
+        .await
+        .expect("create");
+
+    // Take the snapshot directory away: building a snapshot fails, which openraft treats as a
+    // fatal storage error that stops Raft on that node.
+    let snapshots = cluster.nodes[&victim].data_dir.join("snapshots");
+    std::fs::remove_dir_all(&snapshots).expect("remove the snapshot directory");
+    let mut admin = ClusterServiceClient::connect(format!("http://{}", cluster.grpc(victim)))
+        .await
+        .expect("connect");
+    let _ = admin.trigger_snapshot(v1::TriggerSnapshotRequest {}).await;
+
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = cluster.nodes.get_mut(&victim).and_then(|n| n.exit_status()) {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "node {victim} kept running with its Raft stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "an error exit, not a signal: {status}"
+    );
+
+    // The others keep serving; the restarted node (as a supervisor would) catches up.
+    let created = calls(&cluster.grpc(leader))
+        .await
+        .create_call(create("fatal-after"))
+        .await
+        .expect("the cluster still takes writes")
+        .into_inner();
+    let index = created.meta.expect("meta").index;
+    cluster.restart(victim).expect("restart");
+    let started = Instant::now();
+    loop {
+        if let Ok(status) = cluster.status(victim).await
+            && status.applied_index >= index
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "restarted node {victim} did not catch up to {index}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

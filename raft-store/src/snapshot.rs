@@ -11,7 +11,7 @@
 //! an error naming the file, never a half-installed state.
 
 use std::fs::{self, File};
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use rocksdb::{DB, IteratorMode};
@@ -30,6 +30,8 @@ pub const SNAPSHOT_KEY_BYTES_MAX: u32 = 4096;
 pub const SNAPSHOT_VALUE_BYTES_MAX: u32 = 16 << 20;
 const SUFFIX: &str = "snap";
 const IO_BUFFER_BYTES: usize = 256 * 1024;
+/// Listings taken again when the newest snapshot vanished before it could be opened.
+const OPEN_ATTEMPTS: u32 = 8;
 
 /// A snapshot on disk, opened. The open handle keeps the data readable even if a newer snapshot
 /// replaces the file while this one is being sent.
@@ -106,7 +108,44 @@ impl SnapshotDir {
         Ok(out)
     }
 
-    /// Removes snapshots older than `keep` and leftovers of interrupted transfers.
+    /// Opens the newest snapshot with its metadata, if any. A build or an install running at the
+    /// same time may retire the file between listing and opening it: then the listing is
+    /// taken again (a newer file is in place by then). Once open, the handle keeps the data
+    /// readable whatever happens to the file.
+    pub fn open_latest(&self) -> Result<Option<(SnapshotMeta, SnapshotFile)>, Error> {
+        self.open_latest_with(|_| {})
+    }
+
+    /// [`SnapshotDir::open_latest`], calling `before_open` with each path it is about to open
+    /// (tests use it to retire the file at the worst moment).
+    fn open_latest_with(
+        &self,
+        mut before_open: impl FnMut(&Path),
+    ) -> Result<Option<(SnapshotMeta, SnapshotFile)>, Error> {
+        let mut attempt = 0;
+        loop {
+            let Some(path) = self.latest()? else {
+                return Ok(None);
+            };
+            before_open(&path);
+            match File::open(&path) {
+                Ok(mut file) => {
+                    // The clone shares the offset: rewind once the metadata is read.
+                    let reader = file.try_clone().map_err(Error::io(&path))?;
+                    let (meta, _) = Records::from_file(&path, reader)?;
+                    file.seek(SeekFrom::Start(0)).map_err(Error::io(&path))?;
+                    return Ok(Some((meta, SnapshotFile { path, file })));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempt < OPEN_ATTEMPTS => {
+                    attempt += 1;
+                }
+                Err(e) => return Err(Error::Io { path, source: e }),
+            }
+        }
+    }
+
+    /// Removes snapshots older than `keep`. A file already gone was retired by a concurrent
+    /// build or install.
     pub fn retire_older_than(&self, keep: &Path) -> Result<(), Error> {
         let keep_rank = self
             .list()?
@@ -115,7 +154,11 @@ impl SnapshotDir {
             .map_or(0, |(rank, _)| rank);
         for (rank, path) in self.list()? {
             if rank < keep_rank {
-                fs::remove_file(&path).map_err(Error::io(&path))?;
+                match fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::Io { path, source: e }),
+                }
             }
         }
         Ok(())
@@ -260,6 +303,11 @@ impl Records {
     /// Opens a snapshot and reads its metadata.
     pub fn open(path: &Path) -> Result<(SnapshotMeta, Records), Error> {
         let file = File::open(path).map_err(Error::io(path))?;
+        Self::from_file(path, file)
+    }
+
+    /// Reads the metadata of the snapshot open as `file` (at offset 0).
+    pub fn from_file(path: &Path, file: File) -> Result<(SnapshotMeta, Records), Error> {
         let mut records = Records {
             path: path.to_path_buf(),
             input: BufReader::with_capacity(IO_BUFFER_BYTES, file),
@@ -374,5 +422,92 @@ fn file_digest(path: &Path) -> Result<[u8; 32], Error> {
             return Ok(hasher.finalize().into());
         }
         hasher.update(&buf[..n]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::impls::leader_id_adv::LeaderId;
+
+    use super::*;
+
+    fn db_at(dir: &Path) -> DB {
+        let mut options = rocksdb::Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        DB::open_cf(&options, dir, [CF_SM]).expect("open rocksdb")
+    }
+
+    fn set_applied(db: &DB, index: u64) {
+        let cf = db.cf_handle(CF_SM).expect("column family");
+        let id = LogId::new(
+            LeaderId {
+                term: 1,
+                node_id: 1,
+            },
+            index,
+        );
+        db.put_cf(cf, SM_LAST_APPLIED, crate::codec::encode(&id))
+            .expect("put");
+    }
+
+    fn applied_index(meta: &SnapshotMeta) -> Option<u64> {
+        meta.last_log_id.as_ref().map(|id| id.index)
+    }
+
+    #[test]
+    fn open_latest_lists_again_when_a_build_retires_the_file_under_it() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let db = db_at(&tmp.path().join("db"));
+        let snapshots = SnapshotDir::new(tmp.path().join("snapshots")).expect("snapshot dir");
+        set_applied(&db, 5);
+        let (_, first) = snapshots.build(&db).expect("first build");
+        set_applied(&db, 9);
+
+        // The worst moment: the newest file is listed, then a newer build lands and retires it
+        // before it is opened.
+        let mut opened = Vec::new();
+        let found = snapshots
+            .open_latest_with(|path| {
+                opened.push(path.to_path_buf());
+                if path == first {
+                    let (_, second) = snapshots.build(&db).expect("second build");
+                    snapshots.retire_older_than(&second).expect("retire");
+                }
+            })
+            .expect("no error")
+            .expect("a snapshot");
+        assert_eq!(applied_index(&found.0), Some(9));
+        assert_eq!(
+            opened.len(),
+            2,
+            "listed again after the first file vanished"
+        );
+        assert!(!first.exists());
+
+        // Retiring a file that is already gone is not an error.
+        snapshots
+            .retire_older_than(&found.1.path)
+            .expect("retire again");
+    }
+
+    #[test]
+    fn an_open_snapshot_stays_readable_after_it_is_retired() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let db = db_at(&tmp.path().join("db"));
+        let snapshots = SnapshotDir::new(tmp.path().join("snapshots")).expect("snapshot dir");
+        set_applied(&db, 3);
+        snapshots.build(&db).expect("build");
+        let (meta, mut open) = snapshots.open_latest().expect("open").expect("a snapshot");
+        set_applied(&db, 4);
+        let (_, newer) = snapshots.build(&db).expect("newer build");
+        snapshots.retire_older_than(&newer).expect("retire");
+        assert!(!open.path.exists());
+        let mut bytes = Vec::new();
+        open.file
+            .read_to_end(&mut bytes)
+            .expect("read the retired file");
+        assert!(bytes.starts_with(MAGIC));
+        assert_eq!(applied_index(&meta), Some(3));
     }
 }

@@ -473,14 +473,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>>, io::Error> {
-        let Some(path) = self.snapshots.latest()? else {
-            return Ok(None);
-        };
-        let (meta, _) = Records::open(&path)?;
-        Ok(Some(openraft::storage::Snapshot {
-            meta,
-            snapshot: SnapshotFile::open(path)?,
-        }))
+        Ok(self
+            .snapshots
+            .open_latest()?
+            .map(|(meta, snapshot)| openraft::storage::Snapshot { meta, snapshot }))
     }
 }
 
