@@ -4,11 +4,14 @@
 
 pub mod bench;
 pub mod checkers;
+pub mod compose;
 pub mod drill;
 pub mod failover;
 pub mod history;
 pub mod netns;
 pub mod proxy;
+pub mod regions;
+pub mod relay;
 pub mod rng;
 
 use std::path::PathBuf;

@@ -22,6 +22,10 @@ enum Cli {
     Bench(chaos_tests::bench::BenchArgs),
     /// Run a chaos drill: real processes, real faults, invariant checkers.
     Drill(chaos_tests::drill::DrillArgs),
+    /// Forward TCP routes with an added delay (the inter-region relay of the regions compose file).
+    Relay(chaos_tests::relay::RelayArgs),
+    /// Measure local vs linearizable reads in every region of the 5-node, 3-region compose file.
+    Regions(chaos_tests::regions::RegionsArgs),
 }
 
 #[tokio::main]
@@ -36,6 +40,8 @@ async fn main() -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
+        Cli::Relay(args) => chaos_tests::relay::run(args).await?,
+        Cli::Regions(args) => chaos_tests::regions::run(args).await?,
     }
     Ok(ExitCode::SUCCESS)
 }

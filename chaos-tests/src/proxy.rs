@@ -162,7 +162,11 @@ async fn pump(
     };
     let writer = async move {
         while let Some((at, chunk)) = rx.recv().await {
-            tokio::time::sleep_until(at).await;
+            // A deadline already passed (no delay) still waits for the next timer tick, about
+            // a millisecond per hop: skip the timer then.
+            if at > Instant::now() {
+                tokio::time::sleep_until(at).await;
+            }
             if to.write_all(&chunk).await.is_err() {
                 return;
             }

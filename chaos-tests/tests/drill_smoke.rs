@@ -15,6 +15,8 @@ fn args(seed: u64) -> DrillArgs {
         nodes: 3,
         clients: 3,
         mode: Some(Mode::Loopback),
+        compose_file: std::path::PathBuf::new(),
+        image: None,
         faults: Vec::new(),
         no_faults: false,
         quiet_ms_max: 1500,

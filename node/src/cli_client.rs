@@ -77,6 +77,18 @@ pub struct ClientOpts {
         default_value = DEFAULT_ENDPOINTS
     )]
     pub endpoints: Vec<String>,
+    /// Connect to REACHABLE whenever the cluster names a node ADVERTISED (its `--advertise`),
+    /// e.g. `node2:7101=127.0.0.1:7102` for a container cluster seen from the host; comma
+    /// separated or repeated.
+    #[arg(
+        long,
+        global = true,
+        value_delimiter = ',',
+        env = "SWITCHBOARD_RESOLVE",
+        value_name = "ADVERTISED=REACHABLE",
+        value_parser = parse_resolve
+    )]
+    pub resolve: Vec<(String, String)>,
     /// Tenant that owns the calls.
     #[arg(
         long,
@@ -481,6 +493,18 @@ pub async fn execute(command: ClientCommand) -> Result<(), CliError> {
     }
 }
 
+/// Parses one `--resolve` pair, `ADVERTISED=REACHABLE`.
+fn parse_resolve(text: &str) -> Result<(String, String), String> {
+    match text.trim().split_once('=') {
+        Some((from, to)) if !from.trim().is_empty() && !to.trim().is_empty() => {
+            Ok((from.trim().to_owned(), to.trim().to_owned()))
+        }
+        _ => Err(format!(
+            "{text:?}: expected ADVERTISED=REACHABLE, e.g. node2:7101=127.0.0.1:7102"
+        )),
+    }
+}
+
 /// The client configuration the options describe.
 pub fn client_config(opts: &ClientOpts) -> ClientConfig {
     let defaults = ClientConfig::default();
@@ -491,6 +515,7 @@ pub fn client_config(opts: &ClientOpts) -> ClientConfig {
             .map(|e| e.trim().to_owned())
             .filter(|e| !e.is_empty())
             .collect(),
+        resolve: opts.resolve.clone(),
         request_timeout: defaults.request_timeout.min(opts.timeout),
         call_deadline: opts.timeout,
         ..defaults

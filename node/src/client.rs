@@ -82,6 +82,12 @@ pub struct ClientConfig {
     pub backoff_initial: Duration,
     /// Cap of the backoff delay.
     pub backoff_max: Duration,
+    /// Where to connect for an address the cluster names: `(advertised, reachable)` pairs, both
+    /// `host:port`. A node advertises the address its peers use (`node2:7101` inside a container
+    /// network); a client elsewhere reaches it at another (`127.0.0.1:7102`). Applied to the
+    /// configured endpoints and to every leader address a redirect names, like curl's
+    /// `--resolve`. Addresses not listed are connected to as they are.
+    pub resolve: Vec<(String, String)>,
 }
 
 impl Default for ClientConfig {
@@ -94,6 +100,7 @@ impl Default for ClientConfig {
             retries_max: 16,
             backoff_initial: Duration::from_millis(50),
             backoff_max: Duration::from_secs(1),
+            resolve: Vec::new(),
         }
     }
 }
@@ -134,6 +141,22 @@ pub enum ConfigError {
         /// `backoff_max` in milliseconds.
         max_ms: u128,
     },
+    /// `resolve` lists more than [`ENDPOINTS_MAX`] pairs.
+    #[error("resolve lists {count} pairs, at most {max} are allowed")]
+    TooManyResolves {
+        /// Pairs given.
+        count: usize,
+        /// The bound.
+        max: usize,
+    },
+    /// One address of a `resolve` pair is not a usable `host:port`.
+    #[error("resolve: invalid address {addr:?}: {reason}")]
+    BadResolve {
+        /// The address as given.
+        addr: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// `retries_max` exceeds [`RETRIES_MAX_LIMIT`].
     #[error("retries_max {retries_max} exceeds {max}")]
     TooManyRetries {
@@ -159,6 +182,18 @@ impl ClientConfig {
         for endpoint in &self.endpoints {
             normalize_addr(endpoint).map_err(|reason| ConfigError::BadEndpoint {
                 endpoint: endpoint.clone(),
+                reason,
+            })?;
+        }
+        if self.resolve.len() > ENDPOINTS_MAX {
+            return Err(ConfigError::TooManyResolves {
+                count: self.resolve.len(),
+                max: ENDPOINTS_MAX,
+            });
+        }
+        for addr in self.resolve.iter().flat_map(|(from, to)| [from, to]) {
+            normalize_addr(addr).map_err(|reason| ConfigError::BadResolve {
+                addr: addr.clone(),
                 reason,
             })?;
         }
@@ -497,8 +532,13 @@ impl Attempts {
 
 impl Client {
     /// Validates `config` and builds a client; connections open lazily on first use.
-    pub fn new(config: ClientConfig) -> Result<Self, ConfigError> {
+    pub fn new(mut config: ClientConfig) -> Result<Self, ConfigError> {
         config.validate()?;
+        for (from, to) in &mut config.resolve {
+            // Validated above: both normalize.
+            *from = normalize_addr(from).unwrap_or_else(|_| from.clone());
+            *to = normalize_addr(to).unwrap_or_else(|_| to.clone());
+        }
         let mut list: Vec<Peer> = Vec::with_capacity(config.endpoints.len());
         for raw in &config.endpoints {
             let addr = normalize_addr(raw).map_err(|reason| ConfigError::BadEndpoint {
@@ -587,10 +627,21 @@ impl Client {
         (index, peer.addr.clone(), channel)
     }
 
-    /// Caches `leader`, learning its address if new; returns its index in the list.
-    fn remember_leader(&self, leader: LeaderInfo) -> Option<usize> {
+    /// Caches `leader`, learning its address if new; returns its index in the list. A known
+    /// peer that `resolve` maps to the same place is the same peer, and the cache names the
+    /// leader by that peer's address.
+    fn remember_leader(&self, mut leader: LeaderInfo) -> Option<usize> {
+        let config = &self.inner.config;
+        let target = resolved(&leader.addr, config);
         let mut peers = self.peers();
-        let index = match peers.list.iter().position(|p| p.addr == leader.addr) {
+        let known = peers
+            .list
+            .iter()
+            .position(|p| resolved(&p.addr, config) == target);
+        if let Some(index) = known {
+            leader.addr.clone_from(&peers.list[index].addr);
+        }
+        let index = match known {
             Some(index) => index,
             None => {
                 let endpoint = make_endpoint(&leader.addr, &self.inner.config).ok()?;
@@ -1141,7 +1192,17 @@ impl Client {
     }
 }
 
+/// Where to connect for `addr`: its `resolve` entry, else itself.
+fn resolved<'a>(addr: &'a str, config: &'a ClientConfig) -> &'a str {
+    config
+        .resolve
+        .iter()
+        .find(|(from, _)| from == addr)
+        .map_or(addr, |(_, to)| to.as_str())
+}
+
 fn make_endpoint(addr: &str, config: &ClientConfig) -> Result<Endpoint, tonic::transport::Error> {
+    let addr = resolved(addr, config);
     Ok(Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(config.connect_timeout)
         .timeout(config.request_timeout)
@@ -1205,6 +1266,23 @@ mod tests {
             ..ClientConfig::default()
         };
         assert!(bad.validate().is_err());
+
+        let bad = ClientConfig {
+            resolve: vec![("node2:7101".to_owned(), "127.0.0.1".to_owned())],
+            ..ClientConfig::default()
+        };
+        let err = bad.validate().expect_err("resolve target without a port");
+        assert!(err.to_string().starts_with("resolve:"), "{err}");
+    }
+
+    #[test]
+    fn resolve_maps_advertised_addresses_only() {
+        let config = ClientConfig {
+            resolve: vec![("node2:7101".to_owned(), "127.0.0.1:7102".to_owned())],
+            ..ClientConfig::default()
+        };
+        assert_eq!(resolved("node2:7101", &config), "127.0.0.1:7102");
+        assert_eq!(resolved("node3:7101", &config), "node3:7101");
     }
 
     #[test]

@@ -281,6 +281,7 @@ fn config(endpoints: &[&str]) -> ClientConfig {
         retries_max: 10,
         backoff_initial: Duration::from_millis(10),
         backoff_max: Duration::from_millis(100),
+        resolve: Vec::new(),
     }
 }
 
@@ -337,6 +338,61 @@ async fn write_sent_to_a_follower_is_redirected_and_the_leader_cached() {
         assert_eq!(leader.write_count(), 2);
         let ids = leader.writes();
         assert_ne!(ids[0], ids[1], "each call gets its own request_id");
+    })
+    .await;
+}
+
+/// A name no resolver knows (RFC 6761): connecting to it as it is always fails.
+const ADVERTISED_LEADER: &str = "node-2.invalid:7101";
+
+#[tokio::test]
+async fn redirect_to_an_advertised_name_connects_where_resolve_says() {
+    bounded(async {
+        let mut fakes = Fakes::default();
+        let (leader_addr, leader) = fakes.start(Role::Leader { id: 2 }).await;
+        let (follower_addr, follower) = fakes
+            .start(Role::Follower {
+                leader_id: "2".to_owned(),
+                leader_addr: ADVERTISED_LEADER.to_owned(),
+            })
+            .await;
+        // The leader is configured under its reachable address: the redirect finds that peer.
+        let mut known = config(&[&follower_addr, &leader_addr]);
+        known.resolve = vec![(ADVERTISED_LEADER.to_owned(), leader_addr.clone())];
+        let client = Client::new(known).expect("valid config");
+        client.create_call(create("t")).await.expect("redirected");
+        assert_eq!(follower.write_count(), 1);
+        assert_eq!(leader.write_count(), 1);
+        let cached = client.leader().expect("leader cached");
+        assert_eq!(cached.addr, leader_addr, "cached under the configured peer");
+        assert_eq!(
+            client.endpoints(),
+            vec![follower_addr.clone(), leader_addr.clone()]
+        );
+        client.create_call(create("t")).await.expect("second write");
+        assert_eq!(follower.write_count(), 1, "second write went to the leader");
+        assert_eq!(leader.write_count(), 2);
+
+        // Only the follower configured: the advertised name is learned, connected via resolve.
+        let mut learned = config(&[&follower_addr]);
+        learned.resolve = vec![(ADVERTISED_LEADER.to_owned(), leader_addr.clone())];
+        let client = Client::new(learned).expect("valid config");
+        client.create_call(create("t")).await.expect("redirected");
+        assert_eq!(leader.write_count(), 3);
+        assert_eq!(
+            client.endpoints(),
+            vec![follower_addr.clone(), ADVERTISED_LEADER.to_owned()]
+        );
+
+        // Without resolve the same redirect cannot be followed.
+        let mut unresolved = config(&[&follower_addr]);
+        unresolved.retries_max = 3;
+        let client = Client::new(unresolved).expect("valid config");
+        client
+            .create_call(create("t"))
+            .await
+            .expect_err("the advertised name does not resolve here");
+        assert_eq!(leader.write_count(), 3);
     })
     .await;
 }

@@ -1,5 +1,6 @@
 //! The drill's cluster: real `switchboard serve` processes, on loopback or each in its own
-//! network namespace, with a delay proxy in front of every node for its peers. Like
+//! network namespace, with a delay proxy in front of every node for its peers; or the
+//! containers of a Docker Compose project (`deploy/compose/`). Like
 //! `node::testkit::ProcessCluster`, generalised: processes can be paused, nodes can leave and
 //! rejoin with a wiped data directory, and in namespace mode faults are real network faults.
 //! Everything it started is stopped and removed when it drops (also on panic); nodes run with
@@ -15,6 +16,7 @@ use nix::unistd::Pid;
 use node::client::{Client, ClientConfig};
 use proto::v1;
 
+use crate::compose::{Attachment, Compose};
 use crate::netns::Net;
 use crate::proxy::{self, Proxy};
 
@@ -28,6 +30,8 @@ pub enum Mode {
     Loopback,
     /// Each node in its own network namespace: partitions and packet loss too (root).
     Netns,
+    /// The containers of a compose file (`--compose-file`): container faults (Docker).
+    Compose,
 }
 
 #[derive(Debug)]
@@ -47,6 +51,10 @@ pub struct NodeProc {
     pub proxy: Option<Proxy>,
     /// A client for this node alone: reads aimed at it, status, digest.
     pub client: Client,
+    /// Compose mode: the node's container.
+    container: Option<String>,
+    /// Compose mode: the networks the container was cut from, to connect it back.
+    pub detached: Vec<Attachment>,
 }
 
 impl NodeProc {
@@ -56,6 +64,15 @@ impl NodeProc {
             None => false,
         }
     }
+}
+
+/// How the drill's clients reach the cluster: endpoints, and where to connect for the
+/// addresses nodes advertise to each other (compose mode: `node2:7101` is not a name the host
+/// resolves).
+#[derive(Debug, Clone, Default)]
+pub struct Reach {
+    pub endpoints: Vec<String>,
+    pub resolve: Vec<(String, String)>,
 }
 
 #[derive(Debug)]
@@ -68,6 +85,7 @@ pub struct DrillCluster {
     pub nodes: BTreeMap<u64, NodeProc>,
     root: tempfile::TempDir,
     pub net: Option<Net>,
+    pub compose: Option<Compose>,
 }
 
 /// A client that talks to `endpoint` only, one attempt per call.
@@ -80,6 +98,7 @@ pub fn single_node_client(endpoint: &str) -> anyhow::Result<Client> {
         retries_max: 0,
         backoff_initial: Duration::from_millis(20),
         backoff_max: Duration::from_millis(100),
+        resolve: Vec::new(),
     })?)
 }
 
@@ -120,6 +139,7 @@ impl DrillCluster {
         let net = match mode {
             Mode::Loopback => None,
             Mode::Netns => Some(Net::create(&(1..=n).collect::<Vec<_>>())?),
+            Mode::Compose => anyhow::bail!("compose clusters start with start_compose"),
         };
         let mut cluster = Self {
             binary,
@@ -130,6 +150,7 @@ impl DrillCluster {
             nodes: BTreeMap::new(),
             root,
             net,
+            compose: None,
         };
         for id in 1..=n {
             cluster.prepare(id, true)?;
@@ -144,6 +165,58 @@ impl DrillCluster {
             cluster.spawn(id)?;
         }
         Ok(cluster)
+    }
+
+    /// Brings the compose file up as a project of its own; its `nodeN` services are the nodes.
+    pub async fn start_compose(
+        file: &std::path::Path,
+        image: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        sweep_temp_dirs();
+        let root = tempfile::Builder::new()
+            .prefix(&format!("{TEMP_PREFIX}{}-", std::process::id()))
+            .tempdir()?;
+        let compose = Compose::up(file, "sbdrill-", image).await?;
+        let services = compose.services().await?;
+        let mut nodes = BTreeMap::new();
+        for service in services.into_values() {
+            let client = single_node_client(&service.published)?;
+            nodes.insert(
+                service.node_id,
+                NodeProc {
+                    id: service.node_id,
+                    grpc: service.published.clone(),
+                    listen: service.published,
+                    advertise: service.advertise,
+                    http: String::new(),
+                    data_dir: PathBuf::new(),
+                    child: None,
+                    paused: false,
+                    bootstrap: true,
+                    proxy: None,
+                    client,
+                    container: Some(service.container),
+                    detached: Vec::new(),
+                },
+            );
+        }
+        Ok(Self {
+            binary: PathBuf::new(),
+            mode: Mode::Compose,
+            cluster_id: String::new(),
+            initial_cluster: String::new(),
+            node_args: Vec::new(),
+            nodes,
+            root,
+            net: None,
+            compose: Some(compose),
+        })
+    }
+
+    /// The node's container, in compose mode.
+    fn container(&self, id: u64) -> Option<(&Compose, &str)> {
+        let node = self.nodes.get(&id)?;
+        Some((self.compose.as_ref()?, node.container.as_deref()?))
     }
 
     /// Registers node `id`: addresses, proxy, data directory (not started).
@@ -182,6 +255,8 @@ impl DrillCluster {
             bootstrap,
             proxy: Some(proxy),
             client,
+            container: None,
+            detached: Vec::new(),
         };
         self.nodes.insert(id, node);
         Ok(())
@@ -232,12 +307,39 @@ impl DrillCluster {
         self.root.path()
     }
 
+    /// Keeps the drill's directory (node logs and data) after the drill, for a failed run;
+    /// compose mode also keeps the containers' logs there.
+    pub async fn keep_evidence(&mut self) -> PathBuf {
+        self.root.disable_cleanup(true);
+        if let Some(compose) = &self.compose {
+            match compose.run(&["logs", "--no-color", "-t"]).await {
+                Ok(logs) => {
+                    let _ = std::fs::write(self.root.path().join("compose.log"), logs);
+                }
+                Err(e) => println!("   compose logs: {e}"),
+            }
+        }
+        self.root.path().to_path_buf()
+    }
+
     pub fn ids(&self) -> Vec<u64> {
         self.nodes.keys().copied().collect()
     }
 
     pub fn endpoints(&self) -> Vec<String> {
         self.nodes.values().map(|n| n.grpc.clone()).collect()
+    }
+
+    pub fn reach(&self) -> Reach {
+        Reach {
+            endpoints: self.endpoints(),
+            resolve: self
+                .nodes
+                .values()
+                .filter(|n| n.advertise != n.grpc && self.mode == Mode::Compose)
+                .map(|n| (n.advertise.clone(), n.grpc.clone()))
+                .collect(),
+        }
     }
 
     pub fn client_of(&self, id: u64) -> Option<Client> {
@@ -254,7 +356,10 @@ impl DrillCluster {
     }
 
     /// SIGKILLs node `id` and reaps it.
-    pub fn kill(&mut self, id: u64) -> anyhow::Result<()> {
+    pub async fn kill(&mut self, id: u64) -> anyhow::Result<()> {
+        if let Some((compose, container)) = self.container(id) {
+            return compose.kill(container).await;
+        }
         let node = self
             .nodes
             .get_mut(&id)
@@ -268,7 +373,10 @@ impl DrillCluster {
     }
 
     /// Starts node `id` again on its data directory.
-    pub fn restart(&mut self, id: u64) -> anyhow::Result<()> {
+    pub async fn restart(&mut self, id: u64) -> anyhow::Result<()> {
+        if let Some((compose, container)) = self.container(id) {
+            return compose.start(container).await;
+        }
         let running = self.nodes.get_mut(&id).is_some_and(NodeProc::is_running);
         if running {
             return Ok(());
@@ -276,16 +384,22 @@ impl DrillCluster {
         self.spawn(id)
     }
 
-    pub fn pause(&mut self, id: u64) -> anyhow::Result<()> {
-        kill(self.pid(id)?, Signal::SIGSTOP)?;
+    pub async fn pause(&mut self, id: u64) -> anyhow::Result<()> {
+        if let Some((compose, container)) = self.container(id) {
+            compose.pause(container).await?;
+        } else {
+            kill(self.pid(id)?, Signal::SIGSTOP)?;
+        }
         if let Some(node) = self.nodes.get_mut(&id) {
             node.paused = true;
         }
         Ok(())
     }
 
-    pub fn resume(&mut self, id: u64) -> anyhow::Result<()> {
-        if let Ok(pid) = self.pid(id) {
+    pub async fn resume(&mut self, id: u64) -> anyhow::Result<()> {
+        if let Some((compose, container)) = self.container(id) {
+            compose.unpause(container).await?;
+        } else if let Ok(pid) = self.pid(id) {
             kill(pid, Signal::SIGCONT)?;
         }
         if let Some(node) = self.nodes.get_mut(&id) {
@@ -296,8 +410,11 @@ impl DrillCluster {
 
     /// Kills node `id`, wipes its data directory and starts it fresh without
     /// `--initial-cluster`: it waits to be added back.
-    pub fn wipe_and_start_fresh(&mut self, id: u64) -> anyhow::Result<()> {
-        self.kill(id)?;
+    pub async fn wipe_and_start_fresh(&mut self, id: u64) -> anyhow::Result<()> {
+        if self.mode == Mode::Compose {
+            anyhow::bail!("wiping a node is not supported in compose mode");
+        }
+        self.kill(id).await?;
         let node = self
             .nodes
             .get_mut(&id)
@@ -307,6 +424,47 @@ impl DrillCluster {
         }
         node.bootstrap = false;
         self.spawn(id)
+    }
+
+    /// Compose mode: cuts node `id`'s container from every network it is on.
+    pub async fn disconnect(&mut self, id: u64) -> anyhow::Result<()> {
+        let (compose, container) = self
+            .container(id)
+            .ok_or_else(|| anyhow::anyhow!("disconnect needs --mode compose"))?;
+        let detached = compose.disconnect(container).await?;
+        if let Some(node) = self.nodes.get_mut(&id) {
+            node.detached.extend(detached);
+        }
+        Ok(())
+    }
+
+    /// Compose mode: connects node `id`'s container back to the networks it was cut from.
+    pub async fn reconnect(&mut self, id: u64) -> anyhow::Result<()> {
+        let detached = match self.nodes.get_mut(&id) {
+            Some(node) => std::mem::take(&mut node.detached),
+            None => return Ok(()),
+        };
+        if detached.is_empty() {
+            return Ok(());
+        }
+        let (compose, container) = self
+            .container(id)
+            .ok_or_else(|| anyhow::anyhow!("reconnect needs --mode compose"))?;
+        compose.connect(container, &detached).await
+    }
+
+    /// Compose mode: `docker restart` (SIGTERM, then start) node `id`'s container and wait
+    /// until its health check passes.
+    pub async fn restart_gracefully(
+        &mut self,
+        id: u64,
+        healthy_within: Duration,
+    ) -> anyhow::Result<()> {
+        let (compose, container) = self
+            .container(id)
+            .ok_or_else(|| anyhow::anyhow!("rolling restart needs --mode compose"))?;
+        compose.restart(container).await?;
+        compose.wait_healthy(container, healthy_within).await
     }
 
     /// Node `id`'s view of the cluster (one attempt, short timeout).

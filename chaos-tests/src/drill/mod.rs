@@ -28,6 +28,8 @@ use nemesis::{FaultKind, FaultRecord, Nemesis, Timing};
 
 /// Pages of the event log read per node after healing (1000 events each).
 const EVENT_PAGES_MAX: u32 = 10_000;
+/// Attempts to read one page of a node's event log after healing.
+const PAGE_ATTEMPTS: u32 = 5;
 const LEADER_WAIT: Duration = Duration::from_secs(60);
 const CONVERGE_WAIT: Duration = Duration::from_secs(60);
 const CLIENTS_STOP_WAIT: Duration = Duration::from_secs(30);
@@ -68,6 +70,12 @@ pub struct DrillArgs {
     /// Where nodes run; default: netns when root with ip and nft, else loopback.
     #[arg(long, value_enum)]
     pub mode: Option<Mode>,
+    /// Compose mode: the compose file whose `nodeN` services are the cluster.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/compose/docker-compose.yml"))]
+    pub compose_file: PathBuf,
+    /// Compose mode: the node image (default: the compose file's, switchboard:dev).
+    #[arg(long)]
+    pub image: Option<String>,
     /// Faults to inject (comma-separated); default: every fault the mode supports.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub faults: Vec<FaultKind>,
@@ -128,12 +136,14 @@ fn replay_command(seed: u64, args: &DrillArgs, mode: Mode, faults: &[FaultKind])
         args.duration.as_secs(),
         args.nodes,
         args.clients,
-        if mode == Mode::Netns {
-            "netns"
-        } else {
-            "loopback"
-        },
+        mode_name(mode),
     );
+    if mode == Mode::Compose {
+        line.push_str(&format!(" --compose-file {}", args.compose_file.display()));
+        if let Some(image) = &args.image {
+            line.push_str(&format!(" --image {image}"));
+        }
+    }
     if faults.is_empty() {
         line.push_str(" --no-faults");
     } else {
@@ -143,6 +153,14 @@ fn replay_command(seed: u64, args: &DrillArgs, mode: Mode, faults: &[FaultKind])
         line.push_str(&format!(" --node-arg={arg}"));
     }
     line
+}
+
+fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Loopback => "loopback",
+        Mode::Netns => "netns",
+        Mode::Compose => "compose",
+    }
 }
 
 async fn drill(seed: u64, args: &DrillArgs) -> anyhow::Result<bool> {
@@ -158,10 +176,16 @@ async fn drill(seed: u64, args: &DrillArgs) -> anyhow::Result<bool> {
     } else {
         args.faults.clone()
     };
-    if mode == Mode::Loopback
-        && let Some(f) = faults.iter().find(|f| f.needs_netns())
-    {
-        anyhow::bail!("fault {f:?} needs --mode netns (root, ip, nft)");
+    if let Some(f) = faults.iter().find(|f| !f.supported(mode)) {
+        let modes: Vec<&str> = [Mode::Loopback, Mode::Netns, Mode::Compose]
+            .into_iter()
+            .filter(|m| f.supported(*m))
+            .map(mode_name)
+            .collect();
+        anyhow::bail!("fault {f:?} needs --mode {}", modes.join(" or "));
+    }
+    if mode == Mode::Compose && !args.node_args.is_empty() {
+        anyhow::bail!("--node-arg does not reach containers: set node options in the compose file");
     }
     let replay = replay_command(seed, args, mode, &faults);
     println!(
@@ -169,14 +193,29 @@ async fn drill(seed: u64, args: &DrillArgs) -> anyhow::Result<bool> {
         args.nodes, args.clients, args.duration
     );
     println!("   replay: {replay}");
-    let binary = crate::switchboard_binary()?;
-    let mut node_args = vec![
-        // Small snapshot thresholds so that snapshots, purges and installs happen in a drill.
-        "--snapshot-logs-since-last=500".to_owned(),
-        "--logs-kept-behind-snapshot=50".to_owned(),
-    ];
-    node_args.extend(args.node_args.iter().cloned());
-    let mut cluster = DrillCluster::start(binary, mode, args.nodes, node_args).await?;
+    let mut cluster = if mode == Mode::Compose {
+        let cluster =
+            DrillCluster::start_compose(&args.compose_file, args.image.as_deref()).await?;
+        if let Some(compose) = &cluster.compose {
+            println!(
+                "   compose project {} from {}, ports on {}: nodes {:?}",
+                compose.project,
+                compose.file.display(),
+                compose.host_ip,
+                cluster.ids()
+            );
+        }
+        cluster
+    } else {
+        let binary = crate::switchboard_binary()?;
+        let mut node_args = vec![
+            // Small snapshot thresholds so that snapshots, purges and installs happen in a drill.
+            "--snapshot-logs-since-last=500".to_owned(),
+            "--logs-kept-behind-snapshot=50".to_owned(),
+        ];
+        node_args.extend(args.node_args.iter().cloned());
+        DrillCluster::start(binary, mode, args.nodes, node_args).await?
+    };
     wait_for_leader(&cluster, LEADER_WAIT).await?;
     let history_path = args
         .history
@@ -189,7 +228,7 @@ async fn drill(seed: u64, args: &DrillArgs) -> anyhow::Result<bool> {
         .values()
         .map(|n| (n.id, n.client.clone()))
         .collect();
-    let shared = workload::Shared::new(history.clone(), seed, cluster.endpoints(), node_clients);
+    let shared = workload::Shared::new(history.clone(), seed, cluster.reach(), node_clients);
 
     // Safety phase.
     println!("-- safety phase: workload + faults {faults:?}");
@@ -258,9 +297,10 @@ async fn drill(seed: u64, args: &DrillArgs) -> anyhow::Result<bool> {
     }
     let nodes = collect_finals(&cluster).await;
     history.flush();
+    // The leader's log, else any node's (a node without one is a violation of its own).
     let final_log = leader
-        .and_then(|l| nodes.iter().find(|n| n.node_id == l))
-        .or_else(|| nodes.first())
+        .and_then(|l| nodes.iter().find(|n| n.node_id == l && n.events.is_some()))
+        .or_else(|| nodes.iter().find(|n| n.events.is_some()))
         .and_then(|n| n.events.clone())
         .unwrap_or_default();
     let facts = Facts {
@@ -282,6 +322,11 @@ async fn drill(seed: u64, args: &DrillArgs) -> anyhow::Result<bool> {
     }
     verdicts.push(live);
     let ok = verdicts.iter().all(Verdict::ok);
+    let evidence = if ok {
+        None
+    } else {
+        Some(cluster.keep_evidence().await)
+    };
     report(&Report {
         seed,
         mode,
@@ -293,6 +338,7 @@ async fn drill(seed: u64, args: &DrillArgs) -> anyhow::Result<bool> {
         healed_after_ms: u64::try_from(healed_at.duration_since(started).as_millis()).unwrap_or(0),
         history_path: &history_path,
         replay: &replay,
+        evidence: evidence.as_deref(),
     });
     Ok(ok)
 }
@@ -321,15 +367,18 @@ async fn heal_all(cluster: &mut DrillCluster) {
         {
             p.shape.clear();
         }
-        if let Err(e) = cluster.resume(id) {
+        if let Err(e) = cluster.reconnect(id).await {
+            println!("   reconnect node {id}: {e}");
+        }
+        if let Err(e) = cluster.resume(id).await {
             println!("   resume node {id}: {e}");
         }
-        if let Err(e) = cluster.restart(id) {
+        if let Err(e) = cluster.restart(id).await {
             println!("   restart node {id}: {e}");
         }
     }
     // Every node must be a voter again (a membership fault may have been cut short).
-    let admin = match workload::write_client(&cluster.endpoints()) {
+    let admin = match workload::write_client(&cluster.reach()) {
         Ok(admin) => admin,
         Err(e) => {
             println!("   admin client: {e}");
@@ -357,7 +406,7 @@ async fn heal_all(cluster: &mut DrillCluster) {
 /// Writes until one succeeds; returns how long that took, `None` past `bound`.
 async fn probe_write(shared: &workload::Shared, bound: Duration) -> Option<Duration> {
     let started = Instant::now();
-    let client = workload::write_client(&shared.endpoints_list()).ok()?;
+    let client = workload::write_client(shared.reach()).ok()?;
     for n in 0..10_000u32 {
         if started.elapsed() > bound {
             return None;
@@ -436,17 +485,30 @@ async fn read_all_events(client: &node::client::Client) -> Option<Vec<SeenEvent>
     let mut events = Vec::new();
     let mut from = 1;
     for _ in 0..EVENT_PAGES_MAX {
-        let page = client
-            .list_events(v1::ListEventsRequest {
-                from_position: from,
-                limit: 1000,
-                read: Some(v1::ReadOptions {
-                    consistency: v1::Consistency::Local.into(),
-                    min_index: 0,
-                }),
-            })
-            .await
-            .ok()?;
+        let request = v1::ListEventsRequest {
+            from_position: from,
+            limit: 1000,
+            read: Some(v1::ReadOptions {
+                consistency: v1::Consistency::Local.into(),
+                min_index: 0,
+            }),
+        };
+        // A node that just came back (a container reconnected, a process restarted) may drop
+        // a connection or two: a few attempts per page, then it has no log to give.
+        let mut page = None;
+        for attempt in 0..PAGE_ATTEMPTS {
+            match client.list_events(request).await {
+                Ok(p) => {
+                    page = Some(p);
+                    break;
+                }
+                Err(e) if attempt + 1 == PAGE_ATTEMPTS => {
+                    println!("   reading the event log from position {from}: {e}");
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+            }
+        }
+        let page = page?;
         events.extend(page.events.iter().map(workload::seen_event));
         if page.next == 0 {
             return Some(events);
@@ -467,6 +529,8 @@ struct Report<'a> {
     healed_after_ms: u64,
     history_path: &'a std::path::Path,
     replay: &'a str,
+    /// Node logs and data kept after a failed run.
+    evidence: Option<&'a std::path::Path>,
 }
 
 fn report(r: &Report<'_>) {
@@ -545,6 +609,9 @@ fn report(r: &Report<'_>) {
         }
     }
     println!("history: {}", r.history_path.display());
+    if let Some(dir) = r.evidence {
+        println!("node logs and data kept in {}", dir.display());
+    }
     let ok = r.verdicts.iter().all(Verdict::ok);
     println!("verdict: {}", if ok { "PASS" } else { "FAIL" });
     println!("replay: {}", r.replay);

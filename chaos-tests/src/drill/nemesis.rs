@@ -1,7 +1,8 @@
 //! The nemesis: one fault at a time, chosen and timed from the drill's seed, each healed before
-//! the next. Process faults work everywhere (kill -9 and restart, SIGSTOP/SIGCONT, membership
-//! changes, a restart that needs a snapshot install, delay through the proxies); network faults
-//! (partitions of every shape, random loss) need namespace mode.
+//! the next. Process faults work on loopback and in namespaces (kill -9 and restart,
+//! SIGSTOP/SIGCONT, membership changes, a restart that needs a snapshot install, delay through
+//! the proxies); network faults (partitions of every shape, random loss) need namespace mode;
+//! container faults (kill, pause, disconnect from the network, rolling restart) compose mode.
 
 use std::time::{Duration, Instant};
 
@@ -41,18 +42,22 @@ pub enum FaultKind {
     Membership,
     /// Kill a follower, snapshot and purge the log on the leader, restart the follower.
     Snapshot,
+    /// Disconnect a container (the leader's half the time) from every network (compose mode).
+    Disconnect,
+    /// Restart every container in turn, each healthy before the next (compose mode).
+    RollingRestart,
 }
 
 impl FaultKind {
-    pub fn needs_netns(self) -> bool {
-        matches!(
-            self,
-            FaultKind::IsolateLeader
-                | FaultKind::Halves
-                | FaultKind::Bridge
-                | FaultKind::OneWay
-                | FaultKind::Loss
-        )
+    /// Whether the fault can be injected in `mode`.
+    pub fn supported(self, mode: Mode) -> bool {
+        use FaultKind::*;
+        match self {
+            Kill | KillLeader | Pause | PauseLeader | Snapshot => true,
+            IsolateLeader | Halves | Bridge | OneWay | Loss => mode == Mode::Netns,
+            Delay | SlowLink | Membership => mode != Mode::Compose,
+            Disconnect | RollingRestart => mode == Mode::Compose,
+        }
     }
 
     pub fn all() -> Vec<FaultKind> {
@@ -71,6 +76,8 @@ impl FaultKind {
             SlowLink,
             Membership,
             Snapshot,
+            Disconnect,
+            RollingRestart,
         ]
     }
 
@@ -78,7 +85,7 @@ impl FaultKind {
     pub fn defaults(mode: Mode) -> Vec<FaultKind> {
         Self::all()
             .into_iter()
-            .filter(|f| mode == Mode::Netns || !f.needs_netns())
+            .filter(|f| f.supported(mode))
             .collect()
     }
 }
@@ -119,6 +126,9 @@ impl std::fmt::Debug for Nemesis<'_> {
     }
 }
 
+/// A restarted container must pass its health check within this.
+const ROLLING_HEALTHY_WAIT: Duration = Duration::from_secs(60);
+
 fn ms_since(started: Instant) -> u64 {
     u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
@@ -131,7 +141,7 @@ impl<'a> Nemesis<'a> {
         timing: Timing,
         started: Instant,
     ) -> anyhow::Result<Self> {
-        let admin = super::workload::write_client(&cluster.endpoints())?;
+        let admin = super::workload::write_client(&cluster.reach())?;
         Ok(Self {
             cluster,
             rng,
@@ -222,11 +232,11 @@ impl<'a> Nemesis<'a> {
                         hold.as_millis()
                     ),
                 );
-                if let Err(e) = self.cluster.kill(target) {
+                if let Err(e) = self.cluster.kill(target).await {
                     self.trouble(i, format!("kill: {e}"));
                 }
                 tokio::time::sleep(hold).await;
-                if let Err(e) = self.cluster.restart(target) {
+                if let Err(e) = self.cluster.restart(target).await {
                     self.trouble(i, format!("restart: {e}"));
                 }
                 self.healed(i);
@@ -237,15 +247,20 @@ impl<'a> Nemesis<'a> {
                 } else {
                     self.leader_or_random().await
                 };
+                let how = if self.cluster.mode == Mode::Compose {
+                    "docker pause"
+                } else {
+                    "SIGSTOP"
+                };
                 let i = self.record(
                     kind,
-                    format!("SIGSTOP node {target} for {} ms", hold.as_millis()),
+                    format!("{how} node {target} for {} ms", hold.as_millis()),
                 );
-                if let Err(e) = self.cluster.pause(target) {
+                if let Err(e) = self.cluster.pause(target).await {
                     self.trouble(i, format!("pause: {e}"));
                 }
                 tokio::time::sleep(hold).await;
-                if let Err(e) = self.cluster.resume(target) {
+                if let Err(e) = self.cluster.resume(target).await {
                     self.trouble(i, format!("resume: {e}"));
                 }
                 self.healed(i);
@@ -302,7 +317,57 @@ impl<'a> Nemesis<'a> {
             }
             FaultKind::Membership => self.membership(hold).await,
             FaultKind::Snapshot => self.snapshot_restart(hold).await,
+            FaultKind::Disconnect => {
+                let target = if self.rng.chance(50) {
+                    self.leader_or_random().await
+                } else {
+                    self.random_node()
+                };
+                let i = self.record(
+                    kind,
+                    format!(
+                        "disconnect node {target}'s container from its networks for {} ms",
+                        hold.as_millis()
+                    ),
+                );
+                if let Err(e) = self.cluster.disconnect(target).await {
+                    self.trouble(i, format!("disconnect: {e}"));
+                }
+                tokio::time::sleep(hold).await;
+                if let Err(e) = self.cluster.reconnect(target).await {
+                    self.trouble(i, format!("reconnect: {e}"));
+                }
+                self.healed(i);
+            }
+            FaultKind::RollingRestart => self.rolling_restart().await,
         }
+    }
+
+    /// Restarts every node in turn (SIGTERM, start), each healthy before the next; the leader
+    /// goes last, as an operator's upgrade would do it.
+    async fn rolling_restart(&mut self) {
+        let leader = self.cluster.leader().await;
+        let mut order: Vec<u64> = self
+            .cluster
+            .ids()
+            .into_iter()
+            .filter(|id| Some(*id) != leader)
+            .collect();
+        order.extend(leader);
+        let i = self.record(
+            FaultKind::RollingRestart,
+            format!("restart every container in turn: {order:?}"),
+        );
+        for id in order {
+            if let Err(e) = self
+                .cluster
+                .restart_gracefully(id, ROLLING_HEALTHY_WAIT)
+                .await
+            {
+                self.trouble(i, format!("node {id}: {e}"));
+            }
+        }
+        self.healed(i);
     }
 
     fn clear_shapes(&self) {
@@ -432,7 +497,7 @@ impl<'a> Nemesis<'a> {
             self.healed(i);
             return;
         }
-        if let Err(e) = self.cluster.wipe_and_start_fresh(target) {
+        if let Err(e) = self.cluster.wipe_and_start_fresh(target).await {
             self.trouble(i, format!("wipe and restart: {e}"));
         }
         tokio::time::sleep(hold).await;
@@ -456,7 +521,7 @@ impl<'a> Nemesis<'a> {
                 hold.as_millis()
             ),
         );
-        if let Err(e) = self.cluster.kill(target) {
+        if let Err(e) = self.cluster.kill(target).await {
             self.trouble(i, format!("kill: {e}"));
         }
         tokio::time::sleep(hold).await;
@@ -467,7 +532,7 @@ impl<'a> Nemesis<'a> {
                 Err(e) => self.trouble(i, format!("trigger snapshot: {e}")),
             }
         }
-        if let Err(e) = self.cluster.restart(target) {
+        if let Err(e) = self.cluster.restart(target).await {
             self.trouble(i, format!("restart: {e}"));
         }
         // Note whether it caught up by installing the leader's snapshot (bounded wait).

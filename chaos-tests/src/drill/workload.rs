@@ -16,6 +16,7 @@ use node::client::{Client, ClientConfig, ClientError};
 use proto::v1;
 use tonic::Code;
 
+use super::cluster::Reach;
 use crate::history::{History, Op, OpKind, Outcome, ReadLevel, SeenEvent, State};
 use crate::rng::Rng;
 
@@ -47,25 +48,20 @@ pub struct Shared {
     calls: Mutex<Vec<KnownCall>>,
     seq: AtomicU64,
     seed: u64,
-    endpoints: Vec<String>,
+    reach: Reach,
     /// One client per node, for reads aimed at that node.
     nodes: Vec<(u64, Client)>,
 }
 
 impl Shared {
-    pub fn new(
-        history: History,
-        seed: u64,
-        endpoints: Vec<String>,
-        nodes: Vec<(u64, Client)>,
-    ) -> Arc<Self> {
+    pub fn new(history: History, seed: u64, reach: Reach, nodes: Vec<(u64, Client)>) -> Arc<Self> {
         Arc::new(Self {
             history,
             stop: AtomicBool::new(false),
             calls: Mutex::new(Vec::new()),
             seq: AtomicU64::new(0),
             seed,
-            endpoints,
+            reach,
             nodes,
         })
     }
@@ -74,8 +70,8 @@ impl Shared {
         self.calls.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub fn endpoints_list(&self) -> Vec<String> {
-        self.endpoints.clone()
+    pub fn reach(&self) -> &Reach {
+        &self.reach
     }
 
     pub fn known_call_ids(&self) -> Vec<String> {
@@ -114,9 +110,10 @@ impl Shared {
 }
 
 /// The client for writes: every endpoint, redirects, retries with the same request id.
-pub fn write_client(endpoints: &[String]) -> anyhow::Result<Client> {
+pub fn write_client(reach: &Reach) -> anyhow::Result<Client> {
     Ok(Client::new(ClientConfig {
-        endpoints: endpoints.to_vec(),
+        endpoints: reach.endpoints.clone(),
+        resolve: reach.resolve.clone(),
         connect_timeout: Duration::from_millis(500),
         request_timeout: Duration::from_millis(1500),
         call_deadline: Duration::from_millis(4000),
@@ -456,12 +453,12 @@ pub fn seen_event(event: &v1::Event) -> SeenEvent {
 /// One client's loop until `stop` (bounded by [`OPS_PER_CLIENT_MAX`]).
 pub async fn run_client(shared: Arc<Shared>, who: u32) -> anyhow::Result<()> {
     let mut rng = Rng::fork(shared.seed, 1000 + u64::from(who));
-    let client = write_client(&shared.endpoints)?;
+    let client = write_client(&shared.reach)?;
     // Racers use their own clients, as separate agents would.
     let racers = [
-        write_client(&shared.endpoints)?,
-        write_client(&shared.endpoints)?,
-        write_client(&shared.endpoints)?,
+        write_client(&shared.reach)?,
+        write_client(&shared.reach)?,
+        write_client(&shared.reach)?,
     ];
     for _ in 0..OPS_PER_CLIENT_MAX {
         if shared.stop.load(Ordering::Relaxed) {
