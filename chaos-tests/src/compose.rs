@@ -142,6 +142,17 @@ impl Compose {
         self.down_on_drop = false;
     }
 
+    /// The shell command that takes this project down by hand.
+    pub fn down_command(&self) -> String {
+        format!(
+            "SWITCHBOARD_HOST_IP={} {} -p {} -f {} down -v",
+            self.host_ip,
+            self.command.join(" "),
+            self.project,
+            self.file.display()
+        )
+    }
+
     fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(&self.command[0]);
         command

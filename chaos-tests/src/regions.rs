@@ -207,11 +207,9 @@ impl Drop for Guard {
     fn drop(&mut self) {
         if self.keep {
             eprintln!(
-                "kept project {}: take it down with: SWITCHBOARD_HOST_IP={} docker-compose -p {} -f {} down -v",
+                "kept project {}: take it down with: {}",
                 self.compose.project,
-                self.compose.host_ip,
-                self.compose.project,
-                self.compose.file.display()
+                self.compose.down_command()
             );
         } else {
             eprintln!("taking project {} down", self.compose.project);

@@ -188,9 +188,14 @@ async fn drill(seed: u64, args: &DrillArgs) -> anyhow::Result<bool> {
         anyhow::bail!("--node-arg does not reach containers: set node options in the compose file");
     }
     let replay = replay_command(seed, args, mode, &faults);
+    let nodes = if mode == Mode::Compose {
+        "the compose file's".to_owned()
+    } else {
+        args.nodes.to_string()
+    };
     println!(
-        "== switchboard drill: seed {seed}, mode {mode:?}, {} nodes, {} clients, safety phase {:?}",
-        args.nodes, args.clients, args.duration
+        "== switchboard drill: seed {seed}, mode {mode:?}, {nodes} nodes, {} clients, safety phase {:?}",
+        args.clients, args.duration
     );
     println!("   replay: {replay}");
     let mut cluster = if mode == Mode::Compose {
@@ -538,7 +543,11 @@ fn report(r: &Report<'_>) {
     println!("== drill report ==");
     println!(
         "seed {}  mode {:?}  nodes {}  clients {}  safety phase {:?}",
-        r.seed, r.mode, r.args.nodes, r.args.clients, r.args.duration
+        r.seed,
+        r.mode,
+        r.facts.nodes.len(),
+        r.args.clients,
+        r.args.duration
     );
     println!("faults injected: {}", r.records.len());
     for f in r.records {
