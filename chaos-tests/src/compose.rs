@@ -19,6 +19,9 @@ const DOCKER_TIMEOUT: Duration = Duration::from_secs(120);
 /// Grace period `docker restart` gives a container before it SIGKILLs it.
 const STOP_GRACE_SECS: u32 = 20;
 
+/// `down` arguments: containers, networks and volumes, with a short stop grace.
+const DOWN_ARGS: [&str; 5] = ["down", "-v", "--remove-orphans", "-t", "5"];
+
 /// The default image the compose files name (`SWITCHBOARD_IMAGE` overrides it).
 pub const DEFAULT_IMAGE: &str = "switchboard:dev";
 
@@ -154,14 +157,8 @@ impl Compose {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(&self.command[0]);
+        let mut command = project_command(&self.command, &self.project, &self.file, args);
         command
-            .args(&self.command[1..])
-            .arg("-p")
-            .arg(&self.project)
-            .arg("-f")
-            .arg(&self.file)
-            .args(args)
             .env("SWITCHBOARD_HOST_IP", &self.host_ip)
             .env("SWITCHBOARD_IMAGE", &self.image);
         command
@@ -314,13 +311,6 @@ impl Compose {
         }
         anyhow::bail!("container {container} not healthy within {within:?} (last: {last})")
     }
-
-    /// Takes the project down with its volumes and networks.
-    pub async fn down(&self) -> anyhow::Result<()> {
-        self.run(&["down", "-v", "--remove-orphans", "-t", "5"])
-            .await
-            .map(drop)
-    }
 }
 
 impl Drop for Compose {
@@ -328,9 +318,7 @@ impl Drop for Compose {
         if !self.down_on_drop {
             return;
         }
-        let mut command = self
-            .command(&["down", "-v", "--remove-orphans", "-t", "5"])
-            .into_std();
+        let mut command = self.command(&DOWN_ARGS).into_std();
         command
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
@@ -357,6 +345,17 @@ pub async fn container_networks(
 pub async fn container_args(container: &str) -> anyhow::Result<Vec<String>> {
     let args = docker(&["inspect", "--format", "{{json .Args}}", container]).await?;
     Ok(serde_json::from_str(args.trim())?)
+}
+
+/// `<compose> -p project -f file args...`.
+fn project_command(compose: &[String], project: &str, file: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(&compose[0]);
+    command
+        .args(&compose[1..])
+        .args(["-p", project, "-f"])
+        .arg(file)
+        .args(args);
+    command
 }
 
 /// `--flag value` or `--flag=value` in `args`.
@@ -397,12 +396,7 @@ async fn sweep(command: &[String], file: &Path, prefix: &str) {
     stale.sort_unstable();
     stale.dedup();
     for project in stale {
-        let mut down = Command::new(&command[0]);
-        down.args(&command[1..])
-            .args(["-p", project, "-f"])
-            .arg(file)
-            .args(["down", "-v", "--remove-orphans", "-t", "1"]);
-        match run(&mut down).await {
+        match run(&mut project_command(command, project, file, &DOWN_ARGS)).await {
             Ok(_) => eprintln!("removed compose project {project} left by a process that is gone"),
             Err(e) => eprintln!("could not remove stale compose project {project}: {e}"),
         }

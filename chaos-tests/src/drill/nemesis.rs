@@ -61,24 +61,7 @@ impl FaultKind {
     }
 
     pub fn all() -> Vec<FaultKind> {
-        use FaultKind::*;
-        vec![
-            Kill,
-            KillLeader,
-            Pause,
-            PauseLeader,
-            IsolateLeader,
-            Halves,
-            Bridge,
-            OneWay,
-            Loss,
-            Delay,
-            SlowLink,
-            Membership,
-            Snapshot,
-            Disconnect,
-            RollingRestart,
-        ]
+        <Self as clap::ValueEnum>::value_variants().to_vec()
     }
 
     /// The faults a mode can inject.
