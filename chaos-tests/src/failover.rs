@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use node::testkit::ProcessCluster;
+use harness::ProcessCluster;
 use proto::v1::call_service_client::CallServiceClient;
 use proto::v1::{self, Channel};
 

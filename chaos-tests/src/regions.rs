@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use node::client::{Client, ClientConfig};
+use client::{Client, ClientConfig};
 use proto::v1::call_service_client::CallServiceClient;
 use proto::v1::cluster_service_client::ClusterServiceClient;
 use proto::v1::{self, Consistency, ReadOptions};

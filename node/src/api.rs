@@ -18,7 +18,7 @@ use proto::v1::{
     self, call_service_server::CallService, cluster_service_server::ClusterService,
     event_service_server::EventService,
 };
-use raft_store::domain::{Call, Change, Receipt, Request, Stamp};
+use domain::{Call, Change, Receipt, Request, Stamp};
 use raft_store::{Member, Reader, Response};
 use tonic::transport::Channel;
 use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
@@ -128,13 +128,13 @@ impl Api {
 
     /// Stamps, proposes and waits for a write to apply.
     async fn write(&self, write: WriteRequest) -> Result<Written, ApiError> {
+        // The leader mints what a create needs: the call id (UUIDv7) and, for a request that
+        // carries no trace id, one in W3C trace-id form (a UUIDv7's 32 hex digits, never zero).
+        let creates = matches!(write.command, domain::Command::CreateCall { .. });
         let stamp = Stamp {
             at_ms: now_ms(),
-            minted_call_id: matches!(
-                write.command,
-                raft_store::domain::Command::CreateCall { .. }
-            )
-            .then(Uuid::now_v7),
+            minted_call_id: creates.then(Uuid::now_v7),
+            minted_trace_id: creates.then(Uuid::now_v7),
         };
         let request = Request {
             tenant_id: write.tenant_id,
@@ -145,7 +145,7 @@ impl Api {
         // Fail fast at the edge; the state machine checks again, deterministically.
         request.validate()?;
         let timeout = self.inner.config.write_timeout;
-        let response = match tokio::time::timeout(timeout, self.raft().client_write(request)).await
+        let response = match tokio::time::timeout(timeout, self.raft().client_write(raft_store::Proposal(request))).await
         {
             Err(_) => {
                 return Err(ApiError::Timeout {
@@ -549,9 +549,9 @@ impl CallService for Api {
                 let after = match req.page_token.as_str() {
                     "" => None,
                     token => Some(convert::call_id(token).map_err(|_| {
-                        raft_store::limits::Invalid::new(
-                            raft_store::limits::Field::PageToken,
-                            raft_store::limits::Problem::Malformed,
+                        domain::limits::Invalid::new(
+                            domain::limits::Field::PageToken,
+                            domain::limits::Problem::Malformed,
                         )
                     })?),
                 };

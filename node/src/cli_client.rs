@@ -1,6 +1,6 @@
 //! The client half of the `switchboard` command line: `cluster`, `call` and `events`
 //! (DESIGN §5). It parses arguments (clap derive), turns them into `switchboard.v1` requests,
-//! sends them through [`crate::client::Client`] (which follows redirects and retries with the
+//! sends them through [`client::Client`] (which follows redirects and retries with the
 //! same `request_id`) and prints the response as short text or, with `-o json`, as the proto3
 //! JSON of the response message (pbjson: `callId`, `state`, `index`, ...).
 //!
@@ -31,7 +31,7 @@ use proto::v1::{
 use serde::Serialize;
 use tonic::Code;
 
-use crate::client::{Client, ClientConfig, ClientError, ConfigError, GiveUp};
+use client::{Client, ClientConfig, ClientError, ConfigError, GiveUp};
 
 /// Exit code for bad arguments or a request the server rejected as invalid (clap uses it too).
 pub const EXIT_USAGE: u8 = 2;

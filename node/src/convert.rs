@@ -7,11 +7,11 @@
 use std::collections::{BTreeMap, HashMap};
 
 use proto::v1;
-use raft_store::domain::{
+use domain::{
     Call, CallId, CallState, Channel, Command, ContextSnapshot, Event, Handoff, Labels, Lifecycle,
     Payload, Turn, Urgency,
 };
-use raft_store::limits::{Field, Invalid, Problem};
+use domain::limits::{Field, Invalid, Problem};
 
 pub fn call_id(text: &str) -> Result<CallId, Invalid> {
     if text.is_empty() {

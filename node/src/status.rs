@@ -2,15 +2,12 @@
 //! with becomes an [`ApiError`], and only `From<ApiError> for Status` decides codes and metadata.
 
 use raft_store::ReadError;
-use raft_store::domain::Rejection;
-use raft_store::limits::Invalid;
+use domain::Rejection;
+use domain::limits::Invalid;
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
-use crate::{LEADER_ADDR_HEADER, LEADER_ID_HEADER};
-
-/// Metadata naming the rejection variant, for programs that branch on it (`IllegalTransition`).
-pub const REJECTION_HEADER: &str = "x-switchboard-rejection";
+pub use client::{LEADER_ADDR_HEADER, LEADER_ID_HEADER, REJECTION_HEADER};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -121,7 +118,7 @@ impl From<ApiError> for Status {
 
 #[cfg(test)]
 mod tests {
-    use raft_store::domain::{CallId, CallState, CommandKind};
+    use domain::{CallId, CallState, CommandKind};
 
     use super::*;
 

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use node::testkit::ProcessCluster;
+use harness::ProcessCluster;
 use proto::v1::call_service_client::CallServiceClient;
 use proto::v1::cluster_service_client::ClusterServiceClient;
 use proto::v1::{self, Consistency, ReadOptions};
@@ -57,14 +57,14 @@ async fn a_follower_redirects_writes_to_the_leader() {
     assert_eq!(
         status
             .metadata()
-            .get(node::LEADER_ID_HEADER)
+            .get(client::LEADER_ID_HEADER)
             .and_then(|v| v.to_str().ok()),
         Some(leader.to_string().as_str())
     );
     assert_eq!(
         status
             .metadata()
-            .get(node::LEADER_ADDR_HEADER)
+            .get(client::LEADER_ADDR_HEADER)
             .and_then(|v| v.to_str().ok()),
         Some(cluster.grpc(leader).as_str())
     );
@@ -176,7 +176,7 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_unknown_calls_are_no
         request_id: "r-bad-2".into(),
         call_id: call_id.clone(),
         speaker: "caller".into(),
-        text: "x".repeat(raft_store::limits::TURN_TEXT_BYTES_MAX + 1),
+        text: "x".repeat(domain::limits::TURN_TEXT_BYTES_MAX + 1),
         confidence: 0.9,
         ..Default::default()
     };
@@ -189,7 +189,7 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_unknown_calls_are_no
     assert!(
         status
             .message()
-            .contains(&raft_store::limits::TURN_TEXT_BYTES_MAX.to_string()),
+            .contains(&domain::limits::TURN_TEXT_BYTES_MAX.to_string()),
         "{}",
         status.message()
     );
@@ -267,14 +267,14 @@ async fn a_node_refuses_another_nodes_data_directory_and_leaves_it_untouched() {
     let dir = cluster.nodes[&1].data_dir.clone();
     let before = listing(&dir);
 
-    let port = node::testkit::free_port().expect("port");
+    let port = harness::free_port().expect("port");
     let output = std::process::Command::new(binary())
         .arg("serve")
         .args(["--node-id", "2"])
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args([
             "--http-listen",
-            &format!("127.0.0.1:{}", node::testkit::free_port().expect("port")),
+            &format!("127.0.0.1:{}", harness::free_port().expect("port")),
         ])
         .arg("--data-dir")
         .arg(&dir)
@@ -446,7 +446,7 @@ async fn a_learner_added_after_a_purge_installs_a_snapshot_is_promoted_and_serve
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_whole_lifecycle_through_a_client_that_only_knows_a_follower() {
-    use node::client::{Client, ClientConfig};
+    use client::{Client, ClientConfig};
     let mut cluster = ProcessCluster::start(binary(), 3, &[]).expect("start cluster");
     let leader = cluster.wait_for_leader(LEADER_WAIT).await.expect("leader");
     let follower = *cluster

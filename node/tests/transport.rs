@@ -18,7 +18,7 @@ use openraft::{RaftNetworkFactory, SnapshotPolicy};
 use proto::raft_v1::raft_service_client::RaftServiceClient;
 use proto::raft_v1::snapshot_chunk::Kind;
 use proto::raft_v1::{RaftPayload, SnapshotChunk, SnapshotHeader, SnapshotTrailer};
-use raft_store::domain::{Channel, Command, Request, Stamp};
+use domain::{Channel, Command, Request, Stamp};
 use raft_store::snapshot::SnapshotDir;
 use raft_store::{Identity, Member, Reader, SnapshotMeta, TypeConfig, Vote};
 use sha2::{Digest, Sha256};
@@ -223,6 +223,7 @@ fn create_call(n: u64) -> Request {
         stamp: Stamp {
             at_ms,
             minted_call_id: Some(Uuid::now_v7()),
+            minted_trace_id: None,
         },
     }
 }
@@ -240,7 +241,7 @@ async fn write_calls(nodes: &[&TestNode], first: u64, count: u64) -> u64 {
                 .iter()
                 .find(|node| node.raft.metrics().borrow_watched().current_leader == Some(node.id));
             if let Some(leader) = leader {
-                match leader.raft.client_write(request.clone()).await {
+                match leader.raft.client_write(raft_store::Proposal(request.clone())).await {
                     Ok(response) => break response,
                     Err(error) if error.forward_to_leader().is_some() => {}
                     Err(error) => panic!("write {n} failed: {error}"),

@@ -2,7 +2,7 @@
 //! prost messages and tonic clients and servers generated from them, for the public API
 //! (`switchboard.v1`: calls, events, cluster operations) and the internal Raft transport
 //! (`switchboard.raft.v1`). It holds no logic: validation, limits, domain rules and conversions
-//! to domain types belong to `raft-store` and `node`, so that this crate changes only when the
+//! to domain types belong to `domain` and `node`, so that this crate changes only when the
 //! wire does. Field numbers are forever: never reuse or renumber one, reserve it instead.
 
 /// The public API, package `switchboard.v1`.
@@ -32,6 +32,43 @@ pub mod v1 {
 )]
 pub mod raft_v1 {
     tonic::include_proto!("switchboard.raft.v1");
+}
+
+/// The wire names of rejection kinds: the `x-switchboard-rejection` metadata value.
+impl v1::RejectionKind {
+    /// Every kind but `Unspecified`, in declaration order.
+    pub const ALL: [v1::RejectionKind; 9] = [
+        v1::RejectionKind::UnknownCall,
+        v1::RejectionKind::CallExists,
+        v1::RejectionKind::IllegalTransition,
+        v1::RejectionKind::AlreadyHandedOff,
+        v1::RejectionKind::CallEnded,
+        v1::RejectionKind::CallLimitReached,
+        v1::RejectionKind::Invalid,
+        v1::RejectionKind::RequestIdReused,
+        v1::RejectionKind::MissingStamp,
+    ];
+
+    /// The metadata value naming this kind, e.g. `AlreadyHandedOff`; empty for `Unspecified`.
+    pub fn wire_name(self) -> &'static str {
+        match self {
+            v1::RejectionKind::Unspecified => "",
+            v1::RejectionKind::UnknownCall => "UnknownCall",
+            v1::RejectionKind::CallExists => "CallExists",
+            v1::RejectionKind::IllegalTransition => "IllegalTransition",
+            v1::RejectionKind::AlreadyHandedOff => "AlreadyHandedOff",
+            v1::RejectionKind::CallEnded => "CallEnded",
+            v1::RejectionKind::CallLimitReached => "CallLimitReached",
+            v1::RejectionKind::Invalid => "Invalid",
+            v1::RejectionKind::RequestIdReused => "RequestIdReused",
+            v1::RejectionKind::MissingStamp => "MissingStamp",
+        }
+    }
+
+    /// The kind a metadata value names, `None` when it names none.
+    pub fn from_wire_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.wire_name() == name)
+    }
 }
 
 /// Encoded `google.protobuf.FileDescriptorSet` of every file in this crate, with source info,
@@ -122,5 +159,35 @@ mod tests {
         let decoded = v1::CreateCallRequest::decode(request.encode_to_vec().as_slice())
             .expect("bytes just encoded by prost decode");
         assert_eq!(decoded.trace_id, None);
+    }
+}
+
+#[cfg(test)]
+mod rejection_kind_tests {
+    use super::v1::RejectionKind;
+
+    #[test]
+    fn every_rejection_kind_has_a_wire_name_matching_its_proto_name() {
+        for kind in RejectionKind::ALL {
+            let camel: String = kind
+                .as_str_name()
+                .trim_start_matches("REJECTION_KIND_")
+                .split('_')
+                .map(|word| {
+                    let lower = word.to_ascii_lowercase();
+                    let mut chars = lower.chars();
+                    chars.next().map_or(String::new(), |first| {
+                        first.to_ascii_uppercase().to_string() + chars.as_str()
+                    })
+                })
+                .collect();
+            assert_eq!(kind.wire_name(), camel);
+            assert_eq!(RejectionKind::from_wire_name(&camel), Some(kind));
+        }
+        // Every declared value but UNSPECIFIED is listed in ALL.
+        let declared = (1..=i32::MAX)
+            .map_while(|n| RejectionKind::try_from(n).ok())
+            .count();
+        assert_eq!(declared, RejectionKind::ALL.len());
     }
 }

@@ -25,6 +25,16 @@ pub enum Error {
         #[source]
         source: postcard::Error,
     },
+    #[error(
+        "{what} under key {key} has record format {found}; this binary reads format {known}: \
+         the data directory was written by a newer release"
+    )]
+    UnknownFormat {
+        what: &'static str,
+        key: String,
+        found: u8,
+        known: u8,
+    },
     #[error("missing {what} under key {key}")]
     Missing { what: &'static str, key: String },
     #[error(transparent)]

@@ -9,8 +9,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// The on-disk format this binary reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The on-disk format this binary reads and writes. Version 2: every stored value carries its
+/// record format byte and log entries carry versioned proposals (`codec`); a version-1
+/// directory is refused (rejoin the node from a snapshot of the cluster).
+pub const FORMAT_VERSION: u32 = 2;
 pub const IDENTITY_FILE: &str = "IDENTITY";
 const IDENTITY_FILE_BYTES_MAX: u64 = 4096;
 

@@ -4,7 +4,7 @@
 //! byte order is numeric order; variable-length strings are length-prefixed so that a prefix
 //! scan for one tenant never runs into another tenant whose name extends it.
 
-use crate::domain::{CallId, CallState};
+use domain::{CallId, CallState};
 
 /// Raft log entries, keyed by index.
 pub const CF_LOG: &str = "raft_log";
@@ -36,6 +36,17 @@ pub const SM_MEMBERSHIP: &[u8] = &[table::SM_META, b'm'];
 pub const SM_HEAD: &[u8] = &[table::SM_META, b'h'];
 /// Calls per lifecycle state, `[created, active, handed_off, ended]`.
 pub const SM_CALL_COUNTS: &[u8] = &[table::SM_META, b'c'];
+
+/// The stable one-byte code of a lifecycle state in storage keys and the call-counts record.
+/// Storage owns it: the domain's enum order is not an encoding.
+pub fn state_code(state: CallState) -> u8 {
+    match state {
+        CallState::Created => 1,
+        CallState::Active => 2,
+        CallState::HandedOff => 3,
+        CallState::Ended => 4,
+    }
+}
 
 pub fn log_index(index: u64) -> [u8; 8] {
     index.to_be_bytes()
@@ -94,7 +105,7 @@ pub fn tenant_state_call(tenant: &str, state: CallState, call_id: &CallId) -> Ve
 pub fn tenant_state_prefix(tenant: &str, state: CallState) -> Vec<u8> {
     let mut key = key(table::TENANT_STATE_CALL, 2 + tenant.len() + 16);
     push_str(&mut key, tenant);
-    key.push(state.code());
+    key.push(state_code(state));
     key
 }
 
@@ -135,11 +146,18 @@ pub fn idempotency_expiry(at_ms: u64, tenant: &str, request_id: &str) -> Vec<u8>
     key
 }
 
-/// Splits an expiry key into its time and the idempotency key it points at.
-pub fn split_idempotency_expiry(key: &[u8]) -> Option<(u64, &[u8])> {
+/// Splits an expiry key into its time, tenant and request id.
+pub fn split_idempotency_expiry(key: &[u8]) -> Option<(u64, String, String)> {
     let rest = key.strip_prefix(&[table::IDEMPOTENCY_EXPIRY])?;
     let at_ms = decode_u64(rest)?;
-    Some((at_ms, &rest[8..]))
+    let record = rest.get(8..)?.strip_prefix(&[table::IDEMPOTENCY])?;
+    let (&tenant_len, record) = record.split_first()?;
+    let (tenant, request_id) = record.split_at_checked(usize::from(tenant_len))?;
+    Some((
+        at_ms,
+        String::from_utf8(tenant.to_vec()).ok()?,
+        String::from_utf8(request_id.to_vec()).ok()?,
+    ))
 }
 
 /// The smallest key strictly greater than every key starting with `prefix`.
@@ -172,6 +190,16 @@ mod tests {
         let prefix = tenant_prefix("acme");
         assert!(tenant_call("acme", &id).starts_with(&prefix));
         assert!(!tenant_call("acme2", &id).starts_with(&prefix));
+    }
+
+    #[test]
+    fn an_expiry_key_splits_into_its_parts() {
+        let key = idempotency_expiry(42, "acme", "req-1");
+        assert_eq!(
+            split_idempotency_expiry(&key),
+            Some((42, "acme".to_owned(), "req-1".to_owned()))
+        );
+        assert_eq!(split_idempotency_expiry(&key[..key.len() - 9]), None);
     }
 
     #[test]

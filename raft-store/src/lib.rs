@@ -1,17 +1,15 @@
-//! Switchboard's replicated store: the pure domain core, and the durable Raft log and state
-//! machine on one RocksDB instance per node.
+//! Switchboard's replicated store: the durable Raft log and state machine on one RocksDB
+//! instance per node, on top of the pure `domain` crate.
 //!
-//! Owns: call lifecycle rules ([`domain`]), input bounds ([`limits`]), the openraft storage
-//! traits ([`LogStore`], [`StateMachine`]), snapshots, data directory identity, and reads of the
-//! applied state ([`Reader`]). Must not touch the network or decide consistency levels: that
-//! is the node's job.
+//! Owns: the openraft storage traits ([`LogStore`], [`StateMachine`]), the versioned encodings
+//! of log entries and stored records, snapshots, data directory identity, and reads of the
+//! applied state ([`Reader`]). Must not hold domain rules (it interprets the effects that
+//! `domain::decide` returns), touch the network or decide consistency levels.
 
 pub mod codec;
-pub mod domain;
 pub mod error;
 pub mod identity;
 pub mod keys;
-pub mod limits;
 pub mod log_store;
 pub mod reader;
 pub mod snapshot;
@@ -29,7 +27,8 @@ pub use reader::{At, Context, Page, ReadError, Reader};
 pub use snapshot::SnapshotFile;
 pub use state_machine::{Applied, StateMachine};
 pub use types::{
-    Entry, LogId, Member, NodeId, Response, SnapshotMeta, StoredMembership, TypeConfig, Vote,
+    Entry, LogId, Member, NodeId, Proposal, Response, SnapshotMeta, StoredMembership, TypeConfig,
+    Vote,
 };
 
 /// Sub-directory of the data directory holding RocksDB.

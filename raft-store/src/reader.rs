@@ -11,10 +11,10 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use crate::codec::decode;
-use crate::domain::{Call, CallId, CallState, Event, Handoff, Labels, Turn};
+use domain::{Call, CallId, CallState, Event, Handoff, Labels, Turn};
 use crate::error::Error;
 use crate::keys::{self, CF_SM, SM_LAST_APPLIED};
-use crate::limits::{self, CONTEXT_TURNS_MAX, Field, Invalid, Problem};
+use domain::limits::{self, CONTEXT_TURNS_MAX, Field, Invalid, Problem};
 use crate::state_machine::Applied;
 use crate::types::LogId;
 
@@ -345,7 +345,7 @@ impl Reader {
         Ok(At {
             value: CallState::ALL
                 .iter()
-                .map(|s| (*s, counts[usize::from(s.code() - 1)]))
+                .map(|s| (*s, counts[usize::from(keys::state_code(*s) - 1)]))
                 .collect(),
             applied_index: view.applied_index()?,
         })

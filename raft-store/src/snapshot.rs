@@ -3,7 +3,7 @@
 //!
 //! Format (all integers big-endian):
 //! ```text
-//! magic "SWBSNAP1" | u32 meta_len | meta (JSON SnapshotMeta)
+//! magic "SWBSNAP2" | u32 meta_len | meta (JSON SnapshotMeta)
 //! ( 0x01 | u32 key_len | key | u32 value_len | value )*
 //! 0x02 | u64 record_count | sha256 of every byte before this trailer
 //! ```
@@ -22,7 +22,7 @@ use crate::error::Error;
 use crate::keys::{CF_SM, SM_LAST_APPLIED, SM_MEMBERSHIP};
 use crate::types::{LogId, SnapshotMeta, StoredMembership};
 
-const MAGIC: &[u8; 8] = b"SWBSNAP1";
+const MAGIC: &[u8; 8] = b"SWBSNAP2";
 const TAG_RECORD: u8 = 0x01;
 const TAG_END: u8 = 0x02;
 pub const SNAPSHOT_META_BYTES_MAX: u32 = 1 << 20;
@@ -317,6 +317,13 @@ impl Records {
         };
         let magic = records.read_vec(MAGIC.len())?;
         if magic != MAGIC {
+            if magic.starts_with(b"SWBSNAP") {
+                return Err(records.bad(format!(
+                    "snapshot format {} is not the one this binary reads ({})",
+                    String::from_utf8_lossy(&magic),
+                    String::from_utf8_lossy(MAGIC)
+                )));
+            }
             return Err(records.bad("not a switchboard snapshot (bad magic)"));
         }
         let meta_len = records.read_u32()?;

@@ -15,12 +15,13 @@ use openraft::{EntryPayload, OptionalSend};
 use rocksdb::{DB, WriteBatch, WriteOptions};
 use tokio::sync::watch;
 
-use crate::domain::{self, Call, Change, Decision, Head, Remembered, Request, Turn, View};
+use domain::{
+    Call, CallId, Change, Decision, Head, Remembered, Request, RequestKey, StateReader, Step, Turn,
+};
 use crate::error::Error;
 use crate::keys::{
     self, CF_META, CF_SM, SM_CALL_COUNTS, SM_HEAD, SM_LAST_APPLIED, SM_MEMBERSHIP, table,
 };
-use crate::limits::{HANDOFF_TURNS_MAX, IDEMPOTENCY_PRUNE_PER_ENTRY_MAX, IDEMPOTENCY_WINDOW_MS};
 use crate::reader::Reader;
 use crate::snapshot::{Records, SnapshotDir, SnapshotFile};
 use crate::txn::Txn;
@@ -100,16 +101,10 @@ impl StateMachine {
         &self.applied
     }
 
-    fn cf(&self, name: &'static str) -> &rocksdb::ColumnFamily {
-        self.db
-            .cf_handle(name)
-            .expect("column families are checked when the store opens")
-    }
-
     fn interrupted_install(&self) -> Result<Option<std::path::PathBuf>, Error> {
         let marker = self
             .db
-            .get_cf(self.cf(CF_META), META_INSTALLING)
+            .get_cf(cf(&self.db, CF_META), META_INSTALLING)
             .map_err(Error::rocks("read install marker"))?;
         Ok(marker
             .map(|bytes| std::path::PathBuf::from(String::from_utf8_lossy(&bytes).into_owned())))
@@ -127,73 +122,36 @@ impl StateMachine {
         Ok(())
     }
 
+    /// Decides one request through the domain and writes the step into the batch's overlay.
     fn apply_request(
         &mut self,
         txn: &mut Txn<'_>,
         request: &Request,
         index: u64,
     ) -> Result<Response, Error> {
-        let remembered: Option<Remembered> = match request.validate_envelope() {
-            Ok(()) => txn.get(
-                "idempotency record",
-                &keys::idempotency(&request.tenant_id, &request.request_id),
-            )?,
-            Err(_) => None,
-        };
-        let call_id = request.command.call_id().or(request.stamp.minted_call_id);
-        let call: Option<Call> = match &call_id {
-            Some(id) => txn.get("call", &keys::call(id))?,
-            None => None,
-        };
-        let recent_turns = match &call {
-            Some(call) if request.command.needs_recent_turns() => {
-                recent_turns(txn, call, HANDOFF_TURNS_MAX)?
-            }
-            _ => Vec::new(),
-        };
-        let view = View {
-            call: call.as_ref(),
-            recent_turns: &recent_turns,
-        };
-        let decision = domain::decide(self.head, remembered.as_ref(), view, request, index);
-        self.head.clock_ms = self.head.clock_ms.max(request.stamp.at_ms);
-
-        let response = match decision {
-            Decision::Replay(outcome) => Response {
-                outcome: Some(outcome),
-                replayed: true,
-                change: None,
+        let step = domain::decide(
+            &Overlay {
+                txn,
+                head: self.head,
             },
-            Decision::Refused(outcome) => Response {
-                outcome: Some(outcome),
-                replayed: false,
-                change: None,
-            },
-            Decision::Rejected { outcome, remember } => {
-                remember_outcome(txn, request, &remember);
-                Response {
-                    outcome: Some(outcome),
-                    replayed: false,
-                    change: None,
-                }
-            }
+            request,
+            index,
+        )?;
+        write_step(txn, request, &step)?;
+        self.head = step.head;
+        let replayed = matches!(step.decision, Decision::Replay(_));
+        let (outcome, change) = match step.decision {
+            Decision::Replay(outcome) | Decision::Refused(outcome) => (outcome, None),
+            Decision::Rejected { outcome, .. } => (outcome, None),
             Decision::Applied {
-                change,
-                outcome,
-                remember,
-            } => {
-                write_change(txn, call.as_ref(), &change)?;
-                remember_outcome(txn, request, &remember);
-                self.head = change.head;
-                Response {
-                    outcome: Some(outcome),
-                    replayed: false,
-                    change: Some(change),
-                }
-            }
+                outcome, change, ..
+            } => (outcome, Some(change)),
         };
-        prune_idempotency(txn, self.head.clock_ms)?;
-        Ok(response)
+        Ok(Response {
+            outcome: Some(outcome),
+            replayed,
+            change,
+        })
     }
 
     /// Applies entries that follow `last_applied` as one `WriteBatch`; answers one response per
@@ -205,18 +163,17 @@ impl StateMachine {
         let mut responses = Vec::with_capacity(entries.len());
         for entry in entries {
             let log_id = entry.log_id();
-            if let Some(last) = &applied.log_id {
-                // Divergence-class invariant: an entry is never applied twice or out of order.
-                // (Strictly increasing rather than +1: openraft's storage suite applies 3 then 5.)
-                assert!(
-                    log_id.index > last.index,
-                    "apply must not repeat or reorder entries"
-                );
-            }
+            // Divergence-class invariant: every entry is applied once, in order, none skipped.
+            // (The log starts at index 0: openraft's initial membership entry.)
+            let expected = applied.log_id.as_ref().map_or(0, |last| last.index + 1);
+            assert_eq!(
+                log_id.index, expected,
+                "the applied index moves by exactly one per entry"
+            );
             let response = match entry.payload {
                 EntryPayload::Blank => Response::default(),
-                EntryPayload::Normal(request) => {
-                    self.apply_request(&mut txn, &request, log_id.index)?
+                EntryPayload::Normal(proposal) => {
+                    self.apply_request(&mut txn, &proposal.0, log_id.index)?
                 }
                 EntryPayload::Membership(membership) => {
                     applied.membership = StoredMembership::new(Some(log_id), membership);
@@ -261,79 +218,172 @@ impl StateMachine {
         Ok(())
     }
 
-    /// Replaces the whole state with a verified snapshot file, resumably.
+    /// Replaces the whole state with a verified snapshot file, resumably. Blocking: call it
+    /// at open, or from a blocking task.
     fn install_from(&mut self, path: &Path) -> Result<(), Error> {
-        let mut marked = WriteOptions::default();
-        marked.set_sync(true);
-        let mut batch = WriteBatch::default();
-        batch.put_cf(
-            self.cf(CF_META),
-            META_INSTALLING,
-            path.to_string_lossy().as_bytes(),
-        );
-        self.db
-            .write_opt(batch, &marked)
-            .map_err(Error::rocks("mark snapshot install"))?;
-        self.load_snapshot_records(path)?;
+        install_records(&self.db, path)?;
         self.reload()
     }
 
-    /// Clears the state machine and loads every record of `path`, then clears the install
-    /// marker, all durably. Safe to repeat after a crash at any point.
+    /// Finishes an install that a crash interrupted. Blocking, like `install_from`.
     fn load_snapshot_records(&mut self, path: &Path) -> Result<(), Error> {
-        crate::snapshot::verify(path)?;
-        let (_, mut records) = Records::open(path)?;
-        let mut batch = WriteBatch::default();
-        batch.delete_range_cf(self.cf(CF_SM), [0u8], [u8::MAX]);
-        let mut batch_bytes = 0usize;
-        while let Some((key, value)) = records.next_record()? {
-            batch_bytes += key.len() + value.len();
-            batch.put_cf(self.cf(CF_SM), key, value);
-            if batch_bytes >= INSTALL_BATCH_BYTES_MAX {
-                self.db
-                    .write(std::mem::take(&mut batch))
-                    .map_err(Error::rocks("install snapshot records"))?;
-                batch_bytes = 0;
-            }
-        }
-        batch.delete_cf(self.cf(CF_META), META_INSTALLING);
-        let mut synced = WriteOptions::default();
-        synced.set_sync(true);
-        self.db
-            .write_opt(batch, &synced)
-            .map_err(Error::rocks("finish snapshot install"))?;
-        Ok(())
+        load_records(&self.db, path)
     }
 }
 
-/// The call's last `max` turns, oldest first, by point reads (turn indexes are gap-free).
-fn recent_turns(txn: &Txn<'_>, call: &Call, max: usize) -> Result<Vec<Turn>, Error> {
-    let first = call.turn_count.saturating_sub(max as u64) + 1;
-    let mut turns = Vec::with_capacity(max.min(call.turn_count as usize));
-    for index in first..=call.turn_count {
-        let key = keys::turn(&call.call_id, index);
-        let turn = txn.get("turn", &key)?.ok_or_else(|| Error::Missing {
+fn cf<'db>(db: &'db DB, name: &'static str) -> &'db rocksdb::ColumnFamily {
+    db.cf_handle(name)
+        .expect("column families are checked when the store opens")
+}
+
+/// Marks the install (synced), then loads the records of `path`.
+fn install_records(db: &DB, path: &Path) -> Result<(), Error> {
+    let mut marked = WriteOptions::default();
+    marked.set_sync(true);
+    let mut batch = WriteBatch::default();
+    batch.put_cf(
+        cf(db, CF_META),
+        META_INSTALLING,
+        path.to_string_lossy().as_bytes(),
+    );
+    db.write_opt(batch, &marked)
+        .map_err(Error::rocks("mark snapshot install"))?;
+    load_records(db, path)
+}
+
+/// Clears the state machine and loads every record of `path`, then clears the install marker,
+/// all durably. Safe to repeat after a crash at any point.
+fn load_records(db: &DB, path: &Path) -> Result<(), Error> {
+    crate::snapshot::verify(path)?;
+    let (_, mut records) = Records::open(path)?;
+    let mut batch = WriteBatch::default();
+    batch.delete_range_cf(cf(db, CF_SM), [0u8], [u8::MAX]);
+    let mut batch_bytes = 0usize;
+    while let Some((key, value)) = records.next_record()? {
+        batch_bytes += key.len() + value.len();
+        batch.put_cf(cf(db, CF_SM), key, value);
+        if batch_bytes >= INSTALL_BATCH_BYTES_MAX {
+            db.write(std::mem::take(&mut batch))
+                .map_err(Error::rocks("install snapshot records"))?;
+            batch_bytes = 0;
+        }
+    }
+    batch.delete_cf(cf(db, CF_META), META_INSTALLING);
+    let mut synced = WriteOptions::default();
+    synced.set_sync(true);
+    db.write_opt(batch, &synced)
+        .map_err(Error::rocks("finish snapshot install"))?;
+    Ok(())
+}
+
+/// The domain's view of the state during an apply batch: the overlay merged with RocksDB.
+struct Overlay<'a, 'db> {
+    txn: &'a Txn<'db>,
+    head: Head,
+}
+
+impl StateReader for Overlay<'_, '_> {
+    type Error = Error;
+
+    fn head(&self) -> Head {
+        self.head
+    }
+
+    fn call(&self, call_id: &CallId) -> Result<Option<Call>, Error> {
+        self.txn.get("call", &keys::call(call_id))
+    }
+
+    fn turn(&self, call_id: &CallId, index: u64) -> Result<Turn, Error> {
+        let key = keys::turn(call_id, index);
+        self.txn.get("turn", &key)?.ok_or_else(|| Error::Missing {
             what: "turn",
             key: crate::codec::hex(&key),
-        })?;
-        turns.push(turn);
+        })
     }
-    Ok(turns)
+
+    fn remembered(&self, tenant_id: &str, request_id: &str) -> Result<Option<Remembered>, Error> {
+        self.txn.get(
+            "idempotency record",
+            &keys::idempotency(tenant_id, request_id),
+        )
+    }
+
+    fn remembered_before(&self, before_ms: u64, limit: usize) -> Result<Vec<RequestKey>, Error> {
+        let start = [table::IDEMPOTENCY_EXPIRY];
+        let mut end = vec![table::IDEMPOTENCY_EXPIRY];
+        end.extend_from_slice(&before_ms.to_be_bytes());
+        self.txn
+            .scan_keys(&start, &end, limit)?
+            .into_iter()
+            .map(|key| match keys::split_idempotency_expiry(&key) {
+                Some((at_ms, tenant_id, request_id)) => Ok(RequestKey {
+                    at_ms,
+                    tenant_id,
+                    request_id,
+                }),
+                None => Err(Error::Missing {
+                    what: "idempotency expiry key",
+                    key: crate::codec::hex(&key),
+                }),
+            })
+            .collect()
+    }
 }
 
-/// Calls per state, indexed by `CallState::code() - 1`.
+/// Calls per state, indexed by `keys::state_code(state) - 1`.
 pub type CallCounts = [u64; 4];
 
 fn count_slot(state: domain::CallState) -> usize {
-    usize::from(state.code() - 1)
+    usize::from(keys::state_code(state) - 1)
 }
 
-fn write_change(txn: &mut Txn<'_>, before: Option<&Call>, change: &Change) -> Result<(), Error> {
+/// Writes what a step says: expired idempotency records first, then the change and the
+/// remembered outcome. Interprets; decides nothing.
+fn write_step(txn: &mut Txn<'_>, request: &Request, step: &Step) -> Result<(), Error> {
+    for expired in &step.expired {
+        let key = &expired.key;
+        if expired.drop_record {
+            txn.delete(keys::idempotency(&key.tenant_id, &key.request_id));
+        }
+        txn.delete(keys::idempotency_expiry(
+            key.at_ms,
+            &key.tenant_id,
+            &key.request_id,
+        ));
+    }
+    let remember = match &step.decision {
+        Decision::Replay(_) | Decision::Refused(_) => return Ok(()),
+        Decision::Rejected { remember, .. } => remember,
+        Decision::Applied {
+            change, remember, ..
+        } => {
+            write_change(txn, change)?;
+            remember
+        }
+    };
+    txn.put(
+        keys::idempotency(&request.tenant_id, &request.request_id),
+        remember,
+    );
+    txn.put_raw(
+        keys::idempotency_expiry(remember.at_ms, &request.tenant_id, &request.request_id),
+        Vec::new(),
+    );
+    Ok(())
+}
+
+fn write_change(txn: &mut Txn<'_>, change: &Change) -> Result<(), Error> {
     let call = &change.call;
-    if before.map(Call::state) != Some(call.state()) {
+    let before = change.previous_state;
+    if before != Some(call.state()) {
         let mut counts: CallCounts = txn.get("call counts", SM_CALL_COUNTS)?.unwrap_or_default();
         if let Some(before) = before {
-            counts[count_slot(before.state())] -= 1;
+            let slot = &mut counts[count_slot(before)];
+            // A call leaving a state was counted in it: a count below zero is a damaged store.
+            *slot = slot.checked_sub(1).ok_or_else(|| Error::Missing {
+                what: "call count of the state a call leaves",
+                key: crate::codec::hex(SM_CALL_COUNTS),
+            })?;
         }
         counts[count_slot(call.state())] += 1;
         txn.put(SM_CALL_COUNTS.to_vec(), &counts);
@@ -343,11 +393,11 @@ fn write_change(txn: &mut Txn<'_>, before: Option<&Call>, change: &Change) -> Re
             keys::tenant_call(&call.tenant_id, &call.call_id),
             Vec::new(),
         ),
-        Some(before) if before.state() != call.state() => {
+        Some(before) if before != call.state() => {
             txn.delete(keys::tenant_state_call(
-                &before.tenant_id,
-                before.state(),
-                &before.call_id,
+                &call.tenant_id,
+                before,
+                &call.call_id,
             ));
         }
         Some(_) => {}
@@ -366,44 +416,6 @@ fn write_change(txn: &mut Txn<'_>, before: Option<&Call>, change: &Change) -> Re
             keys::call_event(&event.call_id, event.sequence_number),
             event.position.to_be_bytes().to_vec(),
         );
-    }
-    Ok(())
-}
-
-fn remember_outcome(txn: &mut Txn<'_>, request: &Request, remember: &Remembered) {
-    txn.put(
-        keys::idempotency(&request.tenant_id, &request.request_id),
-        remember,
-    );
-    txn.put_raw(
-        keys::idempotency_expiry(remember.at_ms, &request.tenant_id, &request.request_id),
-        Vec::new(),
-    );
-}
-
-/// Deletes up to `IDEMPOTENCY_PRUNE_PER_ENTRY_MAX` expired records, oldest first. Runs after
-/// every request entry, so the work per entry is bounded and the result is the same on every
-/// replica however the log was split into apply batches.
-fn prune_idempotency(txn: &mut Txn<'_>, clock_ms: u64) -> Result<(), Error> {
-    let Some(cutoff_ms) = clock_ms.checked_sub(IDEMPOTENCY_WINDOW_MS) else {
-        return Ok(());
-    };
-    let start = [table::IDEMPOTENCY_EXPIRY];
-    let mut end = vec![table::IDEMPOTENCY_EXPIRY];
-    end.extend_from_slice(&cutoff_ms.to_be_bytes());
-    for expiry_key in txn.scan_keys(&start, &end, IDEMPOTENCY_PRUNE_PER_ENTRY_MAX)? {
-        let Some((at_ms, record_key)) = keys::split_idempotency_expiry(&expiry_key) else {
-            return Err(Error::Missing {
-                what: "idempotency expiry key",
-                key: crate::codec::hex(&expiry_key),
-            });
-        };
-        // The same request id may have been reused after expiring: keep the newer record.
-        let record: Option<Remembered> = txn.get("idempotency record", record_key)?;
-        if record.is_some_and(|r| r.at_ms == at_ms) {
-            txn.delete(record_key.to_vec());
-        }
-        txn.delete(expiry_key);
     }
     Ok(())
 }
@@ -452,21 +464,35 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         snapshot: SnapshotFile,
     ) -> Result<(), io::Error> {
-        let found = crate::snapshot::verify(&snapshot.path)?;
-        if found.last_log_id != meta.last_log_id || found.last_membership != meta.last_membership {
-            return Err(Error::BadSnapshot {
-                path: snapshot.path.clone(),
-                reason: format!(
-                    "file holds {:?} but the leader sent {:?}",
-                    found.last_log_id, meta.last_log_id
-                ),
+        // Verifying reads the whole file and installing writes the whole state: both run on a
+        // blocking thread, never on the runtime that also serves Raft and clients.
+        let db = self.db.clone();
+        let snapshots = self.snapshots.clone();
+        let meta = meta.clone();
+        let SnapshotFile { path, file } = snapshot;
+        drop(file);
+        let installed = tokio::task::spawn_blocking(move || -> Result<SnapshotMeta, Error> {
+            let found = crate::snapshot::verify(&path)?;
+            if found.last_log_id != meta.last_log_id
+                || found.last_membership != meta.last_membership
+            {
+                return Err(Error::BadSnapshot {
+                    path,
+                    reason: format!(
+                        "file holds {:?} but the leader sent {:?}",
+                        found.last_log_id, meta.last_log_id
+                    ),
+                });
             }
-            .into());
-        }
-        let path = self.snapshots.adopt(&snapshot.path, meta)?;
-        self.install_from(&path)?;
-        self.snapshots.retire_older_than(&path)?;
-        tracing::info!(last_log_id = ?meta.last_log_id, "installed snapshot");
+            let path = snapshots.adopt(&path, &meta)?;
+            install_records(&db, &path)?;
+            snapshots.retire_older_than(&path)?;
+            Ok(meta)
+        })
+        .await
+        .map_err(io::Error::other)??;
+        self.reload()?;
+        tracing::info!(last_log_id = ?installed.last_log_id, "installed snapshot");
         Ok(())
     }
 

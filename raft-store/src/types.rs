@@ -4,7 +4,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{Change, Outcome, Request};
+use domain::{Change, Outcome};
+
+pub use crate::codec::Proposal;
 
 /// A cluster member's address and region label (openraft's `Node`).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -34,22 +36,6 @@ impl fmt::Display for Member {
     }
 }
 
-impl fmt::Display for Request {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}(tenant={}, request_id={}",
-            self.command.kind(),
-            self.tenant_id,
-            self.request_id
-        )?;
-        if let Some(call_id) = self.command.call_id() {
-            write!(f, ", call_id={call_id}")?;
-        }
-        write!(f, ")")
-    }
-}
-
 /// What applying one entry answers to the proposer.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Response {
@@ -62,9 +48,10 @@ pub struct Response {
 }
 
 openraft::declare_raft_types!(
-    /// Switchboard's Raft types: requests are domain commands, nodes carry address and region.
+    /// Switchboard's Raft types: entries carry versioned proposals of domain requests, nodes
+    /// carry address and region.
     pub TypeConfig:
-        D = Request,
+        D = Proposal,
         R = Response,
         NodeId = u64,
         Node = Member,

@@ -10,11 +10,11 @@ use std::collections::BTreeMap;
 
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use proptest::prelude::*;
-use raft_store::domain::{
+use domain::{
     CallId, CallState, Channel, Command, Payload, Rejection, Request, Stamp, Urgency, event_id,
     event_type,
 };
-use raft_store::limits::IDEMPOTENCY_WINDOW_MS;
+use domain::limits::IDEMPOTENCY_WINDOW_MS;
 use raft_store::{Entry, Response, StateMachine};
 use tempfile::TempDir;
 
@@ -360,9 +360,10 @@ fn digest(sm: &StateMachine) -> [u8; 32] {
 async fn run(ops: Vec<Op>, splits: Vec<usize>) {
     let mut node = Node::fresh();
     let mut model = Model::default();
-    let mut log: Vec<Entry> = vec![support::blank(1, 1)];
+    // The log starts at index 0, as openraft's does (its initial membership entry).
+    let mut log: Vec<Entry> = vec![support::blank(1, 0)];
     node.sm
-        .apply_batch(vec![support::blank(1, 1)])
+        .apply_batch(vec![support::blank(1, 0)])
         .expect("apply blank");
     let mut clock_ms = 1_000u64;
 
@@ -370,12 +371,13 @@ async fn run(ops: Vec<Op>, splits: Vec<usize>) {
         match op {
             Op::Send { tenant, rid, cmd } => {
                 let tenant = TENANTS[tenant];
-                let index = log.len() as u64 + 1;
+                let index = log.len() as u64;
                 let minted = CallId::from_u128(u128::from(index));
                 let command = command_of(&model, tenant, &cmd);
                 let stamp = Stamp {
                     at_ms: clock_ms,
                     minted_call_id: matches!(cmd, Cmd::Create).then_some(minted),
+                    minted_trace_id: None,
                 };
                 let request = support::request(tenant, &format!("rid-{rid}"), command, stamp);
                 let (expected, replay, expected_call) = model.step(&request, clock_ms, minted);
@@ -449,7 +451,8 @@ async fn run(ops: Vec<Op>, splits: Vec<usize>) {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(24),
+        // 256 by default (CI runs the default); PROPTEST_CASES=<n> runs more or fewer.
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(256),
         ..ProptestConfig::default()
     })]
 

@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use node::testkit::ProcessCluster;
+use harness::ProcessCluster;
 
 use self::etcd::EtcdCluster;
 use self::procstat::Usage;

@@ -13,7 +13,7 @@ use super::stats::{Summary, ratio};
 pub struct LoadRow {
     /// "switchboard" or "etcd".
     pub system: String,
-    /// "raw" (tonic clients at the leader), "library" (`node::client::Client`) or "etcd-client".
+    /// "raw" (tonic clients at the leader), "library" (`client::Client`) or "etcd-client".
     pub client: String,
     /// "closed" or "open".
     pub mode: String,

@@ -1,10 +1,10 @@
 //! Switchboard under the benchmark workload: one write RPC per transition, either on raw tonic
 //! clients pointed at the leader (no client-library overhead) or through the client library
-//! (`node::client::Client`: leader cache, redirects, retries with the same request id).
+//! (`client::Client`: leader cache, redirects, retries with the same request id).
 
 use std::time::Duration;
 
-use node::client::{Client, ClientConfig};
+use client::{Client, ClientConfig};
 use proto::v1::call_service_client::CallServiceClient;
 use proto::v1::{
     self, AppendTurnRequest, Channel, Consistency, CreateCallRequest, EndCallRequest,

@@ -1,7 +1,7 @@
 //! The drill's cluster: real `switchboard serve` processes, on loopback or each in its own
 //! network namespace, with a delay proxy in front of every node for its peers; or the
 //! containers of a Docker Compose project (`deploy/compose/`). Like
-//! `node::testkit::ProcessCluster`, generalised: processes can be paused, nodes can leave and
+//! `harness::ProcessCluster`, generalised: processes can be paused, nodes can leave and
 //! rejoin with a wiped data directory, and in namespace mode faults are real network faults.
 //! Everything it started is stopped and removed when it drops (also on panic); nodes run with
 //! `--exit-with-parent`, so they stop even when the drill is killed.
@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use node::client::{Client, ClientConfig};
+use client::{Client, ClientConfig};
 use proto::v1;
 
 use crate::compose::{Attachment, Compose};
@@ -223,8 +223,8 @@ impl DrillCluster {
     fn prepare(&mut self, id: u64, bootstrap: bool) -> anyhow::Result<()> {
         let (listen, http, proxy_addr, ns_path) = match &mut self.net {
             None => (
-                format!("127.0.0.1:{}", node::testkit::free_port()?),
-                format!("127.0.0.1:{}", node::testkit::free_port()?),
+                format!("127.0.0.1:{}", harness::free_port()?),
+                format!("127.0.0.1:{}", harness::free_port()?),
                 "127.0.0.1:0".to_owned(),
                 None,
             ),

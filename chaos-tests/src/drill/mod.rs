@@ -228,7 +228,7 @@ async fn drill(seed: u64, args: &DrillArgs) -> anyhow::Result<bool> {
         .unwrap_or_else(|| std::env::temp_dir().join(format!("switchboard-chaos-{seed}.jsonl")));
     let history = History::create(Some(&history_path))?;
     let started = Instant::now();
-    let node_clients: Vec<(u64, node::client::Client)> = cluster
+    let node_clients: Vec<(u64, client::Client)> = cluster
         .nodes
         .values()
         .map(|n| (n.id, n.client.clone()))
@@ -486,7 +486,7 @@ async fn collect_finals(cluster: &DrillCluster) -> Vec<NodeFinal> {
     finals
 }
 
-async fn read_all_events(client: &node::client::Client) -> Option<Vec<SeenEvent>> {
+async fn read_all_events(client: &client::Client) -> Option<Vec<SeenEvent>> {
     let mut events = Vec::new();
     let mut from = 1;
     for _ in 0..EVENT_PAGES_MAX {

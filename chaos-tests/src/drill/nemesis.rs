@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use node::client::Client;
+use client::Client;
 use proto::v1;
 
 use super::cluster::{DrillCluster, Mode};

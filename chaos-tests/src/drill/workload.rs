@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use node::client::{Client, ClientConfig, ClientError};
+use client::{Client, ClientConfig, ClientError};
 use proto::v1;
 use tonic::Code;
 

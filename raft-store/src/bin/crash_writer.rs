@@ -12,7 +12,7 @@ use openraft::entry::RaftEntry;
 use openraft::impls::leader_id_adv::LeaderId;
 use openraft::storage::{IOFlushed, RaftLogStorage};
 use openraft::type_config::TypeConfigExt;
-use raft_store::domain::{Command, Request, Stamp};
+use domain::{Command, Request, Stamp};
 use raft_store::{Entry, Identity, LogId, TypeConfig, Vote};
 
 const ENTRIES_PER_TERM: u64 = 40;
@@ -30,9 +30,13 @@ fn entry(term: u64, index: u64) -> Entry {
         stamp: Stamp {
             at_ms: index,
             minted_call_id: None,
+            minted_trace_id: None,
         },
     };
-    Entry::new_normal(LogId::new(LeaderId { term, node_id: 1 }, index), request)
+    Entry::new_normal(
+        LogId::new(LeaderId { term, node_id: 1 }, index),
+        raft_store::Proposal(request),
+    )
 }
 
 fn say(line: std::fmt::Arguments<'_>) {

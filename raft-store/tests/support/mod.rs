@@ -6,7 +6,7 @@ use std::path::Path;
 
 use openraft::entry::RaftEntry;
 use openraft::impls::leader_id_adv::LeaderId;
-use raft_store::domain::{Command, Request, Stamp};
+use domain::{Command, Request, Stamp};
 use raft_store::{Entry, Identity, LogId, Store, Vote};
 
 pub const CLUSTER: &str = "test-cluster";
@@ -37,7 +37,7 @@ pub fn request(tenant: &str, request_id: &str, command: Command, stamp: Stamp) -
 }
 
 pub fn normal(term: u64, index: u64, request: Request) -> Entry {
-    Entry::new_normal(log_id(term, index), request)
+    Entry::new_normal(log_id(term, index), raft_store::Proposal(request))
 }
 
 pub fn blank(term: u64, index: u64) -> Entry {

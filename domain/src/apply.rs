@@ -6,6 +6,7 @@
 use serde_json::json;
 
 use super::command::{CallLimit, Command, Rejection, Request};
+use super::decide::advance_clock;
 use super::model::{
     Call, CallState, ContextSnapshot, Event, Handoff, Head, Labels, Lifecycle, Payload, Turn,
     event_id, event_type,
@@ -17,8 +18,8 @@ use crate::limits::{CALL_EVENTS_MAX, CALL_TURNS_MAX, ENTITIES_MAX, HANDOFF_TURNS
 pub struct View<'a> {
     /// The addressed call (for `CreateCall`: the call stored under the minted id, if any).
     pub call: Option<&'a Call>,
-    /// The call's latest turns, oldest first; only `RequestHandoff` reads them, and the storage
-    /// layer loads them only for it (see [`Command::needs_recent_turns`]).
+    /// The call's latest turns, oldest first; only `RequestHandoff` reads them, and
+    /// [`crate::decide`] loads them only for it (see [`Command::needs_recent_turns`]).
     pub recent_turns: &'a [Turn],
 }
 
@@ -26,6 +27,8 @@ pub struct View<'a> {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Change {
     pub head: Head,
+    /// The call's state before the command; `None` when the command created it.
+    pub previous_state: Option<CallState>,
     /// The call after the command.
     pub call: Call,
     /// A turn to store, for `AppendTurn`.
@@ -43,7 +46,7 @@ impl Command {
 /// Applies one request to the state it addresses.
 pub fn apply(head: Head, view: View<'_>, request: &Request) -> Result<Change, Rejection> {
     request.validate().map_err(Rejection::Invalid)?;
-    let at_ms = head.clock_ms.max(request.stamp.at_ms);
+    let at_ms = advance_clock(head.clock_ms, request.stamp.at_ms);
     let head = Head {
         clock_ms: at_ms,
         ..head
@@ -74,7 +77,12 @@ pub fn apply(head: Head, view: View<'_>, request: &Request) -> Result<Change, Re
                 source: source.clone(),
                 channel: *channel,
                 metadata: metadata.clone(),
-                trace_id: trace_id.clone().unwrap_or_default(),
+                // The client's trace id, else the one the leader minted, in W3C trace-id form.
+                trace_id: trace_id
+                    .clone()
+                    .filter(|id| !id.is_empty())
+                    .or_else(|| request.stamp.minted_trace_id.map(|id| id.simple().to_string()))
+                    .unwrap_or_default(),
                 room_name: Call::room_name_for(&call_id),
                 created_at_ms: at_ms,
                 lifecycle: Lifecycle::Created,
@@ -86,11 +94,12 @@ pub fn apply(head: Head, view: View<'_>, request: &Request) -> Result<Change, Re
             };
             let payload = json!({
                 "source": call.source,
-                "channel": format!("{:?}", call.channel).to_uppercase(),
+                "channel": call.channel.as_str(),
                 "room_name": call.room_name,
             });
             let mut change = Change {
                 head,
+                previous_state: None,
                 call,
                 turn: None,
                 events: Vec::new(),
@@ -117,6 +126,7 @@ pub fn apply(head: Head, view: View<'_>, request: &Request) -> Result<Change, Re
 
     let mut change = Change {
         head,
+        previous_state: Some(call.state()),
         call: call.clone(),
         turn: None,
         events: Vec::new(),
@@ -237,7 +247,7 @@ pub fn apply(head: Head, view: View<'_>, request: &Request) -> Result<Change, Re
         ) => {
             let payload = json!({
                 "reason": reason,
-                "urgency": format!("{urgency:?}").to_uppercase(),
+                "urgency": urgency.as_str(),
                 "target": target,
             });
             let position = change.emit(

@@ -194,12 +194,140 @@ impl Command {
     }
 
     /// A digest of the command's content, used to tell a retry of a request from a different
-    /// request that reuses its id. Stable across replicas and versions of this binary as long
-    /// as the command's serialized form is.
+    /// request that reuses its id. Computed over an explicit canonical form (see
+    /// [`Canonical`]), never over an encoding, so it stays stable when types or their
+    /// serialization change; changing it is a format change of the idempotency records.
     pub fn fingerprint(&self) -> [u8; 32] {
-        // Serializing plain data into a Vec cannot fail.
-        let bytes = postcard::to_stdvec(self).expect("commands serialize to memory");
-        Sha256::digest(&bytes).into()
+        let mut c = Canonical::new(self.kind());
+        match self {
+            Command::CreateCall {
+                source,
+                channel,
+                metadata,
+                trace_id,
+            } => {
+                c.str(source);
+                c.str(channel.as_str());
+                c.map(metadata);
+                c.opt_str(trace_id.as_deref());
+            }
+            Command::StartCall { call_id } => c.id(call_id),
+            Command::AppendTurn {
+                call_id,
+                speaker,
+                text,
+                confidence,
+                language,
+                spoken_at_ms,
+            } => {
+                c.id(call_id);
+                c.str(speaker);
+                c.str(text);
+                c.u64(u64::from(confidence.to_bits()));
+                c.str(language);
+                c.u64(*spoken_at_ms);
+            }
+            Command::LogEvent {
+                call_id,
+                event_type,
+                payload,
+                metadata,
+            } => {
+                c.id(call_id);
+                c.str(event_type);
+                match payload {
+                    Payload::Json(text) => c.tagged(b'j', text.as_bytes()),
+                    Payload::Bytes(bytes) => c.tagged(b'b', bytes),
+                }
+                c.map(metadata);
+            }
+            Command::UpdateContext {
+                call_id,
+                summary,
+                entities,
+            } => {
+                c.id(call_id);
+                c.opt_str(summary.as_deref());
+                c.map(entities);
+            }
+            Command::RequestHandoff {
+                call_id,
+                reason,
+                urgency,
+                target,
+            } => {
+                c.id(call_id);
+                c.str(reason);
+                c.str(urgency.as_str());
+                c.opt_str(target.as_deref());
+            }
+            Command::EndCall {
+                call_id,
+                reason,
+                resolution,
+            } => {
+                c.id(call_id);
+                c.str(reason);
+                c.str(resolution);
+            }
+        }
+        c.finish()
+    }
+}
+
+/// The canonical form a fingerprint hashes: a version tag, the command's name, then each field
+/// in declaration order as a one-byte type tag and its bytes (length-prefixed where variable),
+/// maps in key order. Unambiguous: no two different commands have the same form.
+struct Canonical(Sha256);
+
+impl Canonical {
+    const VERSION: &'static [u8] = b"switchboard.command.fingerprint.v1";
+
+    fn new(kind: CommandKind) -> Self {
+        let mut c = Self(Sha256::new());
+        c.tagged(b'v', Self::VERSION);
+        c.str(kind.as_str());
+        c
+    }
+
+    fn tagged(&mut self, tag: u8, bytes: &[u8]) {
+        self.0.update([tag]);
+        self.0.update((bytes.len() as u64).to_be_bytes());
+        self.0.update(bytes);
+    }
+
+    fn str(&mut self, value: &str) {
+        self.tagged(b's', value.as_bytes());
+    }
+
+    fn opt_str(&mut self, value: Option<&str>) {
+        match value {
+            Some(value) => self.tagged(b'S', value.as_bytes()),
+            None => self.0.update([b'n']),
+        }
+    }
+
+    fn u64(&mut self, value: u64) {
+        self.0.update([b'u']);
+        self.0.update(value.to_be_bytes());
+    }
+
+    fn id(&mut self, id: &CallId) {
+        self.0.update([b'i']);
+        self.0.update(id.as_bytes());
+    }
+
+    fn map(&mut self, map: &Labels) {
+        self.0.update([b'm']);
+        self.0.update((map.len() as u64).to_be_bytes());
+        for (key, value) in map {
+            self.str(key);
+            self.str(value);
+        }
+    }
+
+    fn finish(self) -> [u8; 32] {
+        self.0.finalize().into()
     }
 }
 
@@ -209,6 +337,9 @@ pub struct Stamp {
     pub at_ms: u64,
     /// The id of the call a `CreateCall` creates (UUIDv7 minted by the leader).
     pub minted_call_id: Option<CallId>,
+    /// The trace id a `CreateCall` without one gets (minted by the leader; stored in W3C
+    /// trace-id form, 32 lowercase hex digits).
+    pub minted_trace_id: Option<uuid::Uuid>,
 }
 
 /// A client request as it is replicated: who asks, under which idempotency key, for what.

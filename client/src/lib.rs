@@ -43,7 +43,12 @@ use tonic::{
 };
 use tracing::debug;
 
-use crate::{LEADER_ADDR_HEADER, LEADER_ID_HEADER};
+/// gRPC metadata naming the leader on a redirect (DESIGN §4).
+pub const LEADER_ID_HEADER: &str = "x-switchboard-leader-id";
+/// gRPC metadata with the leader's address on a redirect (DESIGN §4).
+pub const LEADER_ADDR_HEADER: &str = "x-switchboard-leader-addr";
+/// gRPC metadata naming the rejection kind of a refused write ([`RejectionKind::wire_name`]).
+pub const REJECTION_HEADER: &str = "x-switchboard-rejection";
 
 /// The local dev cluster started by `switchboard dev`: the default endpoints.
 pub const DEV_ENDPOINTS: &[&str] = &["127.0.0.1:7101", "127.0.0.1:7102", "127.0.0.1:7103"];
@@ -323,26 +328,27 @@ pub struct ClientError {
     pub rejection: Option<RejectionName>,
 }
 
-/// Rejection variants the server names in `x-switchboard-rejection` (the domain owns the list).
-pub const REJECTION_NAMES: &[&str] = &raft_store::domain::Rejection::NAMES;
+/// Rejection kinds the server names in `x-switchboard-rejection` (the proto contract owns them).
+pub use proto::v1::RejectionKind;
 
-/// A rejection variant named by the server; one byte, so that errors stay small.
+/// A rejection kind named by the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RejectionName(u8);
+pub struct RejectionName(RejectionKind);
 
 impl RejectionName {
-    /// The variant for a header value, `None` when it is not a known name.
+    /// The kind for a header value, `None` when it is not a known name.
     pub fn parse(value: &str) -> Option<Self> {
-        let index = REJECTION_NAMES.iter().position(|name| *name == value)?;
-        u8::try_from(index).ok().map(Self)
+        RejectionKind::from_wire_name(value).map(Self)
     }
 
-    /// The variant's name, e.g. `AlreadyHandedOff`.
+    /// The kind's name, e.g. `AlreadyHandedOff`.
     pub fn as_str(self) -> &'static str {
-        REJECTION_NAMES
-            .get(usize::from(self.0))
-            .copied()
-            .unwrap_or("")
+        self.0.wire_name()
+    }
+
+    /// The kind as the proto contract declares it.
+    pub fn kind(self) -> RejectionKind {
+        self.0
     }
 }
 
@@ -523,7 +529,7 @@ impl Attempts {
             request_id: self.request_id.clone(),
             rejection: status
                 .metadata()
-                .get(crate::status::REJECTION_HEADER)
+                .get(REJECTION_HEADER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(RejectionName::parse),
         }

@@ -17,12 +17,34 @@ pub enum Channel {
     Chat,
 }
 
+impl Channel {
+    /// The name in event payloads; fixed, whatever the variant is called in code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Voice => "VOICE",
+            Channel::Chat => "CHAT",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Urgency {
     Low,
     Normal,
     High,
     Critical,
+}
+
+impl Urgency {
+    /// The name in event payloads; fixed, whatever the variant is called in code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Urgency::Low => "LOW",
+            Urgency::Normal => "NORMAL",
+            Urgency::High => "HIGH",
+            Urgency::Critical => "CRITICAL",
+        }
+    }
 }
 
 /// The name of a lifecycle state, without its data.
@@ -48,16 +70,6 @@ impl CallState {
             CallState::Active => "ACTIVE",
             CallState::HandedOff => "HANDED_OFF",
             CallState::Ended => "ENDED",
-        }
-    }
-
-    /// Stable one-byte code used in storage keys.
-    pub fn code(self) -> u8 {
-        match self {
-            CallState::Created => 1,
-            CallState::Active => 2,
-            CallState::HandedOff => 3,
-            CallState::Ended => 4,
         }
     }
 }

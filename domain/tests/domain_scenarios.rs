@@ -1,22 +1,23 @@
 //! Domain scenarios (DESIGN §2): commands in, states and events out, through the pure core only.
 //!
-//! No RocksDB here. The [`Scenario`] harness plays the storage layer's part the way
-//! `StateMachine::apply_request` does: it loads the [`View`] a request needs, calls [`decide`],
-//! stores what an applied command changed and remembers each outcome under
-//! `(tenant, request_id)`. Every request is one log entry, so the harness counts log indexes, and
-//! it plays the leader too: it stamps each request with its wall clock and mints call ids for
-//! `CreateCall`.
+//! No RocksDB here. The [`Scenario`] harness drives the same entry point as the store:
+//! [`decide`] reads what a request needs from a [`Memory`] state and returns a [`Step`], which
+//! `Memory::write` interprets the way the store interprets it in RocksDB. Every request is one
+//! log entry, so the harness counts log indexes, and it plays the leader too: it stamps each
+//! request with its wall clock and mints call and trace ids for `CreateCall`.
 
 use std::collections::BTreeMap;
+use std::ops::Deref;
 
-use raft_store::domain::{
-    Call, CallId, CallLimit, CallState, Change, Channel, Command, CommandKind, Decision, Event,
-    Handoff, Head, Labels, Lifecycle, Outcome, Payload, Receipt, Rejection, Remembered, Request,
-    Stamp, Turn, Urgency, View, apply, decide, event_id, event_type,
-};
-use raft_store::limits::{
+use domain::limits::{
     CALL_EVENTS_MAX, CALL_TURNS_MAX, ENTITIES_MAX, Field, HANDOFF_TURNS_MAX, IDEMPOTENCY_WINDOW_MS,
     Invalid, METADATA_ENTRIES_MAX, Problem, TENANT_ID_BYTES_MAX, TURN_TEXT_BYTES_MAX,
+};
+use domain::memory::Memory;
+use domain::{
+    Call, CallId, CallLimit, CallState, Change, Channel, Command, CommandKind, Decision, Event,
+    Handoff, Head, Labels, Lifecycle, Outcome, Payload, Receipt, Rejection, Request, Stamp, Turn,
+    Urgency, View, apply, decide, event_id, event_type,
 };
 use uuid::Uuid;
 
@@ -38,6 +39,11 @@ fn minted(n: u128) -> CallId {
     Uuid::from_u128(0x0197_0000_0000_7000_8000_0000_0000_0000 | n)
 }
 
+/// The `n`-th trace id the harness mints.
+fn minted_trace(n: u128) -> Uuid {
+    Uuid::from_u128(0x0197_0000_0000_7000_9000_0000_0000_0000 | n)
+}
+
 /// What the storage layer holds, without the idempotency records.
 #[derive(Debug, Clone, PartialEq)]
 struct Stored {
@@ -49,12 +55,7 @@ struct Stored {
 
 #[derive(Debug, Clone)]
 struct Scenario {
-    head: Head,
-    calls: BTreeMap<CallId, Call>,
-    turns: BTreeMap<(CallId, u64), Turn>,
-    remembered: BTreeMap<(String, String), Remembered>,
-    /// Every event appended, in position order.
-    log: Vec<Event>,
+    state: Memory,
     last_index: u64,
     /// The leader's wall clock; it may go back (a new leader's clock may be behind).
     clock_ms: u64,
@@ -62,14 +63,19 @@ struct Scenario {
     request_ids: u64,
 }
 
+/// Scenarios read the state directly: `s.head`, `s.calls`, `s.log`.
+impl Deref for Scenario {
+    type Target = Memory;
+
+    fn deref(&self) -> &Memory {
+        &self.state
+    }
+}
+
 impl Scenario {
     fn new() -> Self {
         Self {
-            head: Head::new(),
-            calls: BTreeMap::new(),
-            turns: BTreeMap::new(),
-            remembered: BTreeMap::new(),
-            log: Vec::new(),
+            state: Memory::new(),
             last_index: 0,
             clock_ms: T0_MS,
             minted: 0,
@@ -86,17 +92,21 @@ impl Scenario {
         format!("req-{}", self.request_ids)
     }
 
-    /// What the leader adds before proposing: its wall time, and a fresh id for `CreateCall`.
+    /// What the leader adds before proposing: its wall time, and fresh ids for `CreateCall`.
     fn stamp(&mut self, command: &Command) -> Stamp {
-        let minted_call_id = if matches!(command, Command::CreateCall { .. }) {
+        if matches!(command, Command::CreateCall { .. }) {
             self.minted += 1;
-            Some(minted(self.minted))
+            Stamp {
+                at_ms: self.clock_ms,
+                minted_call_id: Some(minted(self.minted)),
+                minted_trace_id: Some(minted_trace(self.minted)),
+            }
         } else {
-            None
-        };
-        Stamp {
-            at_ms: self.clock_ms,
-            minted_call_id,
+            Stamp {
+                at_ms: self.clock_ms,
+                minted_call_id: None,
+                minted_trace_id: None,
+            }
         }
     }
 
@@ -108,7 +118,7 @@ impl Scenario {
         decision
     }
 
-    /// Decides one request with the given stamp as the next log entry, and stores its effect.
+    /// Decides one request with the given stamp as the next log entry, and writes its step.
     fn send_stamped(
         &mut self,
         tenant: &str,
@@ -123,79 +133,10 @@ impl Scenario {
             stamp,
         };
         self.last_index += 1;
-        let key = (request.tenant_id.clone(), request.request_id.clone());
-        let addressed = request.command.call_id().or(request.stamp.minted_call_id);
-        let call = addressed.and_then(|id| self.calls.get(&id));
-        let recent_turns = match call {
-            Some(call) if request.command.needs_recent_turns() => {
-                self.recent_turns(call.call_id, HANDOFF_TURNS_MAX)
-            }
-            _ => Vec::new(),
-        };
-        let view = View {
-            call,
-            recent_turns: &recent_turns,
-        };
-        let decision = decide(
-            self.head,
-            self.remembered.get(&key),
-            view,
-            &request,
-            self.last_index,
-        );
-        self.head.clock_ms = self.head.clock_ms.max(request.stamp.at_ms);
-
-        match &decision {
-            Decision::Applied {
-                change, remember, ..
-            } => {
-                self.check_change_continues_the_log(change);
-                self.head = change.head;
-                self.calls.insert(change.call.call_id, change.call.clone());
-                if let Some(turn) = &change.turn {
-                    self.turns
-                        .insert((change.call.call_id, turn.index), turn.clone());
-                }
-                self.log.extend(change.events.iter().cloned());
-                self.remembered.insert(key, remember.clone());
-            }
-            Decision::Rejected { remember, .. } => {
-                self.remembered.insert(key, remember.clone());
-            }
-            Decision::Replay(_) | Decision::Refused(_) => {}
-        }
-        decision
-    }
-
-    /// Every applied change, in every scenario: positions continue the cluster's log and
-    /// sequence numbers continue the call's, both without gaps.
-    #[track_caller]
-    fn check_change_continues_the_log(&self, change: &Change) {
-        assert!(
-            !change.events.is_empty(),
-            "an applied command appends events"
-        );
-        let last_sequence_number = self
-            .calls
-            .get(&change.call.call_id)
-            .map_or(0, |call| call.last_sequence_number);
-        for (offset, event) in (0u64..).zip(&change.events) {
-            assert_eq!(
-                event.position,
-                self.head.next_position + offset,
-                "positions are gap-free"
-            );
-            assert_eq!(
-                event.sequence_number,
-                last_sequence_number + offset + 1,
-                "sequence numbers are gap-free"
-            );
-            assert_eq!(event.event_id, event_id(event.position));
-        }
-        let last = change.events.last().expect("checked non-empty");
-        assert_eq!(change.head.next_position, last.position + 1);
-        assert_eq!(change.call.last_position, last.position);
-        assert_eq!(change.call.last_sequence_number, last.sequence_number);
+        let step = decide(&self.state, &request, self.last_index)
+            .expect("the scenario's state holds every turn it counts");
+        self.state.write(&request, &step);
+        step.decision
     }
 
     fn stored(&self) -> Stored {
@@ -287,19 +228,6 @@ impl Scenario {
             .range((id, 0)..=(id, u64::MAX))
             .map(|(_, turn)| turn.clone())
             .collect()
-    }
-
-    /// The call's last `n` turns, oldest first: what storage loads for a handoff.
-    fn recent_turns(&self, id: CallId, n: usize) -> Vec<Turn> {
-        let mut turns: Vec<Turn> = self
-            .turns
-            .range((id, 0)..=(id, u64::MAX))
-            .rev()
-            .take(n)
-            .map(|(_, turn)| turn.clone())
-            .collect();
-        turns.reverse();
-        turns
     }
 
     fn events_of(&self, id: CallId) -> Vec<&Event> {
@@ -523,7 +451,7 @@ mod lifecycle {
     }
 
     #[test]
-    fn create_call_without_a_trace_id_has_an_empty_trace_id() {
+    fn create_call_without_a_trace_id_gets_the_trace_id_the_leader_minted() {
         let mut s = Scenario::new();
         let change = s.ok(
             ACME,
@@ -534,7 +462,10 @@ mod lifecycle {
                 trace_id: None,
             },
         );
-        assert_eq!(change.call.trace_id, "");
+        // W3C trace-id form: 32 lowercase hex digits, from the stamp.
+        assert_eq!(change.call.trace_id, minted_trace(1).simple().to_string());
+        assert_eq!(change.call.trace_id.len(), 32);
+        assert!(change.events.iter().all(|e| e.trace_id == change.call.trace_id));
         assert_eq!(change.call.channel, Channel::Chat);
         assert_eq!(payload_json(&change.events[0])["channel"], "CHAT");
     }
@@ -1207,6 +1138,7 @@ mod unknown_calls {
         let stamp = Stamp {
             at_ms: s.clock_ms,
             minted_call_id: Some(id),
+            minted_trace_id: None,
         };
         let rejection = rejection_of(s.send_stamped(ACME, "dup", create_call(), stamp));
         assert_eq!(rejection, Rejection::CallExists { call_id: id });
@@ -1219,6 +1151,7 @@ mod unknown_calls {
         let stamp = Stamp {
             at_ms: s.clock_ms,
             minted_call_id: None,
+            minted_trace_id: None,
         };
         let rejection = rejection_of(s.send_stamped(ACME, "unstamped", create_call(), stamp));
         assert_eq!(rejection, Rejection::MissingStamp);
@@ -1289,6 +1222,7 @@ mod handoff_snapshot {
             stamp: Stamp {
                 at_ms: s.clock_ms,
                 minted_call_id: None,
+                minted_trace_id: None,
             },
         };
         let view = View {
@@ -2262,6 +2196,7 @@ mod determinism {
             stamp: Stamp {
                 at_ms: s.clock_ms,
                 minted_call_id: None,
+                minted_trace_id: None,
             },
         };
         let turns = s.turns_of(id);

@@ -1,0 +1,26 @@
+//! The pure domain core: every aggregate's model, commands, events, rejections, limits, and
+//! [`decide`], the whole step of one log entry.
+//!
+//! Owns every rule of DESIGN §2: the call lifecycle, turns, context, handoff, the event log,
+//! idempotency, the state machine's clock, tenancy, and what state a command needs. Must not do
+//! I/O, read a clock, log, or draw randomness (Cargo keeps rocksdb, tokio and openraft out of
+//! reach): time and minted ids arrive in the leader's [`Stamp`], state is read through a
+//! [`StateReader`], and the result is data ([`Step`]) that the store writes. This is what makes
+//! every replica that applies the same log reach byte-identical state.
+
+mod apply;
+mod command;
+mod decide;
+mod idempotency;
+pub mod limits;
+pub mod memory;
+mod model;
+
+pub use apply::{Change, View, apply};
+pub use command::{CallLimit, Command, CommandKind, Rejection, Request, Stamp};
+pub use decide::{Expired, RequestKey, StateReader, Step, advance_clock, decide};
+pub use idempotency::{Decision, Outcome, Receipt, Remembered, expiry_cutoff_ms};
+pub use model::{
+    Call, CallId, CallState, Channel, ContextSnapshot, Event, Handoff, Head, Labels, Lifecycle,
+    Payload, Turn, Urgency, event_id, event_type,
+};
