@@ -290,7 +290,43 @@ mod tests {
             entities: Labels::new(),
         };
         let bytes = encode(&call);
-        assert_eq!(hex(&bytes), "RECORD_GOLDEN");
+        assert_eq!(
+            hex(&bytes),
+            concat!(
+                "01",                                 // record format 1
+                "1000000000000000000000000000000007", // call id
+                "0461636d65",
+                "03776562",
+                "00",
+                "00", // tenant, source, Voice, metadata
+                "0174",
+                "0172",
+                "05", // trace id, room name, created_at_ms
+                "02",
+                "06", // HandedOff, started_at_ms
+                "0178",
+                "02",
+                "00",
+                "07",
+                "04", // reason, High, no target, at_ms, position
+                "0173",
+                "00", // snapshot summary, entities
+                "01",
+                "01",
+                "0663616c6c6572",
+                "026869", // one turn: index, speaker, text
+                "0000003f",
+                "02656e",
+                "01",
+                "02",
+                "03", // confidence, language, times, position
+                "01",
+                "04",
+                "04",
+                "0173",
+                "00", // counts, summary, entities
+            )
+        );
         assert_eq!(decode::<Call>("call", b"k", &bytes).ok(), Some(call));
     }
 
