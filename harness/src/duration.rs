@@ -2,7 +2,9 @@
 //! bench, `regions`): a number, optionally with a fraction, then a unit — `250ms`, `1.5s`, `2m`,
 //! `2min`, `1h` — or a bare number of seconds (`7`). No spaces inside, no sign, no exponent.
 //! Callers add their own bounds (the CLI refuses zero, for example); the grammar only refuses
-//! what no caller could mean: more than [`DURATION_MAX`].
+//! what no caller could mean: more than [`DURATION_MAX`]. Where a bare number would be
+//! ambiguous (is `--timeout 500` seconds or milliseconds?), [`parse_duration_with_unit`]
+//! refuses it.
 
 use std::time::Duration;
 
@@ -73,6 +75,17 @@ pub fn parse_duration(text: &str) -> Result<Duration, Error> {
     Ok(Duration::from_nanos(nanos))
 }
 
+/// [`parse_duration`], but a bare number is refused: the unit must be written.
+pub fn parse_duration_with_unit(text: &str) -> Result<Duration, Error> {
+    let trimmed = text.trim();
+    if trimmed.ends_with(|c: char| c.is_ascii_digit() || c == '.') {
+        return Err(Error::DurationNoUnit {
+            text: trimmed.to_owned(),
+        });
+    }
+    parse_duration(text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,6 +127,24 @@ mod tests {
         assert_eq!(ok(".5m"), Duration::from_secs(30));
         assert_eq!(ok("1.25h"), Duration::from_secs(4500));
         assert_eq!(ok("0.0000000001s"), Duration::ZERO);
+    }
+
+    #[test]
+    fn where_a_unit_is_required_a_bare_number_is_refused() {
+        assert_eq!(
+            parse_duration_with_unit("5").map_err(|e| e.to_string()),
+            Err("\"5\" has no unit: write e.g. 500ms, 5s or 2m".to_owned())
+        );
+        assert!(parse_duration_with_unit("1.").is_err());
+        assert_eq!(
+            parse_duration_with_unit(" 1.5s ").ok(),
+            Some(Duration::from_millis(1500))
+        );
+        assert!(
+            parse_duration_with_unit("5x")
+                .map_err(|e| e.to_string())
+                .is_err_and(|e| e.contains("unknown unit"))
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 #[cfg(feature = "process-cluster")]
 pub use cluster::{ProcNode, ProcessCluster, free_port};
-pub use duration::{DURATION_MAX, parse_duration};
+pub use duration::{DURATION_MAX, parse_duration, parse_duration_with_unit};
 pub use leader::{Agreement, LastSeen, Leader, status, wait_for_leader};
 pub use serve::{ServeCommand, initial_cluster, test_log_filter};
 
@@ -28,6 +28,8 @@ pub use serve::{ServeCommand, initial_cluster, test_log_filter};
 pub enum Error {
     #[error("{text:?} does not start with a number: write e.g. 500ms, 5s or 2m")]
     DurationNumber { text: String },
+    #[error("{text:?} has no unit: write e.g. 500ms, 5s or 2m")]
+    DurationNoUnit { text: String },
     #[error(
         "unknown unit {unit:?} in {text:?}: use ms, s, m (or min) or h; a bare number is seconds"
     )]

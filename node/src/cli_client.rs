@@ -855,10 +855,10 @@ pub fn parse_key_value(raw: &str) -> Result<(String, String), String> {
     }
 }
 
-/// `--timeout`: a duration of the command lines' one grammar ([`harness::parse_duration`]),
-/// non-zero and at most [`TIMEOUT_MAX`].
+/// `--timeout`: a duration of the command lines' one grammar, with its unit
+/// ([`harness::parse_duration_with_unit`]), non-zero and at most [`TIMEOUT_MAX`].
 pub fn parse_timeout(raw: &str) -> Result<Duration, String> {
-    let duration = harness::parse_duration(raw).map_err(|e| e.to_string())?;
+    let duration = harness::parse_duration_with_unit(raw).map_err(|e| e.to_string())?;
     if duration.is_zero() {
         return Err(format!("{:?} must be greater than zero", raw.trim()));
     }
@@ -1396,7 +1396,7 @@ mod tests {
         assert_eq!(parse_timeout("5s"), Ok(Duration::from_secs(5)));
         assert_eq!(parse_timeout("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_timeout("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_timeout("5"), Ok(Duration::from_secs(5)));
+        assert!(parse_timeout("5").is_err());
         assert_eq!(parse_timeout("1h"), Ok(TIMEOUT_MAX));
         assert!(parse_timeout("5 s").is_err());
         assert!(parse_timeout("s").is_err());
