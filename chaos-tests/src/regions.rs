@@ -64,7 +64,7 @@ pub struct RegionsArgs {
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub rtt_probes: u32,
     /// How long the cluster may take to agree on a leader.
-    #[arg(long, default_value = "120s", value_parser = crate::bench::parse_duration)]
+    #[arg(long, default_value = "120s", value_parser = harness::parse_duration)]
     pub leader_timeout: Duration,
     /// Leave the project running at the end (prints how to take it down).
     #[arg(long)]
@@ -133,7 +133,12 @@ async fn measure(args: &RegionsArgs) -> anyhow::Result<()> {
         (name, endpoints)
     };
 
-    let (leader, term) = wait_for_leader(&endpoints, args.leader_timeout).await?;
+    let harness::Leader { id: leader, term } = harness::wait_for_leader(
+        &endpoints,
+        args.leader_timeout,
+        harness::Agreement::Unanimous,
+    )
+    .await?;
     let nodes = locate(&project_name, &endpoints).await?;
     let leader_region = nodes
         .get(&leader)
@@ -243,36 +248,6 @@ async fn status(addr: &str) -> anyhow::Result<v1::StatusResponse> {
         .status(request)
         .await?
         .into_inner())
-}
-
-/// Waits until every endpoint answers and all name the same leader; returns it and the term.
-async fn wait_for_leader(endpoints: &[String], within: Duration) -> anyhow::Result<(u64, u64)> {
-    anyhow::ensure!(!endpoints.is_empty(), "no endpoint to measure");
-    let started = Instant::now();
-    let mut last = String::from("no node answered");
-    while started.elapsed() < within {
-        let mut leaders = Vec::with_capacity(endpoints.len());
-        for endpoint in endpoints {
-            match status(endpoint).await {
-                Ok(status) => leaders.push((status.leader_id, status.term)),
-                Err(e) => {
-                    last = format!("{endpoint}: {e}");
-                    break;
-                }
-            }
-        }
-        if leaders.len() == endpoints.len()
-            && let Some((Some(leader), term)) = leaders.first().copied()
-            && leaders.iter().all(|(l, _)| *l == Some(leader))
-        {
-            return Ok((leader, term));
-        }
-        if leaders.len() == endpoints.len() {
-            last = format!("leaders seen: {leaders:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    anyhow::bail!("no agreed leader within {within:?} ({last})")
 }
 
 /// Waits until every node has applied `index`; a node that does not is not replicating, and

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use chaos_tests::bench::parse_duration;
 use chaos_tests::bench::procstat::{parse_cpu_seconds, parse_status_kib};
 use chaos_tests::bench::report::{LoadRow, compare, peak};
 use chaos_tests::bench::stats::{OpStats, Summary, median, ratio};
@@ -134,16 +133,6 @@ fn proc_status_values_are_read_in_kib() {
     assert_eq!(parse_status_kib(status, "VmRSS:"), Some(1024));
     assert_eq!(parse_status_kib(status, "VmHWM:"), Some(2048));
     assert_eq!(parse_status_kib(status, "VmSwap:"), None);
-}
-
-#[test]
-fn durations_parse_with_units() {
-    assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-    assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-    assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-    assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
-    assert!(parse_duration("10h").is_err());
-    assert!(parse_duration("fast").is_err());
 }
 
 fn row(system: &str, client: &str, k: usize, lifecycles_per_s: f64, p99_ms: f64) -> LoadRow {

@@ -108,7 +108,7 @@ pub struct ClientOpts {
     #[arg(long, global = true, default_value_t = 0)]
     pub min_index: u64,
     /// Deadline for the whole command, retries included (e.g. 500ms, 5s, 1m).
-    #[arg(long, global = true, value_parser = parse_duration, default_value = "5s")]
+    #[arg(long, global = true, value_parser = parse_timeout, default_value = "5s")]
     pub timeout: Duration,
     /// Output format.
     #[arg(
@@ -855,35 +855,17 @@ pub fn parse_key_value(raw: &str) -> Result<(String, String), String> {
     }
 }
 
-/// Parses a duration with a unit: `250ms`, `5s`, `1.5s`, `2m`, `1h`; bounded by
-/// [`TIMEOUT_MAX`] and non-zero.
-pub fn parse_duration(raw: &str) -> Result<Duration, String> {
-    let raw = raw.trim();
-    let split = raw
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("{raw:?} has no unit: write e.g. 500ms, 5s or 1m"))?;
-    let (number, unit) = raw.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{raw:?} does not start with a number"))?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => {
-            return Err(format!(
-                "unknown unit {unit:?} in {raw:?}: use ms, s, m or h"
-            ));
-        }
-    };
-    let duration = Duration::try_from_secs_f64(seconds).map_err(|e| format!("{raw:?}: {e}"))?;
+/// `--timeout`: a duration of the command lines' one grammar, with its unit
+/// ([`harness::parse_duration_with_unit`]), non-zero and at most [`TIMEOUT_MAX`].
+pub fn parse_timeout(raw: &str) -> Result<Duration, String> {
+    let duration = harness::parse_duration_with_unit(raw).map_err(|e| e.to_string())?;
     if duration.is_zero() {
-        return Err(format!("{raw:?} must be greater than zero"));
+        return Err(format!("{:?} must be greater than zero", raw.trim()));
     }
     if duration > TIMEOUT_MAX {
         return Err(format!(
-            "{raw:?} exceeds the maximum of {} s",
+            "{:?} exceeds the maximum of {} s",
+            raw.trim(),
             TIMEOUT_MAX.as_secs()
         ));
     }
@@ -1409,15 +1391,23 @@ mod tests {
     }
 
     #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("5").is_err());
-        assert!(parse_duration("5 s").is_err());
-        assert!(parse_duration("s").is_err());
-        assert!(parse_duration("2h").is_err());
+    fn timeouts_parse_with_units_and_are_bounded() {
+        assert_eq!(parse_timeout("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_timeout("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_timeout("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_timeout("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_timeout("5").is_err());
+        assert_eq!(parse_timeout("1h"), Ok(TIMEOUT_MAX));
+        assert!(parse_timeout("5 s").is_err());
+        assert!(parse_timeout("s").is_err());
+        assert_eq!(
+            parse_timeout("0ms"),
+            Err("\"0ms\" must be greater than zero".to_owned())
+        );
+        assert_eq!(
+            parse_timeout("2h"),
+            Err("\"2h\" exceeds the maximum of 3600 s".to_owned())
+        );
     }
 
     #[test]

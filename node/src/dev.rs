@@ -5,12 +5,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
+use harness::{Agreement, ServeCommand};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use proto::v1::cluster_service_client::ClusterServiceClient;
 use tokio::process::{Child, Command};
 
 pub const DEV_NODES_MAX: u16 = 9;
@@ -61,21 +61,19 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("failed to create {}", args.data_dir.display()))?;
     let exe = std::env::current_exe().context("cannot find the switchboard binary")?;
     let addr = |i: u16| format!("127.0.0.1:{}", args.base_port + i - 1);
-    let initial_cluster = (1..=args.nodes)
-        .map(|i| format!("{i}={}", addr(i)))
-        .collect::<Vec<_>>()
-        .join(",");
+    let initial_cluster =
+        harness::initial_cluster((1..=args.nodes).map(|i| (u64::from(i), addr(i))));
 
     let spawn = |id: u16| -> anyhow::Result<Child> {
-        Command::new(&exe)
-            .arg("serve")
-            .args(["--node-id", &id.to_string()])
-            .args(["--listen", &addr(id)])
-            .arg("--data-dir")
-            .arg(args.data_dir.join(format!("node-{id}")))
-            .args(["--initial-cluster", &initial_cluster])
-            .args(["--cluster-id", "switchboard-dev"])
-            .arg("--exit-with-parent")
+        let serve = ServeCommand::new(
+            u64::from(id),
+            addr(id),
+            args.data_dir.join(format!("node-{id}")),
+        )
+        .initial_cluster(&initial_cluster)
+        .cluster_id("switchboard-dev")
+        .exit_with_parent();
+        Command::from(serve.command(&exe))
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("failed to start node {id}"))
@@ -89,45 +87,28 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         });
     }
 
+    let endpoints: Vec<String> = nodes.iter().map(|n| n.grpc.clone()).collect();
+    // The first node that says it leads will do: data directories outlive a dev run, and a
+    // node removed from the membership in an earlier run may never agree with the others.
+    let ready = harness::wait_for_leader(&endpoints, READY_WAIT, Agreement::LeaderOnly);
     let outcome = tokio::select! {
-        ready = wait_for_leader(&nodes) => match ready {
-            Ok(leader) => {
-                let endpoints = nodes.iter().map(|n| n.grpc.as_str()).collect::<Vec<_>>().join(",");
+        ready = ready => match ready {
+            Ok(harness::Leader { id: leader, .. }) => {
                 println!("switchboard dev cluster is up: {} nodes, leader node {leader}", nodes.len());
                 for node in &nodes {
                     println!("  node {}: grpc {}  http http://127.0.0.1:{}/metrics", node.id, node.grpc, args.base_port + node.id - 1 + 1000);
                 }
-                println!("  endpoints: {endpoints}");
+                println!("  endpoints: {}", endpoints.join(","));
                 println!("  try: switchboard call create --tenant demo");
                 println!("press Ctrl-C to stop every node");
                 supervise(&mut nodes, &spawn).await
             }
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         },
         stopped = stop_requested() => stopped.map(|()| ExitCode::SUCCESS),
     };
     stop_all(&mut nodes).await;
     outcome
-}
-
-async fn wait_for_leader(nodes: &[Node]) -> anyhow::Result<u64> {
-    let started = Instant::now();
-    while started.elapsed() < READY_WAIT {
-        for node in nodes {
-            let Ok(mut client) =
-                ClusterServiceClient::connect(format!("http://{}", node.grpc)).await
-            else {
-                continue;
-            };
-            if let Ok(status) = client.status(proto::v1::StatusRequest {}).await
-                && let Some(leader) = status.into_inner().leader_id
-            {
-                return Ok(leader);
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    anyhow::bail!("no leader was elected within {} s", READY_WAIT.as_secs())
 }
 
 async fn stop_requested() -> anyhow::Result<()> {

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use harness::ProcessCluster;
+use harness::{ProcessCluster, ServeCommand};
 use proto::v1::call_service_client::CallServiceClient;
 use proto::v1::cluster_service_client::ClusterServiceClient;
 use proto::v1::{self, Consistency, ReadOptions};
@@ -267,18 +267,11 @@ async fn a_node_refuses_another_nodes_data_directory_and_leaves_it_untouched() {
     let dir = cluster.nodes[&1].data_dir.clone();
     let before = listing(&dir);
 
-    let port = harness::free_port().expect("port");
-    let output = std::process::Command::new(binary())
-        .arg("serve")
-        .args(["--node-id", "2"])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args([
-            "--http-listen",
-            &format!("127.0.0.1:{}", harness::free_port().expect("port")),
-        ])
-        .arg("--data-dir")
-        .arg(&dir)
-        .args(["--cluster-id", cluster.cluster_id()])
+    let port = || harness::free_port().expect("port");
+    let output = ServeCommand::new(2, format!("127.0.0.1:{}", port()), &dir)
+        .http_listen(format!("127.0.0.1:{}", port()))
+        .cluster_id(cluster.cluster_id())
+        .command(binary())
         .output()
         .expect("run serve");
     assert!(!output.status.success(), "serve must refuse the directory");

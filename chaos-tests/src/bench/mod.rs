@@ -1,9 +1,9 @@
 //! `chaos-tests bench`: Switchboard against etcd, side by side, in one run on this machine.
 //!
-//! Both systems run as 3 real processes on loopback (Switchboard through `node::testkit`,
-//! etcd through [`etcd::EtcdCluster`]), one after the other with the same workload, client
-//! concurrency, connection pool and disk (the system temp directory), both durable (fsync on)
-//! and at default tuning. Phases: the lifecycle workload in closed loop for each K (a fresh
+//! Both systems run as 3 real processes on loopback (Switchboard through
+//! [`harness::ProcessCluster`], etcd through [`etcd::EtcdCluster`]), one after the other with the
+//! same workload, client concurrency, connection pool and disk (the system temp directory), both
+//! durable (fsync on) and at default tuning. Phases: the lifecycle workload in closed loop for each K (a fresh
 //! cluster per system and K, interleaved so that machine noise hits both alike), open loop at
 //! a fixed offered rate, LINEARIZABLE vs LOCAL reads, memory after many stored calls, and
 //! failover. Results go to stdout as they come and to markdown + JSON at the end.
@@ -58,10 +58,10 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
     pub concurrency: Vec<usize>,
     /// Measured time of each closed-loop and open-loop run (e.g. 20s, 500ms, 1m).
-    #[arg(long, value_parser = parse_duration, default_value = "20s")]
+    #[arg(long, value_parser = harness::parse_duration, default_value = "20s")]
     pub duration: Duration,
     /// Unmeasured warm-up before each run.
-    #[arg(long, value_parser = parse_duration, default_value = "3s")]
+    #[arg(long, value_parser = harness::parse_duration, default_value = "3s")]
     pub warmup: Duration,
     /// Connections per system: min(K, this). One HTTP/2 connection each.
     #[arg(long, default_value_t = 16)]
@@ -82,7 +82,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1000)]
     pub read_calls: u64,
     /// Measured time of each read run.
-    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    #[arg(long, value_parser = harness::parse_duration, default_value = "10s")]
     pub read_duration: Duration,
     /// Calls created before measuring memory (0: skip).
     #[arg(long, default_value_t = 100_000)]
@@ -108,28 +108,6 @@ pub struct BenchArgs {
     /// Base name of the result files.
     #[arg(long, default_value = "latest")]
     pub name: String,
-}
-
-/// Parses `250ms`, `10s`, `2m` or a bare number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, unit) = match text.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
-        Some(i) => text.split_at(i),
-        None => (text, "s"),
-    };
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 500ms, 10s or 2m"))?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" | "min" => value * 60.0,
-        _ => return Err(format!("{text:?}: unknown unit {unit:?} (ms, s, m)")),
-    };
-    if !(seconds.is_finite() && (0.0..86_400.0).contains(&seconds)) {
-        return Err(format!("{text:?} is out of range"));
-    }
-    Ok(Duration::from_secs_f64(seconds))
 }
 
 impl BenchArgs {

@@ -12,6 +12,7 @@ use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use client::{Client, ClientConfig};
+use harness::ServeCommand;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use proto::v1;
@@ -155,12 +156,8 @@ impl DrillCluster {
         for id in 1..=n {
             cluster.prepare(id, true)?;
         }
-        cluster.initial_cluster = cluster
-            .nodes
-            .values()
-            .map(|n| format!("{}={}", n.id, n.advertise))
-            .collect::<Vec<_>>()
-            .join(",");
+        cluster.initial_cluster =
+            harness::initial_cluster(cluster.nodes.values().map(|n| (n.id, &n.advertise)));
         for id in 1..=n {
             cluster.spawn(id)?;
         }
@@ -276,28 +273,21 @@ impl DrillCluster {
             .create(true)
             .append(true)
             .open(&log_path)?;
-        command
-            .arg("serve")
-            .args(["--node-id", &id.to_string()])
-            .args(["--listen", &node.listen])
-            .args(["--advertise", &node.advertise])
-            .args(["--http-listen", &node.http])
-            .arg("--data-dir")
-            .arg(&node.data_dir)
-            .args(["--cluster-id", &self.cluster_id])
-            .arg("--exit-with-parent")
-            .args(&self.node_args)
-            .env(
-                "RUST_LOG",
-                std::env::var("SWITCHBOARD_TEST_LOG")
-                    .unwrap_or_else(|_| "warn,openraft=error".into()),
-            )
+        let mut serve = ServeCommand::new(id, &node.listen, &node.data_dir)
+            .advertise(&node.advertise)
+            .http_listen(&node.http)
+            .cluster_id(&self.cluster_id)
+            .exit_with_parent()
+            .extra_args(&self.node_args)
+            .log_filter(harness::test_log_filter());
+        if node.bootstrap {
+            serve = serve.initial_cluster(&self.initial_cluster);
+        }
+        serve
+            .configure(&mut command)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        if node.bootstrap {
-            command.args(["--initial-cluster", &self.initial_cluster]);
-        }
         node.child = Some(command.spawn()?);
         node.paused = false;
         Ok(())

@@ -18,6 +18,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use harness::Agreement;
 use proto::v1;
 
 use crate::checkers::{self, Facts, NodeFinal, Verdict};
@@ -30,27 +31,12 @@ use nemesis::{FaultKind, FaultRecord, Nemesis, Timing};
 const EVENT_PAGES_MAX: u32 = 10_000;
 /// Attempts to read one page of a node's event log after healing.
 const PAGE_ATTEMPTS: u32 = 5;
+/// How long the cluster may take to elect a leader, at the start and after healing. Some node
+/// saying it leads is enough (`Agreement::LeaderOnly`): after healing, a node removed from the
+/// membership, or wiped and waiting to be added back, names no leader or a stale one.
 const LEADER_WAIT: Duration = Duration::from_secs(60);
 const CONVERGE_WAIT: Duration = Duration::from_secs(60);
 const CLIENTS_STOP_WAIT: Duration = Duration::from_secs(30);
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => text.split_at(i),
-        None => (text, "s"),
-    };
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?}: expected e.g. 60s, 500ms, 5m"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!("{text:?}: unit must be ms, s, m or h")),
-    }
-}
 
 /// `chaos-tests drill` options.
 #[derive(Debug, Clone, clap::Args)]
@@ -59,7 +45,7 @@ pub struct DrillArgs {
     #[arg(long, env = "CHAOS_SEED")]
     pub seed: Option<u64>,
     /// Length of the safety phase (faults on), e.g. 60s, 5m.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = harness::parse_duration)]
     pub duration: Duration,
     /// Number of nodes (3 or 5).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(3..=5))]
@@ -89,7 +75,7 @@ pub struct DrillArgs {
     #[arg(long, default_value_t = 4000)]
     pub hold_ms_max: u64,
     /// After healing, the cluster must accept a write within this bound.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = harness::parse_duration)]
     pub liveness_bound: Duration,
     /// History file (JSON lines); default: <tmp>/switchboard-chaos-<seed>.jsonl.
     #[arg(long)]
@@ -221,7 +207,7 @@ async fn drill(seed: u64, args: &DrillArgs) -> anyhow::Result<bool> {
         node_args.extend(args.node_args.iter().cloned());
         DrillCluster::start(binary, mode, args.nodes, node_args).await?
     };
-    wait_for_leader(&cluster, LEADER_WAIT).await?;
+    harness::wait_for_leader(&cluster.endpoints(), LEADER_WAIT, Agreement::LeaderOnly).await?;
     let history_path = args
         .history
         .clone()
@@ -348,17 +334,6 @@ async fn drill(seed: u64, args: &DrillArgs) -> anyhow::Result<bool> {
     Ok(ok)
 }
 
-async fn wait_for_leader(cluster: &DrillCluster, within: Duration) -> anyhow::Result<u64> {
-    let started = Instant::now();
-    while started.elapsed() < within {
-        if let Some(leader) = cluster.leader().await {
-            return Ok(leader);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    anyhow::bail!("no leader within {within:?}")
-}
-
 /// Heals every fault: network rules, proxy shapes, paused and dead processes, membership.
 async fn heal_all(cluster: &mut DrillCluster) {
     if let Some(net) = &cluster.net
@@ -390,7 +365,9 @@ async fn heal_all(cluster: &mut DrillCluster) {
             return;
         }
     };
-    if wait_for_leader(cluster, LEADER_WAIT).await.is_err() {
+    let leader =
+        harness::wait_for_leader(&cluster.endpoints(), LEADER_WAIT, Agreement::LeaderOnly).await;
+    if leader.is_err() {
         println!("   no leader after healing");
         return;
     }

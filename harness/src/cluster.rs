@@ -1,0 +1,235 @@
+//! A cluster of real `switchboard serve` processes on loopback, for integration tests, drills and
+//! measurements. Every process is killed and every directory removed when the cluster drops,
+//! also when a test fails.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::{Agreement, Error, ServeCommand};
+
+/// How often `stop` looks whether the node has exited.
+const STOP_POLL: Duration = Duration::from_millis(20);
+
+/// One node process and where it lives.
+#[derive(Debug)]
+pub struct ProcNode {
+    pub id: u64,
+    pub grpc: String,
+    pub http: String,
+    pub data_dir: PathBuf,
+    child: Option<Child>,
+    extra_args: Vec<String>,
+}
+
+impl ProcNode {
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.child {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// How the process ended, once it has (without waiting).
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+#[derive(Debug)]
+pub struct ProcessCluster {
+    binary: PathBuf,
+    cluster_id: String,
+    initial_cluster: String,
+    pub nodes: BTreeMap<u64, ProcNode>,
+    root: tempfile::TempDir,
+}
+
+/// A free loopback port (bound then released; the tiny race is acceptable for tests).
+pub fn free_port() -> Result<u16, Error> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(Error::FreePort)
+}
+
+fn loopback_addr() -> Result<String, Error> {
+    Ok(format!("127.0.0.1:{}", free_port()?))
+}
+
+impl ProcessCluster {
+    /// Starts `n` voters that bootstrap themselves; `extra_args` go to every `serve`.
+    pub fn start(binary: &Path, n: u64, extra_args: &[&str]) -> Result<Self, Error> {
+        let root = tempfile::Builder::new()
+            .prefix("switchboard-cluster-")
+            .tempdir()
+            .map_err(Error::TempDir)?;
+        let mut nodes = BTreeMap::new();
+        for id in 1..=n {
+            nodes.insert(
+                id,
+                ProcNode {
+                    id,
+                    grpc: loopback_addr()?,
+                    http: loopback_addr()?,
+                    data_dir: root.path().join(format!("node-{id}")),
+                    child: None,
+                    extra_args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
+                },
+            );
+        }
+        let initial_cluster =
+            crate::initial_cluster(nodes.values().map(|n| (n.id, n.grpc.as_str())));
+        let mut cluster = Self {
+            binary: binary.to_path_buf(),
+            cluster_id: "harness".to_owned(),
+            initial_cluster,
+            nodes,
+            root,
+        };
+        let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
+        for id in ids {
+            cluster.restart(id)?;
+        }
+        Ok(cluster)
+    }
+
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    pub fn binary(&self) -> &Path {
+        &self.binary
+    }
+
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
+    }
+
+    /// Registers and starts a node that is not in the initial cluster (it waits to be added).
+    pub fn start_extra(&mut self, id: u64, extra_args: &[&str]) -> Result<&ProcNode, Error> {
+        let node = ProcNode {
+            id,
+            grpc: loopback_addr()?,
+            http: loopback_addr()?,
+            data_dir: self.root.path().join(format!("node-{id}")),
+            child: None,
+            extra_args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        self.nodes.insert(id, node);
+        self.spawn(id, false)?;
+        self.nodes.get(&id).ok_or(Error::NoNode(id))
+    }
+
+    fn spawn(&mut self, id: u64, with_initial_cluster: bool) -> Result<(), Error> {
+        let node = self.nodes.get_mut(&id).ok_or(Error::NoNode(id))?;
+        let mut serve = ServeCommand::new(id, &node.grpc, &node.data_dir)
+            .http_listen(&node.http)
+            .cluster_id(&self.cluster_id)
+            .extra_args(&node.extra_args)
+            .log_filter(crate::test_log_filter());
+        if with_initial_cluster {
+            serve = serve.initial_cluster(&self.initial_cluster);
+        }
+        let child = serve
+            .command(&self.binary)
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(|source| Error::Spawn { id, source })?;
+        node.child = Some(child);
+        Ok(())
+    }
+
+    /// Starts (or restarts) node `id` of the initial cluster.
+    pub fn restart(&mut self, id: u64) -> Result<(), Error> {
+        self.spawn(id, true)
+    }
+
+    /// SIGKILLs node `id` and reaps it.
+    pub fn kill(&mut self, id: u64) -> Result<(), Error> {
+        let node = self.nodes.get_mut(&id).ok_or(Error::NoNode(id))?;
+        if let Some(mut child) = node.child.take() {
+            child
+                .kill()
+                .and_then(|()| child.wait())
+                .map_err(|source| Error::Kill { id, source })?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERMs node `id` and waits (bounded) for it to exit; returns its exit status.
+    pub fn stop(&mut self, id: u64, wait: Duration) -> Result<std::process::ExitStatus, Error> {
+        let node = self.nodes.get_mut(&id).ok_or(Error::NoNode(id))?;
+        let mut child = node.child.take().ok_or(Error::NotRunning(id))?;
+        let pid = i32::try_from(child.id()).expect("Linux pids fit in an i32 (at most 2^22)");
+        kill(Pid::from_raw(pid), Signal::SIGTERM).map_err(|errno| Error::Signal {
+            id,
+            source: errno.into(),
+        })?;
+        let started = Instant::now();
+        loop {
+            let exited = child
+                .try_wait()
+                .map_err(|source| Error::Wait { id, source })?;
+            if let Some(status) = exited {
+                return Ok(status);
+            }
+            if started.elapsed() > wait {
+                child
+                    .kill()
+                    .and_then(|()| child.wait())
+                    .map_err(|source| Error::Kill { id, source })?;
+                return Err(Error::StopTimeout { id, wait });
+            }
+            std::thread::sleep(STOP_POLL);
+        }
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes.values().map(|n| n.grpc.clone()).collect()
+    }
+
+    pub fn grpc(&self, id: u64) -> String {
+        self.nodes
+            .get(&id)
+            .map(|n| n.grpc.clone())
+            .unwrap_or_default()
+    }
+
+    /// Cluster status as node `id` sees it.
+    pub async fn status(&self, id: u64) -> Result<proto::v1::StatusResponse, Error> {
+        let node = self.nodes.get(&id).ok_or(Error::NoNode(id))?;
+        crate::status(&node.grpc).await
+    }
+
+    /// Waits until every running node agrees on one leader, a running node; returns its id.
+    pub async fn wait_for_leader(&mut self, within: Duration) -> Result<u64, Error> {
+        let running: Vec<String> = self
+            .nodes
+            .values_mut()
+            .filter_map(|n| n.is_running().then(|| n.grpc.clone()))
+            .collect();
+        let leader = crate::wait_for_leader(&running, within, Agreement::Unanimous).await?;
+        Ok(leader.id)
+    }
+}
+
+impl Drop for ProcessCluster {
+    fn drop(&mut self) {
+        for node in self.nodes.values_mut() {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
