@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use hdrhistogram::Histogram;
 use client::{Client, ClientConfig};
+use hdrhistogram::Histogram;
 use proto::v1::call_service_client::CallServiceClient;
 use proto::v1::cluster_service_client::ClusterServiceClient;
 use proto::v1::{self, Consistency, ReadOptions};

@@ -81,7 +81,12 @@ pub fn apply(head: Head, view: View<'_>, request: &Request) -> Result<Change, Re
                 trace_id: trace_id
                     .clone()
                     .filter(|id| !id.is_empty())
-                    .or_else(|| request.stamp.minted_trace_id.map(|id| id.simple().to_string()))
+                    .or_else(|| {
+                        request
+                            .stamp
+                            .minted_trace_id
+                            .map(|id| id.simple().to_string())
+                    })
                     .unwrap_or_default(),
                 room_name: Call::room_name_for(&call_id),
                 created_at_ms: at_ms,
@@ -116,7 +121,7 @@ pub fn apply(head: Head, view: View<'_>, request: &Request) -> Result<Change, Re
             return Err(Rejection::UnknownCall { call_id });
         }
         // A call of another tenant does not exist for this one.
-        (_, Some(call)) if call.tenant_id != request.tenant_id => {
+        (_, Some(call)) if !call.visible_to(&request.tenant_id) => {
             return Err(Rejection::UnknownCall {
                 call_id: call.call_id,
             });

@@ -90,11 +90,7 @@ pub fn advance_clock(clock_ms: u64, stamp_ms: u64) -> u64 {
 /// pruned (at most [`IDEMPOTENCY_PRUNE_PER_ENTRY_MAX`]); an unusable envelope is refused; a
 /// remembered `(tenant, request_id)` is replayed (or refused when the command differs); else the
 /// addressed call (and for a handoff its recent turns) is loaded and the transition decided.
-pub fn decide<R: StateReader>(
-    state: &R,
-    request: &Request,
-    index: u64,
-) -> Result<Step, R::Error> {
+pub fn decide<R: StateReader>(state: &R, request: &Request, index: u64) -> Result<Step, R::Error> {
     let before = state.head();
     let clock_ms = advance_clock(before.clock_ms, request.stamp.at_ms);
     let head = Head { clock_ms, ..before };
@@ -202,11 +198,7 @@ fn expire<R: StateReader>(state: &R, clock_ms: u64) -> Result<Vec<Expired>, R::E
 }
 
 /// The call's last `max` turns, oldest first, by point reads.
-fn recent_turns<R: StateReader>(
-    state: &R,
-    call: &Call,
-    max: usize,
-) -> Result<Vec<Turn>, R::Error> {
+fn recent_turns<R: StateReader>(state: &R, call: &Call, max: usize) -> Result<Vec<Turn>, R::Error> {
     let first = call.turn_count.saturating_sub(max as u64) + 1;
     let mut turns = Vec::with_capacity(max.min(usize::try_from(call.turn_count).unwrap_or(max)));
     for index in first..=call.turn_count {
@@ -237,5 +229,8 @@ fn check_continues(before: &Head, call_before: Option<&Call>, change: &apply::Ch
     assert_eq!(change.head.next_position, last.position + 1);
     assert_eq!(change.call.last_position, last.position);
     assert_eq!(change.call.last_sequence_number, last.sequence_number);
-    assert!(change.head.clock_ms >= before.clock_ms, "the clock never goes back");
+    assert!(
+        change.head.clock_ms >= before.clock_ms,
+        "the clock never goes back"
+    );
 }

@@ -6,10 +6,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::command::Request;
 use crate::decide::{RequestKey, StateReader, Step};
 use crate::idempotency::{Decision, Remembered};
 use crate::model::{Call, CallId, Event, Head, Turn};
-use crate::command::Request;
 
 /// A store in memory.
 #[derive(Debug, Clone, PartialEq)]

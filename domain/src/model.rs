@@ -193,6 +193,12 @@ impl Call {
         self.lifecycle.state()
     }
 
+    /// Whether `tenant_id` may see this call. The tenancy rule: a call exists only for its own
+    /// tenant; to every other tenant it is unknown (never "forbidden", so ids cannot be probed).
+    pub fn visible_to(&self, tenant_id: &str) -> bool {
+        self.tenant_id == tenant_id
+    }
+
     pub fn room_name_for(call_id: &CallId) -> String {
         format!("call_{}", call_id.as_hyphenated())
     }

@@ -465,7 +465,12 @@ mod lifecycle {
         // W3C trace-id form: 32 lowercase hex digits, from the stamp.
         assert_eq!(change.call.trace_id, minted_trace(1).simple().to_string());
         assert_eq!(change.call.trace_id.len(), 32);
-        assert!(change.events.iter().all(|e| e.trace_id == change.call.trace_id));
+        assert!(
+            change
+                .events
+                .iter()
+                .all(|e| e.trace_id == change.call.trace_id)
+        );
         assert_eq!(change.call.channel, Channel::Chat);
         assert_eq!(payload_json(&change.events[0])["channel"], "CHAT");
     }

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use domain::{Call, Change, Receipt, Request, Stamp};
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ReadPolicy};
@@ -18,7 +19,6 @@ use proto::v1::{
     self, call_service_server::CallService, cluster_service_server::ClusterService,
     event_service_server::EventService,
 };
-use domain::{Call, Change, Receipt, Request, Stamp};
 use raft_store::{Member, Reader, Response};
 use tonic::transport::Channel;
 use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
@@ -145,7 +145,11 @@ impl Api {
         // Fail fast at the edge; the state machine checks again, deterministically.
         request.validate()?;
         let timeout = self.inner.config.write_timeout;
-        let response = match tokio::time::timeout(timeout, self.raft().client_write(raft_store::Proposal(request))).await
+        let response = match tokio::time::timeout(
+            timeout,
+            self.raft().client_write(raft_store::Proposal(request)),
+        )
+        .await
         {
             Err(_) => {
                 return Err(ApiError::Timeout {

@@ -6,12 +6,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use proto::v1;
+use domain::limits::{Field, Invalid, Problem};
 use domain::{
     Call, CallId, CallState, Channel, Command, ContextSnapshot, Event, Handoff, Labels, Lifecycle,
     Payload, Turn, Urgency,
 };
-use domain::limits::{Field, Invalid, Problem};
+use proto::v1;
 
 pub fn call_id(text: &str) -> Result<CallId, Invalid> {
     if text.is_empty() {

@@ -1,9 +1,9 @@
 //! The one mapping from errors to gRPC `Status` (STYLE "Errors"): everything the API can fail
 //! with becomes an [`ApiError`], and only `From<ApiError> for Status` decides codes and metadata.
 
-use raft_store::ReadError;
 use domain::Rejection;
 use domain::limits::Invalid;
+use raft_store::ReadError;
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 

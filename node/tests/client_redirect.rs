@@ -10,10 +10,7 @@ use std::{
     time::Duration,
 };
 
-use node::{
-    LEADER_ADDR_HEADER, LEADER_ID_HEADER,
-    client::{Client, ClientConfig, GiveUp},
-};
+use client::{Client, ClientConfig, GiveUp, LEADER_ADDR_HEADER, LEADER_ID_HEADER};
 use proto::v1::{
     AppendTurnRequest, AppendTurnResponse, Call, CallResponse, CallState, Consistency,
     CreateCallRequest, EndCallRequest, GetCallRequest, GetCallResponse, GetContextRequest,

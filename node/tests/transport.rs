@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use domain::{Channel, Command, Request, Stamp};
 use node::Raft;
 use node::transport::{NetworkFactory, TransportConfig, raft_service};
 use openraft::errors::RPCError;
@@ -18,7 +19,6 @@ use openraft::{RaftNetworkFactory, SnapshotPolicy};
 use proto::raft_v1::raft_service_client::RaftServiceClient;
 use proto::raft_v1::snapshot_chunk::Kind;
 use proto::raft_v1::{RaftPayload, SnapshotChunk, SnapshotHeader, SnapshotTrailer};
-use domain::{Channel, Command, Request, Stamp};
 use raft_store::snapshot::SnapshotDir;
 use raft_store::{Identity, Member, Reader, SnapshotMeta, TypeConfig, Vote};
 use sha2::{Digest, Sha256};
@@ -241,7 +241,11 @@ async fn write_calls(nodes: &[&TestNode], first: u64, count: u64) -> u64 {
                 .iter()
                 .find(|node| node.raft.metrics().borrow_watched().current_leader == Some(node.id));
             if let Some(leader) = leader {
-                match leader.raft.client_write(raft_store::Proposal(request.clone())).await {
+                match leader
+                    .raft
+                    .client_write(raft_store::Proposal(request.clone()))
+                    .await
+                {
                     Ok(response) => break response,
                     Err(error) if error.forward_to_leader().is_some() => {}
                     Err(error) => panic!("write {n} failed: {error}"),

@@ -200,7 +200,7 @@ mod tests {
         let bytes = Proposal(request()).to_bytes();
         assert_eq!(
             hex(&bytes),
-            "0104616d63650372" .to_owned()
+            "0104616d63650372".to_owned()
                 + "2d3100037765620101016b01760080e0b3b8e6320101000000000000000000000000000000000700"
         );
         assert_eq!(Proposal::from_bytes(&bytes).ok(), Some(Proposal(request())));
@@ -217,7 +217,10 @@ mod tests {
         assert!(postcard::from_bytes::<Proposal>(&wrapped).is_err());
         bytes[0] = ENTRY_FORMAT;
         let wrapped = postcard::to_stdvec(&SerBytes(&bytes)).expect("encode");
-        assert_eq!(postcard::from_bytes::<Proposal>(&wrapped).ok(), Some(Proposal(request())));
+        assert_eq!(
+            postcard::from_bytes::<Proposal>(&wrapped).ok(),
+            Some(Proposal(request()))
+        );
     }
 
     struct SerBytes<'a>(&'a [u8]);
@@ -232,9 +235,63 @@ mod tests {
     fn a_proposal_survives_postcard_and_json() {
         let proposal = Proposal(request());
         let bytes = postcard::to_stdvec(&proposal).expect("encode");
-        assert_eq!(postcard::from_bytes::<Proposal>(&bytes).ok(), Some(proposal.clone()));
+        assert_eq!(
+            postcard::from_bytes::<Proposal>(&bytes).ok(),
+            Some(proposal.clone())
+        );
         let json = serde_json::to_string(&proposal).expect("encode");
         assert_eq!(serde_json::from_str::<Proposal>(&json).ok(), Some(proposal));
+    }
+
+    /// The byte layout of record format 1 for the largest stored record, a call with a handoff.
+    /// If this fails, a stored type changed its encoding: keep format 1 readable and add
+    /// format 2 (ARCHITECTURE.md, "Upgrade rule").
+    #[test]
+    fn record_format_1_layout_is_pinned() {
+        use domain::{Call, ContextSnapshot, Handoff, Lifecycle, Turn, Urgency};
+        let turn = Turn {
+            index: 1,
+            speaker: "caller".into(),
+            text: "hi".into(),
+            confidence: 0.5,
+            language: "en".into(),
+            spoken_at_ms: 1,
+            appended_at_ms: 2,
+            position: 3,
+        };
+        let call = Call {
+            call_id: uuid::Uuid::from_u128(7),
+            tenant_id: "acme".into(),
+            source: "web".into(),
+            channel: Channel::Voice,
+            metadata: Labels::new(),
+            trace_id: "t".into(),
+            room_name: "r".into(),
+            created_at_ms: 5,
+            lifecycle: Lifecycle::HandedOff {
+                started_at_ms: 6,
+                handoff: Handoff {
+                    reason: "x".into(),
+                    urgency: Urgency::High,
+                    target: None,
+                    at_ms: 7,
+                    position: 4,
+                    snapshot: ContextSnapshot {
+                        summary: "s".into(),
+                        entities: Labels::new(),
+                        recent_turns: vec![turn],
+                    },
+                },
+            },
+            turn_count: 1,
+            last_sequence_number: 4,
+            last_position: 4,
+            summary: "s".into(),
+            entities: Labels::new(),
+        };
+        let bytes = encode(&call);
+        assert_eq!(hex(&bytes), "RECORD_GOLDEN");
+        assert_eq!(decode::<Call>("call", b"k", &bytes).ok(), Some(call));
     }
 
     #[test]

@@ -11,12 +11,12 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use crate::codec::decode;
-use domain::{Call, CallId, CallState, Event, Handoff, Labels, Turn};
 use crate::error::Error;
 use crate::keys::{self, CF_SM, SM_LAST_APPLIED};
-use domain::limits::{self, CONTEXT_TURNS_MAX, Field, Invalid, Problem};
 use crate::state_machine::Applied;
 use crate::types::LogId;
+use domain::limits::{self, CONTEXT_TURNS_MAX, Field, Invalid, Problem};
+use domain::{Call, CallId, CallState, Event, Handoff, Labels, Turn};
 
 /// A value read at a known applied index.
 #[derive(Debug, Clone, PartialEq)]
@@ -119,7 +119,7 @@ impl View<'_> {
 
     fn call_of(&self, tenant_id: &str, call_id: &CallId) -> Result<Call, ReadError> {
         match self.get::<Call>("call", &keys::call(call_id))? {
-            Some(call) if call.tenant_id == tenant_id => Ok(call),
+            Some(call) if call.visible_to(tenant_id) => Ok(call),
             _ => Err(ReadError::UnknownCall { call_id: *call_id }),
         }
     }

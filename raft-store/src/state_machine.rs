@@ -15,9 +15,6 @@ use openraft::{EntryPayload, OptionalSend};
 use rocksdb::{DB, WriteBatch, WriteOptions};
 use tokio::sync::watch;
 
-use domain::{
-    Call, CallId, Change, Decision, Head, Remembered, Request, RequestKey, StateReader, Step, Turn,
-};
 use crate::error::Error;
 use crate::keys::{
     self, CF_META, CF_SM, SM_CALL_COUNTS, SM_HEAD, SM_LAST_APPLIED, SM_MEMBERSHIP, table,
@@ -26,6 +23,9 @@ use crate::reader::Reader;
 use crate::snapshot::{Records, SnapshotDir, SnapshotFile};
 use crate::txn::Txn;
 use crate::types::{Entry, LogId, Response, SnapshotMeta, StoredMembership, TypeConfig};
+use domain::{
+    Call, CallId, Change, Decision, Head, Remembered, Request, RequestKey, StateReader, Step, Turn,
+};
 
 /// Entries applied per `WriteBatch`; a longer apply stream is written in several batches.
 pub const APPLY_BATCH_ENTRIES_MAX: usize = 1024;

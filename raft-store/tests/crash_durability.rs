@@ -117,7 +117,8 @@ async fn acknowledged_entries_and_the_last_vote_survive_sigkill() {
         assert_eq!(entries.len() as u64, last, "seed {seed}: the log has holes");
         for (expected_index, entry) in (1..).zip(&entries) {
             assert_eq!(entry.log_id.index, expected_index, "seed {seed}");
-            let openraft::EntryPayload::Normal(raft_store::Proposal(request)) = &entry.payload else {
+            let openraft::EntryPayload::Normal(raft_store::Proposal(request)) = &entry.payload
+            else {
                 panic!("seed {seed}: entry {expected_index} is not the one written");
             };
             assert_eq!(

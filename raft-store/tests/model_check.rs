@@ -8,13 +8,13 @@
 
 use std::collections::BTreeMap;
 
-use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
-use proptest::prelude::*;
+use domain::limits::IDEMPOTENCY_WINDOW_MS;
 use domain::{
     CallId, CallState, Channel, Command, Payload, Rejection, Request, Stamp, Urgency, event_id,
     event_type,
 };
-use domain::limits::IDEMPOTENCY_WINDOW_MS;
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+use proptest::prelude::*;
 use raft_store::{Entry, Response, StateMachine};
 use tempfile::TempDir;
 

@@ -14,7 +14,9 @@ use openraft::entry::RaftEntry;
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::testing::log::{StoreBuilder, Suite};
 use openraft::type_config::TypeConfigExt;
-use raft_store::{Entry, LogId, LogStore, SnapshotMeta, StateMachine, StoredMembership, TypeConfig};
+use raft_store::{
+    Entry, LogId, LogStore, SnapshotMeta, StateMachine, StoredMembership, TypeConfig,
+};
 use tempfile::TempDir;
 
 mod support;

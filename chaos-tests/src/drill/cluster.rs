@@ -11,9 +11,9 @@ use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
+use client::{Client, ClientConfig};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use client::{Client, ClientConfig};
 use proto::v1;
 
 use crate::compose::{Attachment, Compose};

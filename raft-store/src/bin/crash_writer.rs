@@ -7,12 +7,12 @@ use std::collections::VecDeque;
 use std::io::Write;
 use std::path::PathBuf;
 
+use domain::{Command, Request, Stamp};
 use futures::FutureExt;
 use openraft::entry::RaftEntry;
 use openraft::impls::leader_id_adv::LeaderId;
 use openraft::storage::{IOFlushed, RaftLogStorage};
 use openraft::type_config::TypeConfigExt;
-use domain::{Command, Request, Stamp};
 use raft_store::{Entry, Identity, LogId, TypeConfig, Vote};
 
 const ENTRIES_PER_TERM: u64 = 40;

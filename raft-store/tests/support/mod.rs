@@ -4,9 +4,9 @@
 
 use std::path::Path;
 
+use domain::{Command, Request, Stamp};
 use openraft::entry::RaftEntry;
 use openraft::impls::leader_id_adv::LeaderId;
-use domain::{Command, Request, Stamp};
 use raft_store::{Entry, Identity, LogId, Store, Vote};
 
 pub const CLUSTER: &str = "test-cluster";
