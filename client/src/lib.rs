@@ -458,10 +458,7 @@ fn leader_from_status(response: &v1::StatusResponse, served_by: &str) -> Option<
 }
 
 /// A read index is confirmed by the leader, which names itself.
-fn leader_from_read_index(
-    response: &v1::ReadIndexResponse,
-    served_by: &str,
-) -> Option<LeaderInfo> {
+fn leader_from_read_index(response: &v1::ReadIndexResponse, served_by: &str) -> Option<LeaderInfo> {
     Some(LeaderInfo {
         id: (response.leader_id != 0).then_some(response.leader_id),
         addr: served_by.to_owned(),
@@ -943,7 +940,6 @@ fn make_endpoint(addr: &str, config: &ClientConfig) -> Result<Endpoint, tonic::t
         .timeout(config.request_timeout)
         .tcp_nodelay(true))
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -266,7 +266,10 @@ mod tests {
                         client_streaming: method.client_streaming(),
                         server_streaming: method.server_streaming(),
                     };
-                    assert!(rpcs.insert(path.clone(), declared).is_none(), "{path} twice");
+                    assert!(
+                        rpcs.insert(path.clone(), declared).is_none(),
+                        "{path} twice"
+                    );
                 }
             }
         }
@@ -280,7 +283,10 @@ mod tests {
             .into_iter()
             .chain(switchboard_raft_rpcs!(declared))
         {
-            assert!(tables.insert(path.clone(), declared).is_none(), "{path} twice");
+            assert!(
+                tables.insert(path.clone(), declared).is_none(),
+                "{path} twice"
+            );
         }
         let descriptors = from_descriptor_set();
         for path in descriptors.keys() {
@@ -306,6 +312,8 @@ mod tests {
             switchboard_raft_rpcs!(declared).len()
         );
         assert!(super::RPC_PATHS.contains(&"/switchboard.v1.CallService/CreateCall"));
-        assert!(super::RAFT_RPC_PATHS.contains(&"/switchboard.raft.v1.RaftService/InstallSnapshot"));
+        assert!(
+            super::RAFT_RPC_PATHS.contains(&"/switchboard.raft.v1.RaftService/InstallSnapshot")
+        );
     }
 }
