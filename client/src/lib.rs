@@ -881,21 +881,12 @@ macro_rules! leader_from {
 
 /// One public method per row of [`proto::switchboard_rpcs!`], named after the RPC.
 macro_rules! client_methods {
-    (
-        package $package:literal ($module:ident);
-        $(
-            service $service:ident (
-                $server_module:ident :: $server_trait:ident,
-                $client_module:ident :: $client_type:ident
-            ) {
-                $(
-                    $(#[doc = $doc:literal])*
-                    $rpc:ident $method:ident ($req:ident) -> $resp:ident,
-                        $kind:ident, leader_from: $leader_from:ident;
-                )*
-            }
-        )*
-    ) => {
+    (package $_package:literal ($_module:ident); $(service $_service:ident (
+        $($_server:ident)::+, $client_module:ident :: $client_type:ident
+    ) {
+        $($(#[doc = $doc:literal])* $_rpc:ident $method:ident ($req:ident) -> $resp:ident
+            [$kind:ident, leader_from: $leader_from:ident])*
+    })*) => {
         impl Client {
             $($(
                 $(#[doc = $doc])*

@@ -84,21 +84,11 @@ struct Written {
 /// One tonic service impl per service of the RPC table, each method handing the request to the
 /// inherent handler of the same name and its error to [`Api::reply`].
 macro_rules! serve_rpcs {
-    (
-        package $package:literal ($module:ident);
-        $(
-            service $service:ident (
-                $server_module:ident :: $server_trait:ident,
-                $client_module:ident :: $client_type:ident
-            ) {
-                $(
-                    $(#[doc = $doc:literal])*
-                    $rpc:ident $method:ident ($req:ident) -> $resp:ident,
-                        $kind:ident, leader_from: $leader_from:ident;
-                )*
-            }
-        )*
-    ) => {
+    (package $_package:literal ($_module:ident); $(service $_service:ident (
+        $server_module:ident :: $server_trait:ident, $($_client:tt)*
+    ) {
+        $($(#[$_doc:meta])* $_rpc:ident $method:ident ($req:ident) -> $resp:ident [$($_how:tt)*])*
+    })*) => {
         $(
             #[tonic::async_trait]
             impl v1::$server_module::$server_trait for Api {

@@ -10,14 +10,16 @@
 //! package "switchboard.v1" (v1);
 //! service CallService (call_service_server::CallService, call_service_client::CallServiceClient) {
 //!     /// Docs of the client method.
-//!     CreateCall create_call(CreateCallRequest) -> CallResponse, write, leader_from: write_meta;
+//!     CreateCall create_call(CreateCallRequest) -> CallResponse [write, leader_from: write_meta]
 //!     ...
 //! }
 //! ```
 //!
 //! A row is: the RPC's proto name, the snake-case method name tonic generates, the request and
 //! response message names (in the package's module of this crate, named after the package line,
-//! e.g. `v1`), the kind and how a successful response names the leader. Kinds:
+//! e.g. `v1`), then in brackets the kind and how a successful response names the leader. The
+//! brackets and the service's parenthesized modules are delimited groups, so that a callback can
+//! skip what it does not use (`[$($_:tt)*]`). Kinds:
 //! - `write`: changes state; carries an idempotency key (`request_id`) and goes to the leader;
 //! - `read`: served by any node; routed by the request's `read` options (linearizable reads go to
 //!   the leader first, local reads to any node);
@@ -46,50 +48,50 @@ macro_rules! switchboard_rpcs {
                 call_service_client::CallServiceClient
             ) {
                 /// Creates a call (a write: leader, same `request_id` on every retry).
-                CreateCall create_call(CreateCallRequest) -> CallResponse,
-                    write, leader_from: write_meta;
+                CreateCall create_call(CreateCallRequest) -> CallResponse
+                    [write, leader_from: write_meta]
                 /// Starts a CREATED call.
-                StartCall start_call(StartCallRequest) -> CallResponse,
-                    write, leader_from: write_meta;
+                StartCall start_call(StartCallRequest) -> CallResponse
+                    [write, leader_from: write_meta]
                 /// Appends a turn.
-                AppendTurn append_turn(AppendTurnRequest) -> AppendTurnResponse,
-                    write, leader_from: write_meta;
+                AppendTurn append_turn(AppendTurnRequest) -> AppendTurnResponse
+                    [write, leader_from: write_meta]
                 /// Logs a semantic event.
-                LogEvent log_event(LogEventRequest) -> LogEventResponse,
-                    write, leader_from: write_meta;
+                LogEvent log_event(LogEventRequest) -> LogEventResponse
+                    [write, leader_from: write_meta]
                 /// Updates a call's summary and entities.
-                UpdateContext update_context(UpdateContextRequest) -> CallResponse,
-                    write, leader_from: write_meta;
+                UpdateContext update_context(UpdateContextRequest) -> CallResponse
+                    [write, leader_from: write_meta]
                 /// Hands a call off (at most once per call; a retry gets the original outcome).
-                RequestHandoff request_handoff(RequestHandoffRequest) -> CallResponse,
-                    write, leader_from: write_meta;
+                RequestHandoff request_handoff(RequestHandoffRequest) -> CallResponse
+                    [write, leader_from: write_meta]
                 /// Ends a call.
-                EndCall end_call(EndCallRequest) -> CallResponse,
-                    write, leader_from: write_meta;
+                EndCall end_call(EndCallRequest) -> CallResponse
+                    [write, leader_from: write_meta]
                 /// Reads one call; routed by `req.read` (linearizable: leader first; local: any
                 /// node).
-                GetCall get_call(GetCallRequest) -> GetCallResponse,
-                    read, leader_from: no;
+                GetCall get_call(GetCallRequest) -> GetCallResponse
+                    [read, leader_from: no]
                 /// Reads a call's context; routed by `req.read`.
-                GetContext get_context(GetContextRequest) -> GetContextResponse,
-                    read, leader_from: no;
+                GetContext get_context(GetContextRequest) -> GetContextResponse
+                    [read, leader_from: no]
                 /// Lists a call's turns; routed by `req.read`.
-                ListTurns list_turns(ListTurnsRequest) -> ListTurnsResponse,
-                    read, leader_from: no;
+                ListTurns list_turns(ListTurnsRequest) -> ListTurnsResponse
+                    [read, leader_from: no]
                 /// Lists a tenant's calls; routed by `req.read`.
-                ListCalls list_calls(ListCallsRequest) -> ListCallsResponse,
-                    read, leader_from: no;
+                ListCalls list_calls(ListCallsRequest) -> ListCallsResponse
+                    [read, leader_from: no]
             }
             service EventService (
                 event_service_server::EventService,
                 event_service_client::EventServiceClient
             ) {
                 /// Lists one call's events; routed by `req.read`.
-                ListCallEvents list_call_events(ListCallEventsRequest) -> ListEventsResponse,
-                    read, leader_from: no;
+                ListCallEvents list_call_events(ListCallEventsRequest) -> ListEventsResponse
+                    [read, leader_from: no]
                 /// Lists the cluster-wide event log; routed by `req.read`.
-                ListEvents list_events(ListEventsRequest) -> ListEventsResponse,
-                    read, leader_from: no;
+                ListEvents list_events(ListEventsRequest) -> ListEventsResponse
+                    [read, leader_from: no]
             }
             service ClusterService (
                 cluster_service_server::ClusterService,
@@ -97,31 +99,31 @@ macro_rules! switchboard_rpcs {
             ) {
                 /// A node's view of the cluster, asked of the cached leader first (only it knows
                 /// `matched_index`), else the configured endpoints in order.
-                Status status(StatusRequest) -> StatusResponse,
-                    leader, leader_from: self_reported;
+                Status status(StatusRequest) -> StatusResponse
+                    [leader, leader_from: self_reported]
                 /// Adds a learner (leader; membership changes are idempotent in effect).
-                AddLearner add_learner(AddLearnerRequest) -> MembershipResponse,
-                    leader, leader_from: responder;
+                AddLearner add_learner(AddLearnerRequest) -> MembershipResponse
+                    [leader, leader_from: responder]
                 /// Promotes learners to voters (leader).
-                Promote promote(PromoteRequest) -> MembershipResponse,
-                    leader, leader_from: responder;
+                Promote promote(PromoteRequest) -> MembershipResponse
+                    [leader, leader_from: responder]
                 /// Removes members (leader).
-                Remove remove(RemoveRequest) -> MembershipResponse,
-                    leader, leader_from: responder;
+                Remove remove(RemoveRequest) -> MembershipResponse
+                    [leader, leader_from: responder]
                 /// Asks the first configured endpoint (and only it) to build a snapshot now.
-                TriggerSnapshot trigger_snapshot(TriggerSnapshotRequest) -> TriggerSnapshotResponse,
-                    pinned, leader_from: no;
+                TriggerSnapshot trigger_snapshot(TriggerSnapshotRequest) -> TriggerSnapshotResponse
+                    [pinned, leader_from: no]
                 /// Asks the first configured endpoint (and only it) to initialize a fresh
                 /// cluster.
-                Initialize initialize(InitializeRequest) -> InitializeResponse,
-                    pinned, leader_from: no;
+                Initialize initialize(InitializeRequest) -> InitializeResponse
+                    [pinned, leader_from: no]
                 /// Asks the leader for a read index (redirects followed); a read that waits until
                 /// this index is applied is linearizable.
-                ReadIndex read_index(ReadIndexRequest) -> ReadIndexResponse,
-                    leader, leader_from: leader_id;
+                ReadIndex read_index(ReadIndexRequest) -> ReadIndexResponse
+                    [leader, leader_from: leader_id]
                 /// Asks the first configured endpoint (and only it) for its state-machine digest.
-                Digest digest(DigestRequest) -> DigestResponse,
-                    pinned, leader_from: no;
+                Digest digest(DigestRequest) -> DigestResponse
+                    [pinned, leader_from: no]
             }
         }
     };
@@ -139,20 +141,20 @@ macro_rules! switchboard_raft_rpcs {
                 raft_service_client::RaftServiceClient
             ) {
                 /// Carries an openraft AppendEntries request and its response.
-                AppendEntries append_entries(RaftPayload) -> RaftPayload,
-                    peer, leader_from: no;
+                AppendEntries append_entries(RaftPayload) -> RaftPayload
+                    [peer, leader_from: no]
                 /// Carries an openraft Vote request and its response.
-                Vote vote(RaftPayload) -> RaftPayload,
-                    peer, leader_from: no;
+                Vote vote(RaftPayload) -> RaftPayload
+                    [peer, leader_from: no]
                 /// Carries an openraft Pre-Vote request and its response.
-                PreVote pre_vote(RaftPayload) -> RaftPayload,
-                    peer, leader_from: no;
+                PreVote pre_vote(RaftPayload) -> RaftPayload
+                    [peer, leader_from: no]
                 /// Carries an openraft TransferLeader request and its response.
-                TransferLeader transfer_leader(RaftPayload) -> RaftPayload,
-                    peer, leader_from: no;
+                TransferLeader transfer_leader(RaftPayload) -> RaftPayload
+                    [peer, leader_from: no]
                 /// Streams a full snapshot to a lagging node.
-                InstallSnapshot install_snapshot(SnapshotChunk) -> RaftPayload,
-                    peer_stream, leader_from: no;
+                InstallSnapshot install_snapshot(SnapshotChunk) -> RaftPayload
+                    [peer_stream, leader_from: no]
             }
         }
     };
@@ -160,18 +162,9 @@ macro_rules! switchboard_raft_rpcs {
 
 /// Callback listing the gRPC path of every row, `/package.Service/Rpc`.
 macro_rules! rpc_paths {
-    (
-        package $package:literal ($_module:ident);
-        $(
-            service $service:ident ($($_modules:tt)*) {
-                $(
-                    $(#[doc = $_doc:literal])*
-                    $rpc:ident $_method:ident ($_req:ident) -> $_resp:ident,
-                        $_kind:ident, leader_from: $_leader_from:ident;
-                )*
-            }
-        )*
-    ) => {
+    (package $package:literal ($_module:ident); $(service $service:ident ($($_modules:tt)*) {
+        $($(#[$_doc:meta])* $rpc:ident $_method:ident ($_req:ident) -> $_resp:ident [$($_how:tt)*])*
+    })*) => {
         &[$($(concat!("/", $package, ".", stringify!($service), "/", stringify!($rpc)),)*)*]
     };
 }
@@ -203,18 +196,10 @@ mod tests {
     /// Callback turning a table into `(path, Declared)` pairs. It also names each message type
     /// in its module, so that a row naming a type that does not exist fails to compile.
     macro_rules! declared {
-        (
-            package $package:literal ($module:ident);
-            $(
-                service $service:ident ($($_modules:tt)*) {
-                    $(
-                        $(#[doc = $_doc:literal])*
-                        $rpc:ident $method:ident ($req:ident) -> $resp:ident,
-                            $kind:ident, leader_from: $_leader_from:ident;
-                    )*
-                }
-            )*
-        ) => {{
+        (package $package:literal ($module:ident); $(service $service:ident ($($_modules:tt)*) {
+            $($(#[$_doc:meta])* $rpc:ident $method:ident ($req:ident) -> $resp:ident
+                [$kind:ident, leader_from: $_leader_from:ident])*
+        })*) => {{
             let mut rows: Vec<(String, Declared)> = Vec::new();
             $($(
                 let _ = (
