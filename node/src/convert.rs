@@ -2,7 +2,8 @@
 //!
 //! Requests become domain commands here, with every wire-only failure (an unparsable call id,
 //! an unspecified enum) reported as the same `Invalid {field, problem}` the domain uses, so the
-//! client sees one kind of INVALID_ARGUMENT whichever layer found it.
+//! client sees one kind of INVALID_ARGUMENT whichever layer found it. Cluster members given to
+//! `AddLearner` and `Initialize` are checked here too, against the bounds in [`crate::config`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
