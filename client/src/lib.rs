@@ -9,6 +9,10 @@
 //! caller must fix (`INVALID_ARGUMENT`, `NOT_FOUND`, `FAILED_PRECONDITION`, ...) are never
 //! retried. Everything is bounded by `retries_max` and the whole-call deadline.
 //!
+//! The RPC methods are generated from the RPC table of the wire contract
+//! ([`proto::switchboard_rpcs!`]): its row for an RPC says how the first attempt is routed,
+//! whether the request carries an idempotency key, and how a response names the leader.
+//!
 //! It must not interpret domain rules or rewrite requests beyond minting a missing
 //! `request_id`: the server is the only judge of what is valid.
 
@@ -24,18 +28,7 @@ use std::{
     time::Duration,
 };
 
-use proto::v1::{
-    AddLearnerRequest, AppendTurnRequest, AppendTurnResponse, CallResponse, Consistency,
-    CreateCallRequest, DigestRequest, DigestResponse, EndCallRequest, GetCallRequest,
-    GetCallResponse, GetContextRequest, GetContextResponse, InitializeRequest, InitializeResponse,
-    ListCallEventsRequest, ListCallsRequest, ListCallsResponse, ListEventsRequest,
-    ListEventsResponse, ListTurnsRequest, ListTurnsResponse, LogEventRequest, LogEventResponse,
-    MembershipResponse, PromoteRequest, ReadIndexRequest, ReadIndexResponse, ReadOptions,
-    RemoveRequest, RequestHandoffRequest, StartCallRequest, StatusRequest, StatusResponse,
-    TriggerSnapshotRequest, TriggerSnapshotResponse, UpdateContextRequest, WriteMeta,
-    call_service_client::CallServiceClient, cluster_service_client::ClusterServiceClient,
-    event_service_client::EventServiceClient,
-};
+use proto::v1::{self, Consistency, ReadOptions, WriteMeta};
 use tokio::time::Instant;
 use tonic::{
     Code, Request, Response, Status,
@@ -419,38 +412,13 @@ enum Next {
     Retry,
 }
 
-/// Requests that change state and therefore carry an idempotency key.
-trait Idempotent {
-    fn request_id_mut(&mut self) -> &mut String;
-}
-
-macro_rules! idempotent {
-    ($($ty:ty),* $(,)?) => {
-        $(impl Idempotent for $ty {
-            fn request_id_mut(&mut self) -> &mut String {
-                &mut self.request_id
-            }
-        })*
-    };
-}
-
-idempotent!(
-    CreateCallRequest,
-    StartCallRequest,
-    AppendTurnRequest,
-    LogEventRequest,
-    UpdateContextRequest,
-    RequestHandoffRequest,
-    EndCallRequest,
-);
-
-/// Sets a fresh UUIDv7 `request_id` when the caller gave none; returns the one in use.
-fn ensure_request_id<R: Idempotent>(request: &mut R) -> String {
-    let id = request.request_id_mut();
-    if id.is_empty() {
-        *id = uuid::Uuid::now_v7().to_string();
+/// Sets a fresh UUIDv7 `request_id` (the idempotency key of a write) when the caller gave none;
+/// returns the one in use.
+fn ensure_request_id(request_id: &mut String) -> String {
+    if request_id.is_empty() {
+        *request_id = uuid::Uuid::now_v7().to_string();
     }
-    id.clone()
+    request_id.clone()
 }
 
 fn read_route(read: Option<&ReadOptions>) -> Route {
@@ -471,6 +439,30 @@ fn leader_from_write(meta: Option<&WriteMeta>, served_by: &str) -> Option<Leader
 
 fn no_leader_evidence<T>(_: &T, _: &str) -> Option<LeaderInfo> {
     None
+}
+
+/// Only the leader answers this RPC (others redirect), so the node that answered is the leader.
+fn leader_is_responder<T>(_: &T, served_by: &str) -> Option<LeaderInfo> {
+    Some(LeaderInfo {
+        id: None,
+        addr: served_by.to_owned(),
+    })
+}
+
+/// A node that reports itself as the leader is the leader.
+fn leader_from_status(response: &v1::StatusResponse, served_by: &str) -> Option<LeaderInfo> {
+    (response.leader_id == Some(response.node_id)).then(|| LeaderInfo {
+        id: Some(response.node_id),
+        addr: served_by.to_owned(),
+    })
+}
+
+/// A read index is confirmed by the leader, which names itself.
+fn leader_from_read_index(response: &v1::ReadIndexResponse, served_by: &str) -> Option<LeaderInfo> {
+    Some(LeaderInfo {
+        id: (response.leader_id != 0).then_some(response.leader_id),
+        addr: served_by.to_owned(),
+    })
 }
 
 /// The redirect hint of a status, if it names a usable address.
@@ -838,365 +830,90 @@ impl Client {
             }
         }
     }
-
-    async fn write<Req, Resp, S, Fut>(
-        &self,
-        op: &'static str,
-        mut request: Req,
-        send: S,
-        leader_evidence: fn(&Resp, &str) -> Option<LeaderInfo>,
-    ) -> Result<Resp, ClientError>
-    where
-        Req: Clone + Idempotent,
-        S: Fn(Channel, Request<Req>) -> Fut,
-        Fut: Future<Output = Result<Response<Resp>, Status>>,
-    {
-        let request_id = ensure_request_id(&mut request);
-        self.execute(
-            op,
-            Route::Leader,
-            request_id,
-            request,
-            send,
-            leader_evidence,
-        )
-        .await
-    }
-
-    // ---- CallService -------------------------------------------------------------------
-
-    /// Creates a call (a write: leader, same `request_id` on every retry).
-    pub async fn create_call(&self, req: CreateCallRequest) -> Result<CallResponse, ClientError> {
-        self.write(
-            "create_call",
-            req,
-            |ch, r| async move { call_client(ch).create_call(r).await },
-            |r: &CallResponse, a| leader_from_write(r.meta.as_ref(), a),
-        )
-        .await
-    }
-
-    /// Starts a CREATED call.
-    pub async fn start_call(&self, req: StartCallRequest) -> Result<CallResponse, ClientError> {
-        self.write(
-            "start_call",
-            req,
-            |ch, r| async move { call_client(ch).start_call(r).await },
-            |r: &CallResponse, a| leader_from_write(r.meta.as_ref(), a),
-        )
-        .await
-    }
-
-    /// Appends a turn.
-    pub async fn append_turn(
-        &self,
-        req: AppendTurnRequest,
-    ) -> Result<AppendTurnResponse, ClientError> {
-        self.write(
-            "append_turn",
-            req,
-            |ch, r| async move { call_client(ch).append_turn(r).await },
-            |r: &AppendTurnResponse, a| leader_from_write(r.meta.as_ref(), a),
-        )
-        .await
-    }
-
-    /// Logs a semantic event.
-    pub async fn log_event(&self, req: LogEventRequest) -> Result<LogEventResponse, ClientError> {
-        self.write(
-            "log_event",
-            req,
-            |ch, r| async move { call_client(ch).log_event(r).await },
-            |r: &LogEventResponse, a| leader_from_write(r.meta.as_ref(), a),
-        )
-        .await
-    }
-
-    /// Updates a call's summary and entities.
-    pub async fn update_context(
-        &self,
-        req: UpdateContextRequest,
-    ) -> Result<CallResponse, ClientError> {
-        self.write(
-            "update_context",
-            req,
-            |ch, r| async move { call_client(ch).update_context(r).await },
-            |r: &CallResponse, a| leader_from_write(r.meta.as_ref(), a),
-        )
-        .await
-    }
-
-    /// Hands a call off (at most once per call; a retry gets the original outcome).
-    pub async fn request_handoff(
-        &self,
-        req: RequestHandoffRequest,
-    ) -> Result<CallResponse, ClientError> {
-        self.write(
-            "request_handoff",
-            req,
-            |ch, r| async move { call_client(ch).request_handoff(r).await },
-            |r: &CallResponse, a| leader_from_write(r.meta.as_ref(), a),
-        )
-        .await
-    }
-
-    /// Ends a call.
-    pub async fn end_call(&self, req: EndCallRequest) -> Result<CallResponse, ClientError> {
-        self.write(
-            "end_call",
-            req,
-            |ch, r| async move { call_client(ch).end_call(r).await },
-            |r: &CallResponse, a| leader_from_write(r.meta.as_ref(), a),
-        )
-        .await
-    }
-
-    /// Reads one call; routed by `req.read` (linearizable: leader first; local: any node).
-    pub async fn get_call(&self, req: GetCallRequest) -> Result<GetCallResponse, ClientError> {
-        let route = read_route(req.read.as_ref());
-        self.execute(
-            "get_call",
-            route,
-            String::new(),
-            req,
-            |ch, r| async move { call_client(ch).get_call(r).await },
-            no_leader_evidence,
-        )
-        .await
-    }
-
-    /// Reads a call's context; routed by `req.read`.
-    pub async fn get_context(
-        &self,
-        req: GetContextRequest,
-    ) -> Result<GetContextResponse, ClientError> {
-        let route = read_route(req.read.as_ref());
-        self.execute(
-            "get_context",
-            route,
-            String::new(),
-            req,
-            |ch, r| async move { call_client(ch).get_context(r).await },
-            no_leader_evidence,
-        )
-        .await
-    }
-
-    /// Lists a call's turns; routed by `req.read`.
-    pub async fn list_turns(
-        &self,
-        req: ListTurnsRequest,
-    ) -> Result<ListTurnsResponse, ClientError> {
-        let route = read_route(req.read.as_ref());
-        self.execute(
-            "list_turns",
-            route,
-            String::new(),
-            req,
-            |ch, r| async move { call_client(ch).list_turns(r).await },
-            no_leader_evidence,
-        )
-        .await
-    }
-
-    /// Lists a tenant's calls; routed by `req.read`.
-    pub async fn list_calls(
-        &self,
-        req: ListCallsRequest,
-    ) -> Result<ListCallsResponse, ClientError> {
-        let route = read_route(req.read.as_ref());
-        self.execute(
-            "list_calls",
-            route,
-            String::new(),
-            req,
-            |ch, r| async move { call_client(ch).list_calls(r).await },
-            no_leader_evidence,
-        )
-        .await
-    }
-
-    // ---- EventService ------------------------------------------------------------------
-
-    /// Lists one call's events; routed by `req.read`.
-    pub async fn list_call_events(
-        &self,
-        req: ListCallEventsRequest,
-    ) -> Result<ListEventsResponse, ClientError> {
-        let route = read_route(req.read.as_ref());
-        self.execute(
-            "list_call_events",
-            route,
-            String::new(),
-            req,
-            |ch, r| async move { event_client(ch).list_call_events(r).await },
-            no_leader_evidence,
-        )
-        .await
-    }
-
-    /// Lists the cluster-wide event log; routed by `req.read`.
-    pub async fn list_events(
-        &self,
-        req: ListEventsRequest,
-    ) -> Result<ListEventsResponse, ClientError> {
-        let route = read_route(req.read.as_ref());
-        self.execute(
-            "list_events",
-            route,
-            String::new(),
-            req,
-            |ch, r| async move { event_client(ch).list_events(r).await },
-            no_leader_evidence,
-        )
-        .await
-    }
-
-    // ---- ClusterService ----------------------------------------------------------------
-
-    /// A node's view of the cluster, asked of the cached leader first (only it knows
-    /// `matched_index`), else the configured endpoints in order.
-    pub async fn status(&self, req: StatusRequest) -> Result<StatusResponse, ClientError> {
-        self.execute(
-            "status",
-            Route::Leader,
-            String::new(),
-            req,
-            |ch, r| async move { cluster_client(ch).status(r).await },
-            |r: &StatusResponse, a| {
-                (r.leader_id == Some(r.node_id)).then(|| LeaderInfo {
-                    id: Some(r.node_id),
-                    addr: a.to_owned(),
-                })
-            },
-        )
-        .await
-    }
-
-    /// Adds a learner (leader; membership changes are idempotent in effect).
-    pub async fn add_learner(
-        &self,
-        req: AddLearnerRequest,
-    ) -> Result<MembershipResponse, ClientError> {
-        self.execute(
-            "add_learner",
-            Route::Leader,
-            String::new(),
-            req,
-            |ch, r| async move { cluster_client(ch).add_learner(r).await },
-            |_, a| {
-                Some(LeaderInfo {
-                    id: None,
-                    addr: a.to_owned(),
-                })
-            },
-        )
-        .await
-    }
-
-    /// Promotes learners to voters (leader).
-    pub async fn promote(&self, req: PromoteRequest) -> Result<MembershipResponse, ClientError> {
-        self.execute(
-            "promote",
-            Route::Leader,
-            String::new(),
-            req,
-            |ch, r| async move { cluster_client(ch).promote(r).await },
-            |_, a| {
-                Some(LeaderInfo {
-                    id: None,
-                    addr: a.to_owned(),
-                })
-            },
-        )
-        .await
-    }
-
-    /// Removes members (leader).
-    pub async fn remove(&self, req: RemoveRequest) -> Result<MembershipResponse, ClientError> {
-        self.execute(
-            "remove",
-            Route::Leader,
-            String::new(),
-            req,
-            |ch, r| async move { cluster_client(ch).remove(r).await },
-            |_, a| {
-                Some(LeaderInfo {
-                    id: None,
-                    addr: a.to_owned(),
-                })
-            },
-        )
-        .await
-    }
-
-    /// Asks the first configured endpoint (and only it) to build a snapshot now.
-    pub async fn trigger_snapshot(
-        &self,
-        req: TriggerSnapshotRequest,
-    ) -> Result<TriggerSnapshotResponse, ClientError> {
-        self.execute(
-            "trigger_snapshot",
-            Route::Pinned,
-            String::new(),
-            req,
-            |ch, r| async move { cluster_client(ch).trigger_snapshot(r).await },
-            no_leader_evidence,
-        )
-        .await
-    }
-
-    /// Asks the leader for a read index (redirects followed); a read that waits until this
-    /// index is applied is linearizable.
-    pub async fn read_index(
-        &self,
-        req: ReadIndexRequest,
-    ) -> Result<ReadIndexResponse, ClientError> {
-        self.execute(
-            "read_index",
-            Route::Leader,
-            String::new(),
-            req,
-            |ch, r| async move { cluster_client(ch).read_index(r).await },
-            |r: &ReadIndexResponse, a| {
-                Some(LeaderInfo {
-                    id: (r.leader_id != 0).then_some(r.leader_id),
-                    addr: a.to_owned(),
-                })
-            },
-        )
-        .await
-    }
-
-    /// Asks the first configured endpoint (and only it) for its state-machine digest.
-    pub async fn digest(&self, req: DigestRequest) -> Result<DigestResponse, ClientError> {
-        self.execute(
-            "digest",
-            Route::Pinned,
-            String::new(),
-            req,
-            |ch, r| async move { cluster_client(ch).digest(r).await },
-            no_leader_evidence,
-        )
-        .await
-    }
-
-    /// Asks the first configured endpoint (and only it) to initialize a fresh cluster.
-    pub async fn initialize(
-        &self,
-        req: InitializeRequest,
-    ) -> Result<InitializeResponse, ClientError> {
-        self.execute(
-            "initialize",
-            Route::Pinned,
-            String::new(),
-            req,
-            |ch, r| async move { cluster_client(ch).initialize(r).await },
-            no_leader_evidence,
-        )
-        .await
-    }
 }
+
+/// The route of a request's first attempt, by the kind its table row gives.
+macro_rules! route {
+    (write, $req:ident) => {
+        Route::Leader
+    };
+    (read, $req:ident) => {
+        read_route($req.read.as_ref())
+    };
+    (leader, $req:ident) => {
+        Route::Leader
+    };
+    (pinned, $req:ident) => {
+        Route::Pinned
+    };
+}
+
+/// The request with its idempotency key and the key: a write gets one minted when it has none
+/// (the same on every retry); other kinds carry none.
+macro_rules! with_request_id {
+    (write, $req:ident) => {{
+        let mut request = $req;
+        (ensure_request_id(&mut request.request_id), request)
+    }};
+    ($other:ident, $req:ident) => {
+        (String::new(), $req)
+    };
+}
+
+/// How a successful response names the leader, by the `leader_from` its table row gives.
+macro_rules! leader_from {
+    (write_meta, $resp:ty) => {
+        |response: &$resp, served_by: &str| leader_from_write(response.meta.as_ref(), served_by)
+    };
+    (self_reported, $resp:ty) => {
+        leader_from_status
+    };
+    (leader_id, $resp:ty) => {
+        leader_from_read_index
+    };
+    (responder, $resp:ty) => {
+        leader_is_responder::<$resp>
+    };
+    (no, $resp:ty) => {
+        no_leader_evidence::<$resp>
+    };
+}
+
+/// One public method per row of [`proto::switchboard_rpcs!`], named after the RPC.
+macro_rules! client_methods {
+    (package $_package:literal ($_module:ident); $(service $_service:ident (
+        $($_server:ident)::+, $client_module:ident :: $client_type:ident
+    ) {
+        $($(#[doc = $doc:literal])* $_rpc:ident $method:ident ($req:ident) -> $resp:ident
+            [$kind:ident, leader_from: $leader_from:ident])*
+    })*) => {
+        impl Client {
+            $($(
+                $(#[doc = $doc])*
+                pub async fn $method(&self, req: v1::$req) -> Result<v1::$resp, ClientError> {
+                    let route = route!($kind, req);
+                    let (request_id, req) = with_request_id!($kind, req);
+                    self.execute(
+                        stringify!($method),
+                        route,
+                        request_id,
+                        req,
+                        |channel, request| async move {
+                            v1::$client_module::$client_type::new(channel)
+                                .max_decoding_message_size(RESPONSE_BYTES_MAX)
+                                .$method(request)
+                                .await
+                        },
+                        leader_from!($leader_from, v1::$resp),
+                    )
+                    .await
+                }
+            )*)*
+        }
+    };
+}
+
+proto::switchboard_rpcs!(client_methods);
 
 /// Where to connect for `addr`: its `resolve` entry, else itself.
 fn resolved<'a>(addr: &'a str, config: &'a ClientConfig) -> &'a str {
@@ -1215,20 +932,9 @@ fn make_endpoint(addr: &str, config: &ClientConfig) -> Result<Endpoint, tonic::t
         .tcp_nodelay(true))
 }
 
-fn call_client(channel: Channel) -> CallServiceClient<Channel> {
-    CallServiceClient::new(channel).max_decoding_message_size(RESPONSE_BYTES_MAX)
-}
-
-fn event_client(channel: Channel) -> EventServiceClient<Channel> {
-    EventServiceClient::new(channel).max_decoding_message_size(RESPONSE_BYTES_MAX)
-}
-
-fn cluster_client(channel: Channel) -> ClusterServiceClient<Channel> {
-    ClusterServiceClient::new(channel).max_decoding_message_size(RESPONSE_BYTES_MAX)
-}
-
 #[cfg(test)]
 mod tests {
+    use proto::v1::{CreateCallRequest, EndCallRequest, GetCallRequest, StatusRequest};
     use tonic::metadata::MetadataValue;
 
     use super::*;
@@ -1329,17 +1035,18 @@ mod tests {
 
     #[test]
     fn missing_request_id_gets_a_uuid_v7_and_given_one_is_kept() {
-        let mut req = CreateCallRequest::default();
-        let id = ensure_request_id(&mut req);
+        let req = CreateCallRequest::default();
+        let (id, req) = with_request_id!(write, req);
         let parsed = uuid::Uuid::parse_str(&id).expect("minted id is a uuid");
         assert_eq!(parsed.get_version_num(), 7);
         assert_eq!(req.request_id, id);
 
-        let mut req = EndCallRequest {
+        let req = EndCallRequest {
             request_id: "mine".to_owned(),
             ..Default::default()
         };
-        assert_eq!(ensure_request_id(&mut req), "mine");
+        let (id, req) = with_request_id!(write, req);
+        assert_eq!((id.as_str(), req.request_id.as_str()), ("mine", "mine"));
     }
 
     #[test]

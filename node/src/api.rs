@@ -6,20 +6,22 @@
 //! `ClusterService.ReadIndex` when this node is a follower), `LOCAL` reads at once, and
 //! `min_index` waits (bounded) for the local node to apply that index. Handlers only validate,
 //! propose or wait, and answer: a client that disconnects loses nothing but its answer.
+//!
+//! Each RPC has one inherent handler on [`Api`] named after it, returning `Result<_, ApiError>`;
+//! the tonic service impls that call them are generated from the RPC table
+//! ([`proto::switchboard_rpcs!`]), and errors become a `Status` in one place
+//! ([`crate::status`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use domain::{Call, Change, Receipt, Request, Stamp};
+use domain::limits::{Field, Invalid, Problem};
+use domain::{Call, CallId, Change, Receipt, Request, Stamp};
 use openraft::async_runtime::WatchReceiver;
-use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ReadPolicy};
-use proto::v1::{
-    self, call_service_server::CallService, cluster_service_server::ClusterService,
-    event_service_server::EventService,
-};
-use raft_store::{Member, Reader, Response};
+use proto::v1;
+use raft_store::{At, Member, ReadError, Reader, Response};
 use tonic::transport::Channel;
 use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
 use uuid::Uuid;
@@ -27,6 +29,9 @@ use uuid::Uuid;
 use crate::Raft;
 use crate::convert::{self, WriteRequest};
 use crate::status::ApiError;
+
+/// Turns returned by `GetContext` when the request asks for 0 (the server default).
+const CONTEXT_TURNS_DEFAULT: u32 = 10;
 
 /// What the API needs to know about its node.
 #[derive(Debug, Clone)]
@@ -65,12 +70,44 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// An accepted write, ready to be turned into a response.
 struct Written {
     receipt: Receipt,
     change: Option<Box<Change>>,
     meta: v1::WriteMeta,
 }
+
+/// One tonic service impl per service of the RPC table, each method handing the request to the
+/// inherent handler of the same name and its error to [`Api::reply`].
+macro_rules! serve_rpcs {
+    (package $_package:literal ($_module:ident); $(service $_service:ident (
+        $server_module:ident :: $server_trait:ident, $($_client:tt)*
+    ) {
+        $($(#[$_doc:meta])* $_rpc:ident $method:ident ($req:ident) -> $resp:ident [$($_how:tt)*])*
+    })*) => {
+        $(
+            #[tonic::async_trait]
+            impl v1::$server_module::$server_trait for Api {
+                $(
+                    async fn $method(
+                        &self,
+                        request: GrpcRequest<v1::$req>,
+                    ) -> Result<GrpcResponse<v1::$resp>, Status> {
+                        // Inherent methods win over trait methods: this is the handler.
+                        let result = Api::$method(self, request.into_inner()).await;
+                        self.reply(result)
+                    }
+                )*
+            }
+        )*
+    };
+}
+
+proto::switchboard_rpcs!(serve_rpcs);
 
 impl Api {
     pub fn new(raft: Raft, reader: Reader, config: ApiConfig) -> Self {
@@ -92,6 +129,10 @@ impl Api {
         &self.inner.reader
     }
 
+    fn node_id(&self) -> u64 {
+        self.inner.config.node_id
+    }
+
     /// The leader as this node knows it: id and address.
     pub fn leader(&self) -> (Option<u64>, Option<String>) {
         let metrics = self.raft().metrics().borrow_watched().clone();
@@ -105,25 +146,33 @@ impl Api {
         (metrics.current_leader, addr)
     }
 
-    fn not_leader(&self, leader_id: Option<u64>, leader_node: Option<&Member>) -> ApiError {
+    /// Fills in a redirect with what this node knows of the leader, where openraft's answer
+    /// left it out. A node never redirects to its own address: it is stepping down, and the
+    /// client should back off rather than come back.
+    fn with_known_leader(&self, error: ApiError) -> ApiError {
+        let (leader_id, leader_addr) = match error {
+            ApiError::NotLeader {
+                leader_id,
+                leader_addr,
+            } => (leader_id, leader_addr),
+            other => return other,
+        };
         let (known_id, known_addr) = self.leader();
         let leader_id = leader_id.or(known_id);
-        let leader_addr = leader_node.map(|m| m.addr.clone()).or(known_addr);
+        let leader_addr = leader_addr
+            .or(known_addr)
+            .filter(|_| leader_id != Some(self.node_id()));
         ApiError::NotLeader {
             leader_id,
-            leader_addr: leader_addr.filter(|_| leader_id != Some(self.inner.config.node_id)),
+            leader_addr,
         }
     }
 
-    fn raft_error<E>(&self, error: RaftError<raft_store::TypeConfig, E>) -> ApiError
-    where
-        E: std::error::Error
-            + openraft::TryAsRef<openraft::error::ForwardToLeader<raft_store::TypeConfig>>,
-    {
-        match error.forward_to_leader() {
-            Some(forward) => self.not_leader(forward.leader_id, forward.leader_node.as_ref()),
-            None => ApiError::Raft(error.to_string()),
-        }
+    /// A handler's result as tonic wants it.
+    fn reply<T>(&self, result: Result<T, ApiError>) -> Result<GrpcResponse<T>, Status> {
+        result
+            .map(GrpcResponse::new)
+            .map_err(|error| Status::from(self.with_known_leader(error)))
     }
 
     /// Stamps, proposes and waits for a write to apply.
@@ -145,30 +194,20 @@ impl Api {
         // Fail fast at the edge; the state machine checks again, deterministically.
         request.validate()?;
         let timeout = self.inner.config.write_timeout;
-        let response = match tokio::time::timeout(
-            timeout,
-            self.raft().client_write(raft_store::Proposal(request)),
-        )
-        .await
-        {
-            Err(_) => {
-                return Err(ApiError::Timeout {
-                    what: "write",
-                    timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-                });
-            }
-            Ok(Err(e)) => {
-                return Err(self.raft_error::<ClientWriteError<raft_store::TypeConfig>>(e));
-            }
-            Ok(Ok(response)) => response,
-        };
+        let proposed = self.raft().client_write(raft_store::Proposal(request));
+        let response = tokio::time::timeout(timeout, proposed)
+            .await
+            .map_err(|_| ApiError::Timeout {
+                what: "write",
+                timeout_ms: millis(timeout),
+            })??;
+        let index = response.log_id.index;
         let Response {
             outcome,
             replayed,
             change,
         } = response.data;
-        let outcome =
-            outcome.ok_or_else(|| ApiError::Raft("a request entry produced no outcome".into()))?;
+        let outcome = outcome.ok_or(ApiError::NoOutcome { index })?;
         let receipt = outcome.result.map_err(ApiError::Rejected)?;
         Ok(Written {
             receipt,
@@ -176,7 +215,7 @@ impl Api {
             meta: v1::WriteMeta {
                 index: outcome.index,
                 replayed,
-                leader_id: self.inner.config.node_id,
+                leader_id: self.node_id(),
             },
         })
     }
@@ -192,6 +231,7 @@ impl Api {
         }
     }
 
+    /// A write whose response is the call after it.
     async fn call_write(&self, write: WriteRequest) -> Result<v1::CallResponse, ApiError> {
         let tenant_id = write.tenant_id.clone();
         let written = self.write(write).await?;
@@ -202,75 +242,95 @@ impl Api {
         })
     }
 
+    /// Serves a read at the requested consistency: waits until local state may answer, reads,
+    /// and returns the value with the metadata of where it was served.
+    async fn serve_read<T>(
+        &self,
+        options: Option<v1::ReadOptions>,
+        read: impl FnOnce(&Reader) -> Result<At<T>, ReadError>,
+    ) -> Result<(T, Option<v1::ReadMeta>), ApiError> {
+        self.read_gate(options).await?;
+        let at = read(self.reader())?;
+        let meta = v1::ReadMeta {
+            applied_index: at.applied_index,
+            node_id: self.node_id(),
+        };
+        Ok((at.value, Some(meta)))
+    }
+
+    /// [`Api::serve_read`] of one call's data; a malformed call id is refused before any wait.
+    async fn serve_call_read<T>(
+        &self,
+        call_id: &str,
+        options: Option<v1::ReadOptions>,
+        read: impl FnOnce(&Reader, &CallId) -> Result<At<T>, ReadError>,
+    ) -> Result<(T, Option<v1::ReadMeta>), ApiError> {
+        let call_id = convert::call_id(call_id)?;
+        self.serve_read(options, |reader| read(reader, &call_id))
+            .await
+    }
+
     /// Waits until a read at the requested consistency may be served from local state.
     async fn read_gate(&self, read: Option<v1::ReadOptions>) -> Result<(), ApiError> {
         let read = read.unwrap_or_default();
         let started = Instant::now();
         let mut target = read.min_index;
         if read.consistency() == v1::Consistency::Linearizable {
-            target = target.max(self.read_index().await?);
+            target = target.max(self.confirmed_read_index().await?);
         }
         self.wait_applied(target, started).await
     }
 
-    /// The metadata of a read served at `applied_index`.
-    fn read_meta(&self, applied_index: u64) -> Option<v1::ReadMeta> {
-        Some(v1::ReadMeta {
-            applied_index,
-            node_id: self.inner.config.node_id,
-        })
-    }
-
     /// A read index confirmed by a quorum: locally on the leader, else asked of the leader.
-    pub async fn read_index(&self) -> Result<u64, ApiError> {
+    pub async fn confirmed_read_index(&self) -> Result<u64, ApiError> {
         let wait = self.inner.config.read_wait_max;
-        let timed_out = || ApiError::Timeout {
-            what: "read index",
-            timeout_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+        let confirmed = self.raft().ensure_linearizable(ReadPolicy::ReadIndex);
+        let error = match tokio::time::timeout(wait, confirmed).await {
+            Err(_) => {
+                return Err(ApiError::Timeout {
+                    what: "read index",
+                    timeout_ms: millis(wait),
+                });
+            }
+            Ok(Ok(read_log_id)) => return Ok(read_log_id.index()),
+            Ok(Err(e)) => self.with_known_leader(e.into()),
         };
-        match tokio::time::timeout(wait, self.raft().ensure_linearizable(ReadPolicy::ReadIndex))
-            .await
-        {
-            Err(_) => Err(timed_out()),
-            Ok(Ok(read_log_id)) => Ok(read_log_id.index()),
-            Ok(Err(e)) => {
-                let Some(forward) = e.forward_to_leader() else {
-                    return Err(ApiError::Raft(e.to_string()));
-                };
-                let error = self.not_leader(forward.leader_id, forward.leader_node.as_ref());
-                let ApiError::NotLeader {
-                    leader_addr: Some(addr),
-                    ..
-                } = &error
-                else {
-                    return Err(error);
-                };
-                let channel = self.leader_channel(addr)?;
-                let mut client = v1::cluster_service_client::ClusterServiceClient::new(channel);
-                let mut request = GrpcRequest::new(v1::ReadIndexRequest {});
-                request.set_timeout(wait);
-                match client.read_index(request).await {
-                    Ok(response) => Ok(response.into_inner().read_index),
-                    Err(status) => {
-                        tracing::debug!(leader = %addr, error = %status, "failed to get a read index from the leader");
-                        Err(error)
-                    }
-                }
+        let ApiError::NotLeader {
+            leader_addr: Some(addr),
+            ..
+        } = &error
+        else {
+            return Err(error);
+        };
+        let channel = self.leader_channel(addr)?;
+        let mut client = v1::cluster_service_client::ClusterServiceClient::new(channel);
+        let mut request = GrpcRequest::new(v1::ReadIndexRequest {});
+        request.set_timeout(wait);
+        match client.read_index(request).await {
+            Ok(response) => Ok(response.into_inner().read_index),
+            Err(status) => {
+                tracing::debug!(leader = %addr, error = %status, "failed to get a read index from the leader");
+                Err(error)
             }
         }
     }
 
     fn leader_channel(&self, addr: &str) -> Result<Channel, ApiError> {
+        // The map only caches lazily connecting channels: a panic while holding the lock leaves
+        // nothing half-updated, so a poisoned lock is used as is.
         let mut channels = self
             .inner
             .leader_channels
             .lock()
-            .map_err(|_| ApiError::Raft("leader channel cache poisoned".into()))?;
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(channel) = channels.get(addr) {
             return Ok(channel.clone());
         }
         let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| ApiError::Raft(format!("bad leader address {addr}: {e}")))?
+            .map_err(|source| ApiError::LeaderAddr {
+                addr: addr.to_owned(),
+                source,
+            })?
             .connect_timeout(self.inner.config.read_wait_max);
         let channel = endpoint.connect_lazy();
         channels.insert(addr.to_owned(), channel.clone());
@@ -289,10 +349,10 @@ impl Api {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(_)) => Err(ApiError::ShuttingDown),
             Err(_) => Err(ApiError::NotCaughtUp {
-                node_id: self.inner.config.node_id,
+                node_id: self.node_id(),
                 min_index: index,
                 applied_index: self.reader().applied().index(),
-                waited_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                waited_ms: millis(started.elapsed()),
             }),
         }
     }
@@ -326,14 +386,7 @@ impl Api {
         &self,
         change: ChangeMembers<u64, Member>,
     ) -> Result<v1::MembershipResponse, ApiError> {
-        let response = self
-            .raft()
-            .change_membership(change, false)
-            .await
-            .map_err(|e| match e.forward_to_leader() {
-                Some(f) => self.not_leader(f.leader_id, f.leader_node.as_ref()),
-                None => ApiError::Membership(e.to_string()),
-            })?;
+        let response = self.raft().change_membership(change, false).await?;
         Ok(v1::MembershipResponse {
             members: self.members(),
             index: response.log_id.index,
@@ -341,297 +394,201 @@ impl Api {
     }
 }
 
-fn answer<T>(result: Result<T, ApiError>) -> Result<GrpcResponse<T>, Status> {
-    result.map(GrpcResponse::new).map_err(Status::from)
-}
-
-#[tonic::async_trait]
-impl CallService for Api {
-    async fn create_call(
-        &self,
-        req: GrpcRequest<v1::CreateCallRequest>,
-    ) -> Result<GrpcResponse<v1::CallResponse>, Status> {
-        answer(
-            async {
-                self.call_write(convert::create_call(req.into_inner())?)
-                    .await
-            }
-            .await,
-        )
+/// `CallService` handlers.
+impl Api {
+    async fn create_call(&self, req: v1::CreateCallRequest) -> Result<v1::CallResponse, ApiError> {
+        self.call_write(convert::create_call(req)?).await
     }
 
-    async fn start_call(
-        &self,
-        req: GrpcRequest<v1::StartCallRequest>,
-    ) -> Result<GrpcResponse<v1::CallResponse>, Status> {
-        answer(
-            async {
-                self.call_write(convert::start_call(req.into_inner())?)
-                    .await
-            }
-            .await,
-        )
+    async fn start_call(&self, req: v1::StartCallRequest) -> Result<v1::CallResponse, ApiError> {
+        self.call_write(convert::start_call(req)?).await
     }
 
     async fn append_turn(
         &self,
-        req: GrpcRequest<v1::AppendTurnRequest>,
-    ) -> Result<GrpcResponse<v1::AppendTurnResponse>, Status> {
-        answer(
-            async {
-                let write = convert::append_turn(req.into_inner())?;
-                let tenant_id = write.tenant_id.clone();
-                let call_id = write.command.call_id();
-                let written = self.write(write).await?;
-                let call = self.call_after(&tenant_id, &written)?;
-                let turn = match (&written.change, written.receipt.turn_index, call_id) {
-                    (Some(change), _, _) => change.turn.clone(),
-                    (None, Some(index), Some(call_id)) => self
-                        .reader()
-                        .list_turns(&tenant_id, &call_id, index, 1)?
-                        .value
-                        .items
-                        .into_iter()
-                        .next(),
-                    _ => None,
-                };
-                Ok(v1::AppendTurnResponse {
-                    turn: turn.as_ref().map(convert::wire_turn),
-                    call: Some(convert::wire_call(&call)),
-                    meta: Some(written.meta),
-                })
-            }
-            .await,
-        )
+        req: v1::AppendTurnRequest,
+    ) -> Result<v1::AppendTurnResponse, ApiError> {
+        let write = convert::append_turn(req)?;
+        let tenant_id = write.tenant_id.clone();
+        let call_id = write.command.call_id();
+        let written = self.write(write).await?;
+        let call = self.call_after(&tenant_id, &written)?;
+        let turn = match (&written.change, written.receipt.turn_index, call_id) {
+            (Some(change), _, _) => change.turn.clone(),
+            (None, Some(index), Some(call_id)) => self
+                .reader()
+                .list_turns(&tenant_id, &call_id, index, 1)?
+                .value
+                .items
+                .into_iter()
+                .next(),
+            _ => None,
+        };
+        Ok(v1::AppendTurnResponse {
+            turn: turn.as_ref().map(convert::wire_turn),
+            call: Some(convert::wire_call(&call)),
+            meta: Some(written.meta),
+        })
     }
 
-    async fn log_event(
-        &self,
-        req: GrpcRequest<v1::LogEventRequest>,
-    ) -> Result<GrpcResponse<v1::LogEventResponse>, Status> {
-        answer(
-            async {
-                let written = self.write(convert::log_event(req.into_inner())?).await?;
-                let event = match &written.change {
-                    Some(change) => change.events.first().cloned(),
-                    None => self
-                        .reader()
-                        .list_events(written.receipt.first_position, 1)?
-                        .value
-                        .items
-                        .into_iter()
-                        .next(),
-                };
-                Ok(v1::LogEventResponse {
-                    event: event.as_ref().map(convert::wire_event),
-                    meta: Some(written.meta),
-                })
-            }
-            .await,
-        )
+    async fn log_event(&self, req: v1::LogEventRequest) -> Result<v1::LogEventResponse, ApiError> {
+        let written = self.write(convert::log_event(req)?).await?;
+        let event = match &written.change {
+            Some(change) => change.events.first().cloned(),
+            None => self
+                .reader()
+                .list_events(written.receipt.first_position, 1)?
+                .value
+                .items
+                .into_iter()
+                .next(),
+        };
+        Ok(v1::LogEventResponse {
+            event: event.as_ref().map(convert::wire_event),
+            meta: Some(written.meta),
+        })
     }
 
     async fn update_context(
         &self,
-        req: GrpcRequest<v1::UpdateContextRequest>,
-    ) -> Result<GrpcResponse<v1::CallResponse>, Status> {
-        answer(
-            async {
-                self.call_write(convert::update_context(req.into_inner())?)
-                    .await
-            }
-            .await,
-        )
+        req: v1::UpdateContextRequest,
+    ) -> Result<v1::CallResponse, ApiError> {
+        self.call_write(convert::update_context(req)?).await
     }
 
     async fn request_handoff(
         &self,
-        req: GrpcRequest<v1::RequestHandoffRequest>,
-    ) -> Result<GrpcResponse<v1::CallResponse>, Status> {
-        answer(
-            async {
-                self.call_write(convert::request_handoff(req.into_inner())?)
-                    .await
-            }
-            .await,
-        )
+        req: v1::RequestHandoffRequest,
+    ) -> Result<v1::CallResponse, ApiError> {
+        self.call_write(convert::request_handoff(req)?).await
     }
 
-    async fn end_call(
-        &self,
-        req: GrpcRequest<v1::EndCallRequest>,
-    ) -> Result<GrpcResponse<v1::CallResponse>, Status> {
-        answer(async { self.call_write(convert::end_call(req.into_inner())?).await }.await)
+    async fn end_call(&self, req: v1::EndCallRequest) -> Result<v1::CallResponse, ApiError> {
+        self.call_write(convert::end_call(req)?).await
     }
 
-    async fn get_call(
-        &self,
-        req: GrpcRequest<v1::GetCallRequest>,
-    ) -> Result<GrpcResponse<v1::GetCallResponse>, Status> {
-        answer(
-            async {
-                let req = req.into_inner();
-                let call_id = convert::call_id(&req.call_id)?;
-                self.read_gate(req.read).await?;
-                let read = self.reader().get_call(&req.tenant_id, &call_id)?;
-                Ok(v1::GetCallResponse {
-                    call: Some(convert::wire_call(&read.value)),
-                    meta: self.read_meta(read.applied_index),
-                })
-            }
-            .await,
-        )
+    async fn get_call(&self, req: v1::GetCallRequest) -> Result<v1::GetCallResponse, ApiError> {
+        let (call, meta) = self
+            .serve_call_read(&req.call_id, req.read, |reader, call_id| {
+                reader.get_call(&req.tenant_id, call_id)
+            })
+            .await?;
+        Ok(v1::GetCallResponse {
+            call: Some(convert::wire_call(&call)),
+            meta,
+        })
     }
 
     async fn get_context(
         &self,
-        req: GrpcRequest<v1::GetContextRequest>,
-    ) -> Result<GrpcResponse<v1::GetContextResponse>, Status> {
-        answer(
-            async {
-                let req = req.into_inner();
-                let call_id = convert::call_id(&req.call_id)?;
-                self.read_gate(req.read).await?;
-                let last_turns = if req.last_turns == 0 {
-                    10
-                } else {
-                    req.last_turns
-                };
-                let read = self
-                    .reader()
-                    .get_context(&req.tenant_id, &call_id, last_turns)?;
-                let context = read.value;
-                Ok(v1::GetContextResponse {
-                    summary: context.summary,
-                    entities: context.entities.into_iter().collect(),
-                    recent_turns: context
-                        .recent_turns
-                        .iter()
-                        .map(convert::wire_turn)
-                        .collect(),
-                    handoff: context.handoff.as_ref().map(convert::wire_handoff),
-                    meta: self.read_meta(read.applied_index),
-                })
-            }
-            .await,
-        )
+        req: v1::GetContextRequest,
+    ) -> Result<v1::GetContextResponse, ApiError> {
+        let last_turns = match req.last_turns {
+            0 => CONTEXT_TURNS_DEFAULT,
+            n => n,
+        };
+        let (context, meta) = self
+            .serve_call_read(&req.call_id, req.read, |reader, call_id| {
+                reader.get_context(&req.tenant_id, call_id, last_turns)
+            })
+            .await?;
+        Ok(v1::GetContextResponse {
+            summary: context.summary,
+            entities: context.entities.into_iter().collect(),
+            recent_turns: context
+                .recent_turns
+                .iter()
+                .map(convert::wire_turn)
+                .collect(),
+            handoff: context.handoff.as_ref().map(convert::wire_handoff),
+            meta,
+        })
     }
 
     async fn list_turns(
         &self,
-        req: GrpcRequest<v1::ListTurnsRequest>,
-    ) -> Result<GrpcResponse<v1::ListTurnsResponse>, Status> {
-        answer(
-            async {
-                let req = req.into_inner();
-                let call_id = convert::call_id(&req.call_id)?;
-                self.read_gate(req.read).await?;
-                let read = self.reader().list_turns(
-                    &req.tenant_id,
-                    &call_id,
-                    req.from_index,
-                    req.limit,
-                )?;
-                Ok(v1::ListTurnsResponse {
-                    turns: read.value.items.iter().map(convert::wire_turn).collect(),
-                    next_index: read.value.next.unwrap_or(0),
-                    meta: self.read_meta(read.applied_index),
-                })
-            }
-            .await,
-        )
+        req: v1::ListTurnsRequest,
+    ) -> Result<v1::ListTurnsResponse, ApiError> {
+        let (page, meta) = self
+            .serve_call_read(&req.call_id, req.read, |reader, call_id| {
+                reader.list_turns(&req.tenant_id, call_id, req.from_index, req.limit)
+            })
+            .await?;
+        Ok(v1::ListTurnsResponse {
+            turns: page.items.iter().map(convert::wire_turn).collect(),
+            next_index: page.next.unwrap_or(0),
+            meta,
+        })
     }
 
     async fn list_calls(
         &self,
-        req: GrpcRequest<v1::ListCallsRequest>,
-    ) -> Result<GrpcResponse<v1::ListCallsResponse>, Status> {
-        answer(
-            async {
-                let req = req.into_inner();
-                let state = convert::state_filter(req.state)?;
-                let after = match req.page_token.as_str() {
-                    "" => None,
-                    token => Some(convert::call_id(token).map_err(|_| {
-                        domain::limits::Invalid::new(
-                            domain::limits::Field::PageToken,
-                            domain::limits::Problem::Malformed,
-                        )
-                    })?),
-                };
-                self.read_gate(req.read).await?;
-                let read = self
-                    .reader()
-                    .list_calls(&req.tenant_id, state, after, req.page_size)?;
-                Ok(v1::ListCallsResponse {
-                    calls: read.value.items.iter().map(convert::wire_call).collect(),
-                    next_page_token: read.value.next.map(|id| id.to_string()).unwrap_or_default(),
-                    meta: self.read_meta(read.applied_index),
-                })
-            }
-            .await,
-        )
+        req: v1::ListCallsRequest,
+    ) -> Result<v1::ListCallsResponse, ApiError> {
+        let state = convert::state_filter(req.state)?;
+        let after = match req.page_token.as_str() {
+            "" => None,
+            token => Some(
+                convert::call_id(token)
+                    .map_err(|_| Invalid::new(Field::PageToken, Problem::Malformed))?,
+            ),
+        };
+        let (page, meta) = self
+            .serve_read(req.read, |reader| {
+                reader.list_calls(&req.tenant_id, state, after, req.page_size)
+            })
+            .await?;
+        Ok(v1::ListCallsResponse {
+            calls: page.items.iter().map(convert::wire_call).collect(),
+            next_page_token: page.next.map(|id| id.to_string()).unwrap_or_default(),
+            meta,
+        })
     }
 }
 
-#[tonic::async_trait]
-impl EventService for Api {
+/// `EventService` handlers.
+impl Api {
     async fn list_call_events(
         &self,
-        req: GrpcRequest<v1::ListCallEventsRequest>,
-    ) -> Result<GrpcResponse<v1::ListEventsResponse>, Status> {
-        answer(
-            async {
-                let req = req.into_inner();
-                let call_id = convert::call_id(&req.call_id)?;
-                self.read_gate(req.read).await?;
-                let read = self.reader().list_call_events(
-                    &req.tenant_id,
-                    &call_id,
-                    req.from_sequence,
-                    req.limit,
-                )?;
-                Ok(v1::ListEventsResponse {
-                    events: read.value.items.iter().map(convert::wire_event).collect(),
-                    next: read.value.next.unwrap_or(0),
-                    meta: self.read_meta(read.applied_index),
-                })
-            }
-            .await,
-        )
+        req: v1::ListCallEventsRequest,
+    ) -> Result<v1::ListEventsResponse, ApiError> {
+        let (page, meta) = self
+            .serve_call_read(&req.call_id, req.read, |reader, call_id| {
+                reader.list_call_events(&req.tenant_id, call_id, req.from_sequence, req.limit)
+            })
+            .await?;
+        Ok(v1::ListEventsResponse {
+            events: page.items.iter().map(convert::wire_event).collect(),
+            next: page.next.unwrap_or(0),
+            meta,
+        })
     }
 
     async fn list_events(
         &self,
-        req: GrpcRequest<v1::ListEventsRequest>,
-    ) -> Result<GrpcResponse<v1::ListEventsResponse>, Status> {
-        answer(
-            async {
-                let req = req.into_inner();
-                self.read_gate(req.read).await?;
-                let read = self.reader().list_events(req.from_position, req.limit)?;
-                Ok(v1::ListEventsResponse {
-                    events: read.value.items.iter().map(convert::wire_event).collect(),
-                    next: read.value.next.unwrap_or(0),
-                    meta: self.read_meta(read.applied_index),
-                })
-            }
-            .await,
-        )
+        req: v1::ListEventsRequest,
+    ) -> Result<v1::ListEventsResponse, ApiError> {
+        let (page, meta) = self
+            .serve_read(req.read, |reader| {
+                reader.list_events(req.from_position, req.limit)
+            })
+            .await?;
+        Ok(v1::ListEventsResponse {
+            events: page.items.iter().map(convert::wire_event).collect(),
+            next: page.next.unwrap_or(0),
+            meta,
+        })
     }
 }
 
-#[tonic::async_trait]
-impl ClusterService for Api {
-    async fn status(
-        &self,
-        _req: GrpcRequest<v1::StatusRequest>,
-    ) -> Result<GrpcResponse<v1::StatusResponse>, Status> {
+/// `ClusterService` handlers.
+impl Api {
+    async fn status(&self, _req: v1::StatusRequest) -> Result<v1::StatusResponse, ApiError> {
         let metrics = self.raft().metrics().borrow_watched().clone();
         let (leader_id, leader_addr) = self.leader();
-        answer(Ok(v1::StatusResponse {
+        Ok(v1::StatusResponse {
             cluster_id: self.inner.config.cluster_id.clone(),
-            node_id: self.inner.config.node_id,
+            node_id: self.node_id(),
             leader_id,
             leader_addr: leader_addr.unwrap_or_default(),
             term: metrics.current_term,
@@ -641,168 +598,112 @@ impl ClusterService for Api {
             last_log_index: metrics.last_log_index.unwrap_or(0),
             snapshot_index: metrics.snapshot.map_or(0, |l| l.index),
             purged_index: metrics.purged.map_or(0, |l| l.index),
-        }))
+        })
     }
 
     async fn add_learner(
         &self,
-        req: GrpcRequest<v1::AddLearnerRequest>,
-    ) -> Result<GrpcResponse<v1::MembershipResponse>, Status> {
-        let req = req.into_inner();
-        answer(
-            async {
-                if req.node_id == 0 || req.addr.is_empty() {
-                    return Err(ApiError::Membership(
-                        "a learner needs a positive node_id and an addr".into(),
-                    ));
-                }
-                let response = self
-                    .raft()
-                    .add_learner(req.node_id, Member::new(req.addr, req.region), true)
-                    .await
-                    .map_err(|e| match e.forward_to_leader() {
-                        Some(f) => self.not_leader(f.leader_id, f.leader_node.as_ref()),
-                        None => ApiError::Membership(e.to_string()),
-                    })?;
-                Ok(v1::MembershipResponse {
-                    members: self.members(),
-                    index: response.log_id.index,
-                })
-            }
-            .await,
-        )
+        req: v1::AddLearnerRequest,
+    ) -> Result<v1::MembershipResponse, ApiError> {
+        let (node_id, member) = convert::member(req.node_id, req.addr, req.region)?;
+        let response = self.raft().add_learner(node_id, member, true).await?;
+        Ok(v1::MembershipResponse {
+            members: self.members(),
+            index: response.log_id.index,
+        })
     }
 
-    async fn promote(
-        &self,
-        req: GrpcRequest<v1::PromoteRequest>,
-    ) -> Result<GrpcResponse<v1::MembershipResponse>, Status> {
-        let ids: BTreeSet<u64> = req.into_inner().node_ids.into_iter().collect();
-        answer(
-            self.membership_change(ChangeMembers::AddVoterIds(ids))
-                .await,
-        )
+    async fn promote(&self, req: v1::PromoteRequest) -> Result<v1::MembershipResponse, ApiError> {
+        let ids = convert::node_ids(req.node_ids)?;
+        self.membership_change(ChangeMembers::AddVoterIds(ids))
+            .await
     }
 
-    async fn remove(
-        &self,
-        req: GrpcRequest<v1::RemoveRequest>,
-    ) -> Result<GrpcResponse<v1::MembershipResponse>, Status> {
-        let ids: BTreeSet<u64> = req.into_inner().node_ids.into_iter().collect();
+    async fn remove(&self, req: v1::RemoveRequest) -> Result<v1::MembershipResponse, ApiError> {
+        let ids = convert::node_ids(req.node_ids)?;
         let voters: BTreeSet<u64> = self.raft().voter_ids().collect();
         let (remove_voters, remove_learners): (BTreeSet<u64>, BTreeSet<u64>) =
             ids.into_iter().partition(|id| voters.contains(id));
-        answer(
-            async {
-                let mut response = None;
-                if !remove_voters.is_empty() {
-                    response = Some(
-                        self.membership_change(ChangeMembers::RemoveVoters(remove_voters))
-                            .await?,
-                    );
-                }
-                if !remove_learners.is_empty() {
-                    response = Some(
-                        self.membership_change(ChangeMembers::RemoveNodes(remove_learners))
-                            .await?,
-                    );
-                }
-                response.ok_or_else(|| ApiError::Membership("no node ids given".into()))
-            }
-            .await,
-        )
+        let mut response = None;
+        if !remove_voters.is_empty() {
+            response = Some(
+                self.membership_change(ChangeMembers::RemoveVoters(remove_voters))
+                    .await?,
+            );
+        }
+        if !remove_learners.is_empty() {
+            response = Some(
+                self.membership_change(ChangeMembers::RemoveNodes(remove_learners))
+                    .await?,
+            );
+        }
+        // One of the two sets is non-empty: `node_ids` refused an empty list.
+        response.ok_or(ApiError::Member(convert::MemberInvalid::NodeIdsEmpty))
     }
 
     async fn trigger_snapshot(
         &self,
-        _req: GrpcRequest<v1::TriggerSnapshotRequest>,
-    ) -> Result<GrpcResponse<v1::TriggerSnapshotResponse>, Status> {
-        answer(
-            async {
-                let applied = self.reader().applied().index();
-                self.raft()
-                    .trigger()
-                    .snapshot()
-                    .await
-                    .map_err(|e| ApiError::Raft(e.to_string()))?;
-                let wait = self.inner.config.write_timeout;
-                let built = self
-                    .raft()
-                    .wait(Some(wait))
-                    .metrics(
-                        |m| m.snapshot.is_some_and(|s| s.index >= applied),
-                        "snapshot built",
-                    )
-                    .await
-                    .map_err(|_| ApiError::Timeout {
-                        what: "snapshot",
-                        timeout_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-                    })?;
-                Ok(v1::TriggerSnapshotResponse {
-                    snapshot_index: built.snapshot.map_or(0, |s| s.index),
-                })
-            }
-            .await,
-        )
+        _req: v1::TriggerSnapshotRequest,
+    ) -> Result<v1::TriggerSnapshotResponse, ApiError> {
+        let applied = self.reader().applied().index();
+        self.raft().trigger().snapshot().await?;
+        let wait = self.inner.config.write_timeout;
+        let built = self
+            .raft()
+            .wait(Some(wait))
+            .metrics(
+                |m| m.snapshot.is_some_and(|s| s.index >= applied),
+                "snapshot built",
+            )
+            .await
+            .map_err(|_| ApiError::Timeout {
+                what: "snapshot",
+                timeout_ms: millis(wait),
+            })?;
+        Ok(v1::TriggerSnapshotResponse {
+            snapshot_index: built.snapshot.map_or(0, |s| s.index),
+        })
     }
 
     async fn initialize(
         &self,
-        req: GrpcRequest<v1::InitializeRequest>,
-    ) -> Result<GrpcResponse<v1::InitializeResponse>, Status> {
-        let members: BTreeMap<u64, Member> = req
-            .into_inner()
+        req: v1::InitializeRequest,
+    ) -> Result<v1::InitializeResponse, ApiError> {
+        if req.members.is_empty() {
+            return Err(convert::MemberInvalid::MembersEmpty.into());
+        }
+        let members = req
             .members
             .into_iter()
-            .map(|m| (m.node_id, Member::new(m.addr, m.region)))
-            .collect();
-        answer(
-            async {
-                self.raft()
-                    .initialize(members)
-                    .await
-                    .map_err(|e| ApiError::Membership(e.to_string()))?;
-                Ok(v1::InitializeResponse {})
-            }
-            .await,
-        )
+            .map(|m| convert::member(m.node_id, m.addr, m.region))
+            .collect::<Result<BTreeMap<u64, Member>, _>>()?;
+        self.raft().initialize(members).await?;
+        Ok(v1::InitializeResponse {})
     }
 
     async fn read_index(
         &self,
-        _req: GrpcRequest<v1::ReadIndexRequest>,
-    ) -> Result<GrpcResponse<v1::ReadIndexResponse>, Status> {
-        answer(
-            async {
-                if !self.raft().is_leader() {
-                    let (id, addr) = self.leader();
-                    return Err(ApiError::NotLeader {
-                        leader_id: id,
-                        leader_addr: addr,
-                    });
-                }
-                Ok(v1::ReadIndexResponse {
-                    read_index: self.read_index().await?,
-                    leader_id: self.inner.config.node_id,
-                })
-            }
-            .await,
-        )
+        _req: v1::ReadIndexRequest,
+    ) -> Result<v1::ReadIndexResponse, ApiError> {
+        // Only the leader answers, so that a follower asking never asks another follower.
+        if !self.raft().is_leader() {
+            return Err(ApiError::NotLeader {
+                leader_id: None,
+                leader_addr: None,
+            });
+        }
+        Ok(v1::ReadIndexResponse {
+            read_index: self.confirmed_read_index().await?,
+            leader_id: self.node_id(),
+        })
     }
 
-    async fn digest(
-        &self,
-        _req: GrpcRequest<v1::DigestRequest>,
-    ) -> Result<GrpcResponse<v1::DigestResponse>, Status> {
-        answer(
-            self.reader()
-                .digest()
-                .map(|at| v1::DigestResponse {
-                    node_id: self.inner.config.node_id,
-                    applied_index: at.applied_index,
-                    sha256: at.value.to_vec(),
-                })
-                .map_err(|e| ApiError::Read(e.into())),
-        )
+    async fn digest(&self, _req: v1::DigestRequest) -> Result<v1::DigestResponse, ApiError> {
+        let at = self.reader().digest().map_err(ReadError::from)?;
+        Ok(v1::DigestResponse {
+            node_id: self.node_id(),
+            applied_index: at.applied_index,
+            sha256: at.value.to_vec(),
+        })
     }
 }

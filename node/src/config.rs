@@ -137,6 +137,15 @@ fn invalid(
 
 pub const CONFIG_FILE_BYTES_MAX: u64 = 1 << 20;
 
+// Bounds of a cluster member's record. They live with the node's configuration rather than in
+// `domain::limits` because a member is Raft membership, which the domain never sees; the API
+// checks them on `AddLearner` and `Initialize` (see `convert::member`) and `validate` checks this
+// node's own --advertise and --region, which bootstrap records as a member too.
+/// Most bytes of a member's gRPC address (`host:port`): a DNS name is at most 253 bytes.
+pub const MEMBER_ADDR_BYTES_MAX: usize = 256;
+/// Most bytes of a member's region label, e.g. `eu-west-1`.
+pub const REGION_BYTES_MAX: usize = 64;
+
 // Timing defaults, chosen with `chaos-tests failover` and the drills on a 2-core machine:
 // openraft's follower lease equals the election timeout's upper bound, so a first candidate is
 // refused and the second try wins: a failover takes about twice a sampled timeout (median
@@ -298,6 +307,20 @@ impl NodeConfig {
                 "cluster-id",
                 &self.cluster_id,
                 "must be 1 to 128 bytes",
+            ));
+        }
+        if self.advertise.is_empty() || self.advertise.len() > MEMBER_ADDR_BYTES_MAX {
+            return Err(invalid(
+                "advertise",
+                &self.advertise,
+                format!("must be 1 to {MEMBER_ADDR_BYTES_MAX} bytes"),
+            ));
+        }
+        if self.region.len() > REGION_BYTES_MAX {
+            return Err(invalid(
+                "region",
+                &self.region,
+                format!("is over the bound of {REGION_BYTES_MAX} bytes"),
             ));
         }
         if self.heartbeat.is_zero() {

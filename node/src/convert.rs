@@ -2,9 +2,10 @@
 //!
 //! Requests become domain commands here, with every wire-only failure (an unparsable call id,
 //! an unspecified enum) reported as the same `Invalid {field, problem}` the domain uses, so the
-//! client sees one kind of INVALID_ARGUMENT whichever layer found it.
+//! client sees one kind of INVALID_ARGUMENT whichever layer found it. Cluster members given to
+//! `AddLearner` and `Initialize` are checked here too, against the bounds in [`crate::config`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use domain::limits::{Field, Invalid, Problem};
 use domain::{
@@ -12,6 +13,9 @@ use domain::{
     Payload, Turn, Urgency,
 };
 use proto::v1;
+use raft_store::Member;
+
+use crate::config::{MEMBER_ADDR_BYTES_MAX, REGION_BYTES_MAX};
 
 pub fn call_id(text: &str) -> Result<CallId, Invalid> {
     if text.is_empty() {
@@ -161,6 +165,77 @@ pub fn end_call(req: v1::EndCallRequest) -> Result<WriteRequest, Invalid> {
     })
 }
 
+/// A cluster member given to `AddLearner` or `Initialize` that cannot be one. Not a domain
+/// [`Invalid`]: members are Raft membership, which the domain never sees. Messages name the field
+/// and the bound it breaks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MemberInvalid {
+    #[error("node_id must be a positive integer")]
+    NodeIdZero,
+    #[error("node_ids must not be empty")]
+    NodeIdsEmpty,
+    #[error("members must not be empty")]
+    MembersEmpty,
+    #[error("addr must not be empty")]
+    AddrEmpty,
+    #[error("addr is {bytes} bytes, over the bound of {bytes_max} bytes")]
+    AddrBytesOver { bytes: usize, bytes_max: usize },
+    #[error("addr {addr:?} is not host:port (a non-empty host and a port in 1..=65535)")]
+    AddrNotHostPort { addr: String },
+    #[error("region is {bytes} bytes, over the bound of {bytes_max} bytes")]
+    RegionBytesOver { bytes: usize, bytes_max: usize },
+}
+
+/// True for `host:port` with a non-empty host and a port in 1..=65535 that is also a plain URI
+/// authority (no spaces, path or user info): peers and clients dial `http://{addr}`.
+fn is_host_port(addr: &str) -> bool {
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return false;
+    };
+    let port_ok = !port.is_empty()
+        && port.bytes().all(|b| b.is_ascii_digit())
+        && matches!(port.parse::<u16>(), Ok(1..));
+    !host.is_empty()
+        && port_ok
+        && !addr.contains('@')
+        && addr.parse::<http::uri::Authority>().is_ok()
+}
+
+/// A cluster member as Raft records it, checked first: nothing is proposed for a member that
+/// breaks a bound.
+pub fn member(node_id: u64, addr: String, region: String) -> Result<(u64, Member), MemberInvalid> {
+    if node_id == 0 {
+        return Err(MemberInvalid::NodeIdZero);
+    }
+    if addr.is_empty() {
+        return Err(MemberInvalid::AddrEmpty);
+    }
+    if addr.len() > MEMBER_ADDR_BYTES_MAX {
+        return Err(MemberInvalid::AddrBytesOver {
+            bytes: addr.len(),
+            bytes_max: MEMBER_ADDR_BYTES_MAX,
+        });
+    }
+    if !is_host_port(&addr) {
+        return Err(MemberInvalid::AddrNotHostPort { addr });
+    }
+    if region.len() > REGION_BYTES_MAX {
+        return Err(MemberInvalid::RegionBytesOver {
+            bytes: region.len(),
+            bytes_max: REGION_BYTES_MAX,
+        });
+    }
+    Ok((node_id, Member::new(addr, region)))
+}
+
+/// The node ids of a `Promote` or `Remove`, at least one.
+pub fn node_ids(ids: Vec<u64>) -> Result<BTreeSet<u64>, MemberInvalid> {
+    if ids.is_empty() {
+        return Err(MemberInvalid::NodeIdsEmpty);
+    }
+    Ok(ids.into_iter().collect())
+}
+
 pub fn wire_state(state: CallState) -> v1::CallState {
     match state {
         CallState::Created => v1::CallState::Created,
@@ -275,6 +350,71 @@ mod tests {
         let err = call_id("not-a-uuid").expect_err("malformed");
         assert_eq!(err.field, Field::CallId);
         assert_eq!(call_id("").expect_err("empty").problem, Problem::Empty);
+    }
+
+    #[test]
+    fn a_member_within_bounds_is_accepted() {
+        for addr in [
+            "127.0.0.1:7101",
+            "node-4:1",
+            "[::1]:65535",
+            "switchboard-3.svc:7101",
+        ] {
+            let (id, member) =
+                member(4, addr.to_owned(), "eu-west-1".to_owned()).expect("valid member");
+            assert_eq!((id, member.addr.as_str()), (4, addr));
+        }
+        let region = "r".repeat(REGION_BYTES_MAX);
+        assert!(member(4, "a:1".to_owned(), region).is_ok());
+    }
+
+    #[test]
+    fn a_member_breaking_a_bound_is_refused_naming_the_field_and_the_bound() {
+        let refused = |node_id: u64, addr: &str, region: &str| {
+            member(node_id, addr.to_owned(), region.to_owned()).expect_err("refused")
+        };
+        assert_eq!(refused(0, "a:1", ""), MemberInvalid::NodeIdZero);
+        assert_eq!(refused(4, "", ""), MemberInvalid::AddrEmpty);
+        for addr in [
+            "node-4",
+            ":7101",
+            "node-4:",
+            "node-4:0",
+            "node-4:65536",
+            "node-4:+80",
+            "node 4:7101",
+            "user@node-4:7101",
+            "node-4:7101/x",
+            "::1:7101",
+        ] {
+            assert_eq!(
+                refused(4, addr, ""),
+                MemberInvalid::AddrNotHostPort {
+                    addr: addr.to_owned()
+                },
+                "{addr}"
+            );
+        }
+        let long = format!("{}:7101", "h".repeat(MEMBER_ADDR_BYTES_MAX));
+        let error = refused(4, &long, "");
+        assert_eq!(
+            error,
+            MemberInvalid::AddrBytesOver {
+                bytes: long.len(),
+                bytes_max: MEMBER_ADDR_BYTES_MAX
+            }
+        );
+        let message = error.to_string();
+        assert!(message.starts_with("addr "), "{message}");
+        assert!(
+            message.contains(&MEMBER_ADDR_BYTES_MAX.to_string()),
+            "{message}"
+        );
+        let error = refused(4, "a:1", &"r".repeat(REGION_BYTES_MAX + 1));
+        let message = error.to_string();
+        assert!(message.starts_with("region "), "{message}");
+        assert!(message.contains(&REGION_BYTES_MAX.to_string()), "{message}");
+        assert_eq!(node_ids(vec![]), Err(MemberInvalid::NodeIdsEmpty));
     }
 
     #[test]

@@ -240,29 +240,6 @@ async fn bootstrap(raft: &Raft, config: &NodeConfig, claim: Claim) -> anyhow::Re
     Ok(())
 }
 
-/// The gRPC methods this node serves: only these get a latency series (bounded labels).
-const METHODS: &[&str] = &[
-    "/switchboard.v1.CallService/CreateCall",
-    "/switchboard.v1.CallService/StartCall",
-    "/switchboard.v1.CallService/AppendTurn",
-    "/switchboard.v1.CallService/LogEvent",
-    "/switchboard.v1.CallService/UpdateContext",
-    "/switchboard.v1.CallService/RequestHandoff",
-    "/switchboard.v1.CallService/EndCall",
-    "/switchboard.v1.CallService/GetCall",
-    "/switchboard.v1.CallService/GetContext",
-    "/switchboard.v1.CallService/ListTurns",
-    "/switchboard.v1.CallService/ListCalls",
-    "/switchboard.v1.EventService/ListCallEvents",
-    "/switchboard.v1.EventService/ListEvents",
-    "/switchboard.v1.ClusterService/Status",
-    "/switchboard.v1.ClusterService/ReadIndex",
-    "/switchboard.raft.v1.RaftService/AppendEntries",
-    "/switchboard.raft.v1.RaftService/Vote",
-    "/switchboard.raft.v1.RaftService/PreVote",
-    "/switchboard.raft.v1.RaftService/InstallSnapshot",
-];
-
 /// Records the latency of every known gRPC method.
 #[derive(Debug, Clone)]
 struct Timed<S> {
@@ -284,9 +261,13 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let method = METHODS
+        // Only the methods of the RPC tables get a latency series: labels stay bounded whatever
+        // paths clients send.
+        let path = request.uri().path();
+        let method = proto::RPC_PATHS
             .iter()
-            .find(|m| **m == request.uri().path())
+            .chain(proto::RAFT_RPC_PATHS)
+            .find(|m| **m == path)
             .copied();
         let started = Instant::now();
         let response = self.inner.call(request);

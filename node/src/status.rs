@@ -3,16 +3,28 @@
 
 use domain::Rejection;
 use domain::limits::Invalid;
-use raft_store::ReadError;
+use openraft::error::{
+    ChangeMembershipError, ClientWriteError, Fatal, ForwardToLeader, InitializeError,
+    LinearizableReadError, PreconditionFailed, QuorumNotEnough, RaftError,
+};
+use openraft::type_config::alias::CommittedLeaderIdOf;
+use raft_store::{NodeId, ReadError, TypeConfig};
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
 pub use client::{LEADER_ADDR_HEADER, LEADER_ID_HEADER, REJECTION_HEADER};
 
+use crate::convert::MemberInvalid;
+
+/// A membership change openraft refused.
+pub type MembershipError = ChangeMembershipError<CommittedLeaderIdOf<TypeConfig>, NodeId>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("invalid argument: {0}")]
     Invalid(#[from] Invalid),
+    #[error("invalid argument: {0}")]
+    Member(#[from] MemberInvalid),
     #[error("{0}")]
     Rejected(Rejection),
     #[error("{}", not_leader_message(.leader_id, .leader_addr))]
@@ -36,11 +48,78 @@ pub enum ApiError {
     #[error("{0}")]
     Read(#[from] ReadError),
     #[error("cluster change refused: {0}")]
-    Membership(String),
-    #[error("raft failure: {0}")]
-    Raft(String),
+    Membership(MembershipError),
+    #[error("cluster initialization refused: {0}")]
+    Initialize(InitializeError<TypeConfig>),
+    #[error("leadership not confirmed: {0}")]
+    NoQuorum(QuorumNotEnough<TypeConfig>),
+    #[error("proposal refused: {0}")]
+    Precondition(PreconditionFailed<TypeConfig>),
+    #[error("raft stopped: {0}")]
+    Fatal(#[from] Fatal<TypeConfig>),
+    #[error("log entry {index} applied without an outcome")]
+    NoOutcome { index: u64 },
+    #[error("leader address {addr:?} is not a usable endpoint")]
+    LeaderAddr {
+        addr: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
     #[error("node is shutting down")]
     ShuttingDown,
+}
+
+/// The one conversion of openraft's API errors: a fatal error stops Raft, every other error is
+/// the API's own and converts by its type (below).
+impl<E> From<RaftError<TypeConfig, E>> for ApiError
+where
+    E: Into<ApiError> + std::fmt::Debug,
+{
+    fn from(error: RaftError<TypeConfig, E>) -> Self {
+        match error {
+            RaftError::APIError(e) => e.into(),
+            RaftError::Fatal(fatal) => ApiError::Fatal(fatal),
+        }
+    }
+}
+
+/// Who openraft says leads; the API adds what this node knows before answering
+/// (`Api::with_known_leader`).
+impl From<ForwardToLeader<TypeConfig>> for ApiError {
+    fn from(forward: ForwardToLeader<TypeConfig>) -> Self {
+        ApiError::NotLeader {
+            leader_id: forward.leader_id,
+            leader_addr: forward.leader_node.map(|member| member.addr),
+        }
+    }
+}
+
+impl From<ClientWriteError<TypeConfig>> for ApiError {
+    fn from(error: ClientWriteError<TypeConfig>) -> Self {
+        match error {
+            // A discarded entry may still commit through the new leader: the client retries
+            // there with the same request_id, which answers with the original outcome.
+            ClientWriteError::ForwardToLeader(forward)
+            | ClientWriteError::LogEntryDiscarded(forward) => forward.into(),
+            ClientWriteError::ChangeMembershipError(e) => ApiError::Membership(e),
+            ClientWriteError::PreconditionFailed(e) => ApiError::Precondition(e),
+        }
+    }
+}
+
+impl From<LinearizableReadError<TypeConfig>> for ApiError {
+    fn from(error: LinearizableReadError<TypeConfig>) -> Self {
+        match error {
+            LinearizableReadError::ForwardToLeader(forward) => forward.into(),
+            LinearizableReadError::QuorumNotEnough(e) => ApiError::NoQuorum(e),
+        }
+    }
+}
+
+impl From<InitializeError<TypeConfig>> for ApiError {
+    fn from(error: InitializeError<TypeConfig>) -> Self {
+        ApiError::Initialize(error)
+    }
 }
 
 fn not_leader_message(leader_id: &Option<u64>, leader_addr: &Option<String>) -> String {
@@ -69,11 +148,17 @@ fn rejection_code(rejection: &Rejection) -> Code {
     }
 }
 
+/// An internal failure: logged here, where it is handled, and answered as INTERNAL.
+fn internal(message: String) -> Status {
+    tracing::error!(error = %message, "internal failure while serving a request");
+    Status::internal(message)
+}
+
 impl From<ApiError> for Status {
     fn from(error: ApiError) -> Self {
         let message = error.to_string();
         match error {
-            ApiError::Invalid(_) => Status::invalid_argument(message),
+            ApiError::Invalid(_) | ApiError::Member(_) => Status::invalid_argument(message),
             ApiError::Rejected(rejection) => {
                 let mut status = Status::new(rejection_code(&rejection), message);
                 status.metadata_mut().insert(
@@ -99,19 +184,24 @@ impl From<ApiError> for Status {
                 status
             }
             ApiError::Timeout { .. } => Status::deadline_exceeded(message),
-            ApiError::NotCaughtUp { .. } => Status::unavailable(message),
+            // Both pass: a lagging node catches up, a leader that lost its quorum steps down or
+            // gets it back; the client retries (elsewhere).
+            ApiError::NotCaughtUp { .. } | ApiError::NoQuorum(_) => Status::unavailable(message),
             ApiError::Read(ReadError::UnknownCall { .. }) => Status::not_found(message),
             ApiError::Read(ReadError::Invalid(_)) => Status::invalid_argument(message),
-            ApiError::Read(ReadError::Storage(e)) => {
-                tracing::error!(error = %e, "storage failure while serving a read");
-                Status::internal(message)
+            ApiError::Initialize(InitializeError::NotInMembers(_)) => {
+                Status::invalid_argument(message)
             }
-            ApiError::Membership(_) => Status::failed_precondition(message),
-            ApiError::Raft(_) => {
-                tracing::error!(error = %message, "raft failure while serving a request");
-                Status::internal(message)
+            ApiError::Membership(_)
+            | ApiError::Initialize(InitializeError::NotAllowed(_))
+            | ApiError::Precondition(_) => Status::failed_precondition(message),
+            ApiError::ShuttingDown | ApiError::Fatal(Fatal::Stopped) => {
+                Status::unavailable(message)
             }
-            ApiError::ShuttingDown => Status::unavailable(message),
+            ApiError::Read(ReadError::Storage(_))
+            | ApiError::Fatal(_)
+            | ApiError::NoOutcome { .. }
+            | ApiError::LeaderAddr { .. } => internal(message),
         }
     }
 }
@@ -168,6 +258,56 @@ mod tests {
                 .get(LEADER_ADDR_HEADER)
                 .and_then(|v| v.to_str().ok()),
             Some("127.0.0.1:7102")
+        );
+    }
+
+    #[test]
+    fn a_redirect_from_openraft_names_the_leader_it_knows() {
+        let forward =
+            ForwardToLeader::<TypeConfig>::new(3, raft_store::Member::new("10.0.0.3:7101", ""));
+        let error = ApiError::from(
+            RaftError::<TypeConfig, ClientWriteError<TypeConfig>>::APIError(
+                ClientWriteError::ForwardToLeader(forward),
+            ),
+        );
+        assert!(
+            matches!(&error, ApiError::NotLeader { leader_id: Some(3), leader_addr: Some(addr) } if addr == "10.0.0.3:7101"),
+            "{error:?}"
+        );
+        assert_eq!(Status::from(error).code(), Code::Unavailable);
+    }
+
+    #[test]
+    fn a_bad_member_is_invalid_argument_naming_the_field() {
+        let status = Status::from(ApiError::Member(MemberInvalid::RegionBytesOver {
+            bytes: 65,
+            bytes_max: 64,
+        }));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains("region"), "{}", status.message());
+        assert!(status.message().contains("64"), "{}", status.message());
+    }
+
+    #[test]
+    fn raft_failures_are_internal_but_a_stopped_raft_is_unavailable() {
+        let panicked =
+            RaftError::<TypeConfig, LinearizableReadError<TypeConfig>>::Fatal(Fatal::Panicked);
+        assert_eq!(
+            Status::from(ApiError::from(panicked)).code(),
+            Code::Internal
+        );
+        let stopped = RaftError::<TypeConfig, InitializeError<TypeConfig>>::Fatal(Fatal::Stopped);
+        assert_eq!(
+            Status::from(ApiError::from(stopped)).code(),
+            Code::Unavailable
+        );
+        let no_quorum = LinearizableReadError::QuorumNotEnough(QuorumNotEnough::<TypeConfig> {
+            cluster: "{1, 2, 3}".into(),
+            got: [1].into(),
+        });
+        assert_eq!(
+            Status::from(ApiError::from(no_quorum)).code(),
+            Code::Unavailable
         );
     }
 

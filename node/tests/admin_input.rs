@@ -1,0 +1,91 @@
+//! Cluster administration input over gRPC: a member that cannot be one is refused with
+//! INVALID_ARGUMENT naming the field and its bound, and nothing is proposed for it.
+
+use std::time::Duration;
+
+use harness::ProcessCluster;
+use node::config::{MEMBER_ADDR_BYTES_MAX, REGION_BYTES_MAX};
+use proto::v1::{self, cluster_service_client::ClusterServiceClient};
+use tonic::Code;
+
+const LEADER_WAIT: Duration = Duration::from_secs(30);
+
+fn binary() -> &'static std::path::Path {
+    std::path::Path::new(env!("CARGO_BIN_EXE_switchboard"))
+}
+
+fn learner(node_id: u64, addr: &str, region: &str) -> v1::AddLearnerRequest {
+    v1::AddLearnerRequest {
+        node_id,
+        addr: addr.to_owned(),
+        region: region.to_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_learner_is_invalid_argument_naming_the_field_and_nothing_is_proposed() {
+    let mut cluster = ProcessCluster::start(binary(), 1, &[]).expect("start cluster");
+    let leader = cluster.wait_for_leader(LEADER_WAIT).await.expect("leader");
+    let before = cluster.status(leader).await.expect("status");
+    let mut client = ClusterServiceClient::connect(format!("http://{}", cluster.grpc(leader)))
+        .await
+        .expect("connect to the leader");
+
+    let long_addr = format!("{}:7101", "h".repeat(MEMBER_ADDR_BYTES_MAX));
+    let long_region = "r".repeat(REGION_BYTES_MAX + 1);
+    let cases = [
+        (learner(0, "127.0.0.1:7104", ""), "node_id", None),
+        (learner(4, "", ""), "addr", None),
+        (
+            learner(4, "127.0.0.1", ""),
+            "addr",
+            Some("65535".to_owned()),
+        ),
+        (
+            learner(4, "127.0.0.1:0", ""),
+            "addr",
+            Some("65535".to_owned()),
+        ),
+        (learner(4, ":7104", ""), "addr", Some("host".to_owned())),
+        (
+            learner(4, &long_addr, ""),
+            "addr",
+            Some(MEMBER_ADDR_BYTES_MAX.to_string()),
+        ),
+        (
+            learner(4, "127.0.0.1:7104", &long_region),
+            "region",
+            Some(REGION_BYTES_MAX.to_string()),
+        ),
+    ];
+    for (request, field, bound) in cases {
+        let status = client
+            .add_learner(request.clone())
+            .await
+            .expect_err("a bad learner is refused");
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "{request:?}: {status:?}"
+        );
+        assert!(
+            status.message().contains(field),
+            "{request:?}: {}",
+            status.message()
+        );
+        if let Some(bound) = bound {
+            assert!(
+                status.message().contains(&bound),
+                "{request:?}: {}",
+                status.message()
+            );
+        }
+    }
+
+    let after = cluster.status(leader).await.expect("status");
+    assert_eq!(after.members, before.members, "no member was added");
+    assert_eq!(
+        after.last_log_index, before.last_log_index,
+        "nothing was proposed"
+    );
+}
