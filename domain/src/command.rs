@@ -399,37 +399,6 @@ pub enum Rejection {
     MissingStamp,
 }
 
-impl Rejection {
-    /// Every variant's name, as [`Rejection::name`] gives it (clients match on these).
-    pub const NAMES: [&'static str; 9] = [
-        "UnknownCall",
-        "CallExists",
-        "IllegalTransition",
-        "AlreadyHandedOff",
-        "CallEnded",
-        "CallLimitReached",
-        "Invalid",
-        "RequestIdReused",
-        "MissingStamp",
-    ];
-
-    /// The variant's name, e.g. `AlreadyHandedOff`; sent to clients as metadata.
-    pub fn name(&self) -> &'static str {
-        let index = match self {
-            Rejection::UnknownCall { .. } => 0,
-            Rejection::CallExists { .. } => 1,
-            Rejection::IllegalTransition { .. } => 2,
-            Rejection::AlreadyHandedOff { .. } => 3,
-            Rejection::CallEnded { .. } => 4,
-            Rejection::CallLimitReached { .. } => 5,
-            Rejection::Invalid(_) => 6,
-            Rejection::RequestIdReused { .. } => 7,
-            Rejection::MissingStamp => 8,
-        };
-        Self::NAMES[index]
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CallLimit {
     Turns,
@@ -444,45 +413,5 @@ impl std::fmt::Display for CallLimit {
             CallLimit::Events => "events per call",
             CallLimit::Entities => "entities per call",
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::limits::{Field, Invalid, Problem};
-
-    #[test]
-    fn every_rejection_has_a_distinct_listed_name() {
-        let id = CallId::from_u128(1);
-        let all = [
-            Rejection::UnknownCall { call_id: id },
-            Rejection::CallExists { call_id: id },
-            Rejection::IllegalTransition {
-                call_id: id,
-                from: CallState::Created,
-                command: CommandKind::EndCall,
-            },
-            Rejection::AlreadyHandedOff {
-                call_id: id,
-                at_position: 1,
-            },
-            Rejection::CallEnded {
-                call_id: id,
-                command: CommandKind::EndCall,
-            },
-            Rejection::CallLimitReached {
-                call_id: id,
-                limit: CallLimit::Turns,
-                max: 1,
-            },
-            Rejection::Invalid(Invalid::new(Field::Text, Problem::Empty)),
-            Rejection::RequestIdReused {
-                request_id: "r".into(),
-            },
-            Rejection::MissingStamp,
-        ];
-        let names: Vec<&str> = all.iter().map(Rejection::name).collect();
-        assert_eq!(names, Rejection::NAMES);
     }
 }

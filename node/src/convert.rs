@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use domain::limits::{Field, Invalid, Problem};
 use domain::{
     Call, CallId, CallState, Channel, Command, ContextSnapshot, Event, Handoff, Labels, Lifecycle,
-    Payload, Turn, Urgency,
+    Payload, Rejection, Turn, Urgency,
 };
 use proto::v1;
 use raft_store::Member;
@@ -236,6 +236,22 @@ pub fn node_ids(ids: Vec<u64>) -> Result<BTreeSet<u64>, MemberInvalid> {
     Ok(ids.into_iter().collect())
 }
 
+/// The wire kind of a rejection: the `x-switchboard-rejection` metadata names it. One exhaustive
+/// match, so a new rejection cannot reach clients without a kind in the proto contract.
+pub fn wire_rejection(rejection: &Rejection) -> v1::RejectionKind {
+    match rejection {
+        Rejection::UnknownCall { .. } => v1::RejectionKind::UnknownCall,
+        Rejection::CallExists { .. } => v1::RejectionKind::CallExists,
+        Rejection::IllegalTransition { .. } => v1::RejectionKind::IllegalTransition,
+        Rejection::AlreadyHandedOff { .. } => v1::RejectionKind::AlreadyHandedOff,
+        Rejection::CallEnded { .. } => v1::RejectionKind::CallEnded,
+        Rejection::CallLimitReached { .. } => v1::RejectionKind::CallLimitReached,
+        Rejection::Invalid(_) => v1::RejectionKind::Invalid,
+        Rejection::RequestIdReused { .. } => v1::RejectionKind::RequestIdReused,
+        Rejection::MissingStamp => v1::RejectionKind::MissingStamp,
+    }
+}
+
 pub fn wire_state(state: CallState) -> v1::CallState {
     match state {
         CallState::Created => v1::CallState::Created,
@@ -343,7 +359,43 @@ pub fn wire_event(event: &Event) -> v1::Event {
 
 #[cfg(test)]
 mod tests {
+    use domain::{CallLimit, CommandKind};
+
     use super::*;
+
+    #[test]
+    fn every_rejection_has_its_own_kind_and_every_kind_a_rejection() {
+        let id = CallId::from_u128(1);
+        let all = [
+            Rejection::UnknownCall { call_id: id },
+            Rejection::CallExists { call_id: id },
+            Rejection::IllegalTransition {
+                call_id: id,
+                from: CallState::Created,
+                command: CommandKind::EndCall,
+            },
+            Rejection::AlreadyHandedOff {
+                call_id: id,
+                at_position: 1,
+            },
+            Rejection::CallEnded {
+                call_id: id,
+                command: CommandKind::EndCall,
+            },
+            Rejection::CallLimitReached {
+                call_id: id,
+                limit: CallLimit::Turns,
+                max: 1,
+            },
+            Rejection::Invalid(Invalid::new(Field::Text, Problem::Empty)),
+            Rejection::RequestIdReused {
+                request_id: "r".into(),
+            },
+            Rejection::MissingStamp,
+        ];
+        let kinds: Vec<v1::RejectionKind> = all.iter().map(wire_rejection).collect();
+        assert_eq!(kinds, v1::RejectionKind::ALL);
+    }
 
     #[test]
     fn a_malformed_call_id_names_the_field() {

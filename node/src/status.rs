@@ -163,7 +163,9 @@ impl From<ApiError> for Status {
                 let mut status = Status::new(rejection_code(&rejection), message);
                 status.metadata_mut().insert(
                     REJECTION_HEADER,
-                    MetadataValue::from_static(rejection.name()),
+                    MetadataValue::from_static(
+                        crate::convert::wire_rejection(&rejection).wire_name(),
+                    ),
                 );
                 status
             }

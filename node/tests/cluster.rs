@@ -85,7 +85,19 @@ async fn every_node_returns_the_same_call_at_a_given_index() {
         .await
         .expect("create")
         .into_inner();
-    let call_id = created.call.expect("call").call_id;
+    let created = created.call.expect("call");
+    // No trace id was given: the leader minted one, in W3C trace-id form.
+    assert_eq!(created.trace_id.len(), 32, "{}", created.trace_id);
+    assert!(
+        created
+            .trace_id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+        "{}",
+        created.trace_id
+    );
+    assert_ne!(created.trace_id, "0".repeat(32));
+    let call_id = created.call_id;
     let started = client
         .start_call(v1::StartCallRequest {
             tenant_id: TENANT.into(),
