@@ -200,8 +200,20 @@ mod tests {
         let bytes = Proposal(request()).to_bytes();
         assert_eq!(
             hex(&bytes),
-            "0104616d63650372".to_owned()
-                + "2d3100037765620101016b01760080e0b3b8e6320101000000000000000000000000000000000700"
+            concat!(
+                "01", // entry format 1
+                "0461636d65",
+                "03722d31", // tenant "acme", request id "r-1"
+                "00",
+                "03776562",
+                "01",
+                "01016b0176",
+                "00",           // CreateCall: source, Chat, metadata, no trace
+                "80b883a1f732", // stamp: at_ms (varint)
+                "01",
+                "1000000000000000000000000000000007", // minted call id (16 bytes)
+                "00",                                 // no minted trace id
+            )
         );
         assert_eq!(Proposal::from_bytes(&bytes).ok(), Some(Proposal(request())));
     }
