@@ -121,6 +121,20 @@ pub struct ClientOpts {
     pub output: OutputFormat,
 }
 
+/// The proto enum value a CLI word names: `handed-off` is `CALL_STATE_HANDED_OFF`. The CLI's
+/// value enums carry help text, so they are written out; they convert by name, and a test holds
+/// each against its proto enum, so they cannot drift from the contract.
+fn proto_value<A: ValueEnum, E>(arg: A, prefix: &str, from_name: fn(&str) -> Option<E>) -> E {
+    let word = arg
+        .to_possible_value()
+        .expect("the CLI value enums skip no variant");
+    let name = format!(
+        "{prefix}{}",
+        word.get_name().to_ascii_uppercase().replace('-', "_")
+    );
+    from_name(&name).expect("every CLI word names a proto value (cli_words_are_the_proto_enums)")
+}
+
 /// `--consistency` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ConsistencyArg {
@@ -527,10 +541,7 @@ fn connect(opts: &ClientOpts) -> Result<Client, CliError> {
 }
 
 fn read_options(opts: &ClientOpts) -> Option<ReadOptions> {
-    let consistency = match opts.consistency {
-        ConsistencyArg::Linearizable => Consistency::Linearizable,
-        ConsistencyArg::Local => Consistency::Local,
-    };
+    let consistency = proto_value(opts.consistency, "CONSISTENCY_", Consistency::from_str_name);
     Some(ReadOptions {
         consistency: consistency.into(),
         min_index: opts.min_index,
@@ -590,10 +601,7 @@ async fn call(opts: &ClientOpts, command: CallCommand) -> Result<(), CliError> {
             meta,
             trace_id,
         } => {
-            let channel = match channel {
-                ChannelArg::Voice => Channel::Voice,
-                ChannelArg::Chat => Channel::Chat,
-            };
+            let channel = proto_value(channel, "CHANNEL_", Channel::from_str_name);
             let response = client
                 .create_call(CreateCallRequest {
                     tenant_id,
@@ -727,12 +735,7 @@ async fn call(opts: &ClientOpts, command: CallCommand) -> Result<(), CliError> {
             urgency,
             target,
         } => {
-            let urgency = match urgency {
-                UrgencyArg::Low => Urgency::Low,
-                UrgencyArg::Normal => Urgency::Normal,
-                UrgencyArg::High => Urgency::High,
-                UrgencyArg::Critical => Urgency::Critical,
-            };
+            let urgency = proto_value(urgency, "URGENCY_", Urgency::from_str_name);
             let response = client
                 .request_handoff(RequestHandoffRequest {
                     tenant_id,
@@ -766,13 +769,9 @@ async fn call(opts: &ClientOpts, command: CallCommand) -> Result<(), CliError> {
             page_token,
             page_size,
         } => {
-            let state = match state {
-                None => CallState::Unspecified,
-                Some(StateArg::Created) => CallState::Created,
-                Some(StateArg::Active) => CallState::Active,
-                Some(StateArg::HandedOff) => CallState::HandedOff,
-                Some(StateArg::Ended) => CallState::Ended,
-            };
+            let state = state.map_or(CallState::Unspecified, |state| {
+                proto_value(state, "CALL_STATE_", CallState::from_str_name)
+            });
             let response = client
                 .list_calls(ListCallsRequest {
                     tenant_id,
@@ -1180,6 +1179,52 @@ mod tests {
     use clap::{CommandFactory as _, Parser};
 
     use super::*;
+
+    /// The words a CLI value enum accepts, and the proto enum's value names as CLI words.
+    fn words_of<A: ValueEnum>() -> Vec<String> {
+        A::value_variants()
+            .iter()
+            .filter_map(|v| v.to_possible_value())
+            .map(|v| v.get_name().to_owned())
+            .collect()
+    }
+
+    fn proto_words<E: TryFrom<i32>>(prefix: &str, name: fn(&E) -> &'static str) -> Vec<String> {
+        (0..)
+            .map_while(|n| E::try_from(n).ok())
+            .map(|value| name(&value))
+            .filter(|name| !name.ends_with("_UNSPECIFIED"))
+            .map(|name| {
+                name.trim_start_matches(prefix)
+                    .to_ascii_lowercase()
+                    .replace('_', "-")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn cli_words_are_the_proto_enums() {
+        assert_eq!(
+            words_of::<ChannelArg>(),
+            proto_words("CHANNEL_", Channel::as_str_name)
+        );
+        assert_eq!(
+            words_of::<UrgencyArg>(),
+            proto_words("URGENCY_", Urgency::as_str_name)
+        );
+        assert_eq!(
+            words_of::<StateArg>(),
+            proto_words("CALL_STATE_", CallState::as_str_name)
+        );
+        assert_eq!(
+            words_of::<ConsistencyArg>(),
+            proto_words("CONSISTENCY_", Consistency::as_str_name)
+        );
+        assert_eq!(
+            proto_value(StateArg::HandedOff, "CALL_STATE_", CallState::from_str_name),
+            CallState::HandedOff
+        );
+    }
 
     /// Stand-in for the binary's top-level parser.
     #[derive(Debug, Parser)]
