@@ -45,6 +45,10 @@ pub const IDEMPOTENCY_PRUNE_PER_ENTRY_MAX: usize = 16;
 pub const PAGE_SIZE_MAX: u32 = 1000;
 /// Page size when a request leaves it at zero.
 pub const PAGE_SIZE_DEFAULT: u32 = 100;
+/// Stored bytes of the items one page may carry; a page holds what fits (always at least one
+/// item) and says where the next starts. Keeps every response far below gRPC's 4 MiB default
+/// message bound whatever the items' sizes: 100 events of 64 KiB are 7 pages, not one error.
+pub const PAGE_BYTES_MAX: usize = 1024 * 1024;
 /// Most recent turns a context read may ask for.
 pub const CONTEXT_TURNS_MAX: u32 = 100;
 

@@ -72,6 +72,35 @@ pub struct Reader {
 /// A raw key-value pair read from RocksDB.
 type Row = (Box<[u8]>, Box<[u8]>);
 
+/// What a page may still take: a count and [`limits::PAGE_BYTES_MAX`] stored bytes. The first
+/// item is always taken, so a page is never empty while items remain.
+struct PageBudget {
+    items_left: usize,
+    bytes_left: usize,
+    taken: usize,
+}
+
+impl PageBudget {
+    fn new(limit: u32) -> Self {
+        Self {
+            items_left: limit as usize,
+            bytes_left: limits::PAGE_BYTES_MAX,
+            taken: 0,
+        }
+    }
+
+    /// Takes an item of `bytes` stored bytes if it fits; `false` ends the page.
+    fn take(&mut self, bytes: usize) -> bool {
+        if self.items_left == 0 || (self.taken > 0 && bytes > self.bytes_left) {
+            return false;
+        }
+        self.items_left -= 1;
+        self.bytes_left = self.bytes_left.saturating_sub(bytes);
+        self.taken += 1;
+        true
+    }
+}
+
 struct View<'a> {
     db: &'a DB,
     snap: SnapshotWithThreadMode<'a, DB>,
@@ -94,6 +123,12 @@ impl View<'_> {
             .map_err(Error::rocks("read state machine"))?
             .map(|bytes| decode(what, key, &bytes))
             .transpose()
+    }
+
+    fn get_raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        self.snap
+            .get_cf(self.cf(), key)
+            .map_err(Error::rocks("read state machine"))
     }
 
     fn applied_index(&self) -> Result<u64, Error> {
@@ -217,8 +252,10 @@ impl Reader {
             &keys::turn(call_id, call.turn_count + 1),
             limit as usize,
         )?;
+        let mut budget = PageBudget::new(limit);
         let items = rows
             .iter()
+            .take_while(|(k, v)| budget.take(k.len() + v.len()))
             .map(|(k, v)| decode("turn", k, v))
             .collect::<Result<Vec<Turn>, _>>()?;
         let next = items
@@ -245,19 +282,21 @@ impl Reader {
             limit as usize,
         )?;
         let mut items = Vec::with_capacity(rows.len());
+        let mut budget = PageBudget::new(limit);
         for (key, value) in &rows {
             let position = keys::decode_u64(value).ok_or_else(|| Error::Missing {
                 what: "event position",
                 key: crate::codec::hex(key),
             })?;
             let event_key = keys::event(position);
-            let event: Event = view
-                .get("event", &event_key)?
-                .ok_or_else(|| Error::Missing {
-                    what: "event",
-                    key: crate::codec::hex(&event_key),
-                })?;
-            items.push(event);
+            let bytes = view.get_raw(&event_key)?.ok_or_else(|| Error::Missing {
+                what: "event",
+                key: crate::codec::hex(&event_key),
+            })?;
+            if !budget.take(event_key.len() + bytes.len()) {
+                break;
+            }
+            items.push(decode::<Event>("event", &event_key, &bytes)?);
         }
         let next = items
             .last()
@@ -275,15 +314,16 @@ impl Reader {
             &[keys::table::EVENT + 1],
             limit as usize + 1,
         )?;
-        let mut items = rows
+        let mut budget = PageBudget::new(limit);
+        let items = rows
             .iter()
+            .take_while(|(k, v)| budget.take(k.len() + v.len()))
             .map(|(k, v)| decode("event", k, v))
             .collect::<Result<Vec<Event>, _>>()?;
-        let next = if items.len() > limit as usize {
-            items.pop().map(|e| e.position)
-        } else {
-            None
-        };
+        // Positions are gap-free: the next page starts right after the last event taken.
+        let next = (rows.len() > items.len())
+            .then(|| items.last().map(|e| e.position + 1))
+            .flatten();
         Self::at(&view, Page { items, next })
     }
 
@@ -315,20 +355,23 @@ impl Reader {
         let end = keys::prefix_end(&prefix).unwrap_or_else(|| vec![u8::MAX; prefix.len() + 1]);
         let rows = view.scan(&start, &end, limit as usize + 1)?;
         let mut items = Vec::with_capacity(rows.len());
-        for (key, _) in rows.iter().take(limit as usize) {
+        let mut budget = PageBudget::new(limit);
+        for (key, _) in &rows {
             let call_id = keys::trailing_call_id(key).ok_or_else(|| Error::Missing {
                 what: "call id in index key",
                 key: crate::codec::hex(key),
             })?;
-            let call: Call =
-                view.get("call", &keys::call(&call_id))?
-                    .ok_or_else(|| Error::Missing {
-                        what: "call",
-                        key: crate::codec::hex(&keys::call(&call_id)),
-                    })?;
-            items.push(call);
+            let call_key = keys::call(&call_id);
+            let bytes = view.get_raw(&call_key)?.ok_or_else(|| Error::Missing {
+                what: "call",
+                key: crate::codec::hex(&call_key),
+            })?;
+            if !budget.take(call_key.len() + bytes.len()) {
+                break;
+            }
+            items.push(decode::<Call>("call", &call_key, &bytes)?);
         }
-        let next = if rows.len() > limit as usize {
+        let next = if rows.len() > items.len() {
             items.last().map(|c| c.call_id)
         } else {
             None
