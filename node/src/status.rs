@@ -148,10 +148,12 @@ fn rejection_code(rejection: &Rejection) -> Code {
     }
 }
 
-/// An internal failure: logged here, where it is handled, and answered as INTERNAL.
-fn internal(message: String) -> Status {
-    tracing::error!(error = %message, "internal failure while serving a request");
-    Status::internal(message)
+/// An internal failure: logged here, where it is handled, and answered as INTERNAL without its
+/// detail. The detail can name member addresses, paths or storage internals, which are the
+/// operator's business, not the client's.
+fn internal(detail: String) -> Status {
+    tracing::error!(error = %detail, "internal failure while serving a request");
+    Status::internal("internal error; the node logged the cause")
 }
 
 impl From<ApiError> for Status {
@@ -188,7 +190,14 @@ impl From<ApiError> for Status {
             ApiError::Timeout { .. } => Status::deadline_exceeded(message),
             // Both pass: a lagging node catches up, a leader that lost its quorum steps down or
             // gets it back; the client retries (elsewhere).
-            ApiError::NotCaughtUp { .. } | ApiError::NoQuorum(_) => Status::unavailable(message),
+            ApiError::NotCaughtUp { .. } => Status::unavailable(message),
+            // openraft describes the whole membership, addresses included: log it, say less.
+            ApiError::NoQuorum(_) => {
+                tracing::warn!(error = %message, "leadership not confirmed by a quorum");
+                Status::unavailable(
+                    "this node could not confirm its leadership with a quorum; retry later",
+                )
+            }
             ApiError::Read(ReadError::UnknownCall { .. }) => Status::not_found(message),
             ApiError::Read(ReadError::Invalid(_)) => Status::invalid_argument(message),
             ApiError::Initialize(InitializeError::NotInMembers(_)) => {
@@ -288,6 +297,25 @@ mod tests {
         assert_eq!(status.code(), Code::InvalidArgument);
         assert!(status.message().contains("region"), "{}", status.message());
         assert!(status.message().contains("64"), "{}", status.message());
+    }
+
+    #[test]
+    fn internal_and_quorum_failures_do_not_show_member_addresses_to_clients() {
+        let no_quorum = LinearizableReadError::QuorumNotEnough(QuorumNotEnough::<TypeConfig> {
+            cluster: "{1: 10.9.8.7:7101, 2: 10.9.8.6:7101}".into(),
+            got: [1].into(),
+        });
+        let status = Status::from(ApiError::from(no_quorum));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(!status.message().contains("10.9.8"), "{}", status.message());
+        let storage = ApiError::LeaderAddr {
+            addr: "10.9.8.7:bad".into(),
+            source: tonic::transport::Endpoint::from_shared("\0".to_owned())
+                .expect_err("not a uri"),
+        };
+        let status = Status::from(storage);
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("10.9.8"), "{}", status.message());
     }
 
     #[test]
