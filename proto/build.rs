@@ -40,6 +40,8 @@ fn main() -> Result<(), Box<dyn Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // prost's codec, but a message that does not decode is INVALID_ARGUMENT (codec.rs).
+        .codec_path("crate::codec::InvalidArgumentCodec")
         .compile_fds(fds)?;
 
     // Writes `switchboard.v1.serde.rs` next to prost's output; `lib.rs` includes it. Fields at

@@ -89,3 +89,70 @@ async fn a_bad_learner_is_invalid_argument_naming_the_field_and_nothing_is_propo
         "nothing was proposed"
     );
 }
+
+/// Sends raw bytes as the request message of `path`.
+#[derive(Debug, Clone, Default)]
+struct RawRequest;
+
+#[derive(Debug, Clone, Default)]
+struct RawEncoder;
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        buf: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut as _;
+        buf.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Codec for RawRequest {
+    type Encode = Vec<u8>;
+    type Decode = v1::CallResponse;
+    type Encoder = RawEncoder;
+    type Decoder =
+        <tonic_prost::ProstCodec<Vec<u8>, v1::CallResponse> as tonic::codec::Codec>::Decoder;
+
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic_prost::ProstDecoder::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_protobuf_and_non_utf8_strings_are_invalid_argument() {
+    let mut cluster = ProcessCluster::start(binary(), 1, &[]).expect("start cluster");
+    let leader = cluster.wait_for_leader(LEADER_WAIT).await.expect("leader");
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.grpc(leader)))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect to the leader");
+    // Field 1 (tenant_id, a string) holding bytes that are not UTF-8; then a truncated varint.
+    let not_utf8 = vec![0x0a, 0x02, 0xff, 0xfe];
+    let truncated = vec![0x0a, 0x05, b'a'];
+    for (what, bytes) in [("not utf-8", not_utf8), ("truncated", truncated)] {
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        grpc.ready().await.expect("channel ready");
+        let status = grpc
+            .unary(
+                tonic::Request::new(bytes),
+                http::uri::PathAndQuery::from_static("/switchboard.v1.CallService/CreateCall"),
+                RawRequest,
+            )
+            .await
+            .expect_err("a malformed request is refused");
+        assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
+        assert!(status.message().contains("malformed"), "{what}: {status:?}");
+    }
+}

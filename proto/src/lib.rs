@@ -13,6 +13,8 @@ pub mod rpcs;
 
 pub use rpcs::{RAFT_RPC_PATHS, RPC_PATHS};
 
+pub mod codec;
+
 /// The public API, package `switchboard.v1`.
 #[allow(
     clippy::all,
