@@ -68,16 +68,6 @@ pub struct Step {
     pub decision: Decision,
 }
 
-impl Step {
-    /// The outcome the proposer is answered with.
-    pub fn outcome(&self) -> &Outcome {
-        match &self.decision {
-            Decision::Replay(outcome) | Decision::Refused(outcome) => outcome,
-            Decision::Applied { outcome, .. } | Decision::Rejected { outcome, .. } => outcome,
-        }
-    }
-}
-
 /// The state machine's clock after an entry stamped `stamp_ms`: the latest stamp seen, so a new
 /// leader whose wall clock is behind the old one's never moves it back.
 pub fn advance_clock(clock_ms: u64, stamp_ms: u64) -> u64 {
@@ -95,24 +85,33 @@ pub fn decide<R: StateReader>(state: &R, request: &Request, index: u64) -> Resul
     let clock_ms = advance_clock(before.clock_ms, request.stamp.at_ms);
     let head = Head { clock_ms, ..before };
     let expired = expire(state, clock_ms)?;
-    let step = |head, decision| Step {
+    let (head, decision) = decide_request(state, request, index, head)?;
+    Ok(Step {
         head,
-        expired: expired.clone(),
+        expired,
         decision,
-    };
+    })
+}
+
+/// The decision on the request itself, and the head after it.
+fn decide_request<R: StateReader>(
+    state: &R,
+    request: &Request,
+    index: u64,
+    head: Head,
+) -> Result<(Head, Decision), R::Error> {
     let refused = |rejection| {
         Decision::Refused(Outcome {
             index,
             result: Err(rejection),
         })
     };
-
     if let Err(invalid) = request.validate_envelope() {
-        return Ok(step(head, refused(Rejection::Invalid(invalid))));
+        return Ok((head, refused(Rejection::Invalid(invalid))));
     }
     let fingerprint = request.command.fingerprint();
     let remembered = state.remembered(&request.tenant_id, &request.request_id)?;
-    if let Some(record) = remembered.filter(|r| !r.expired_at(clock_ms)) {
+    if let Some(record) = remembered.filter(|r| !r.expired_at(head.clock_ms)) {
         let decision = if record.fingerprint == fingerprint {
             Decision::Replay(record.outcome)
         } else {
@@ -120,7 +119,7 @@ pub fn decide<R: StateReader>(state: &R, request: &Request, index: u64) -> Resul
                 request_id: request.request_id.clone(),
             })
         };
-        return Ok(step(head, decision));
+        return Ok((head, decision));
     }
 
     let call_id = request.command.call_id().or(request.stamp.minted_call_id);
@@ -140,10 +139,10 @@ pub fn decide<R: StateReader>(state: &R, request: &Request, index: u64) -> Resul
     };
     let remember = |outcome: &Outcome| Remembered {
         fingerprint,
-        at_ms: clock_ms,
+        at_ms: head.clock_ms,
         outcome: outcome.clone(),
     };
-    let decision = match apply::apply(head, view, request) {
+    Ok(match apply::apply(head, view, request) {
         Ok(change) => {
             check_continues(&head, call.as_ref(), &change);
             let outcome = Outcome {
@@ -156,28 +155,29 @@ pub fn decide<R: StateReader>(state: &R, request: &Request, index: u64) -> Resul
                     last_position: change.events.last().map_or(0, |e| e.position),
                 }),
             };
-            let head = change.head;
-            return Ok(step(
-                head,
+            (
+                change.head,
                 Decision::Applied {
                     remember: remember(&outcome),
                     change: Box::new(change),
                     outcome,
                 },
-            ));
+            )
         }
         Err(rejection) => {
             let outcome = Outcome {
                 index,
                 result: Err(rejection),
             };
-            Decision::Rejected {
-                remember: remember(&outcome),
-                outcome,
-            }
+            (
+                head,
+                Decision::Rejected {
+                    remember: remember(&outcome),
+                    outcome,
+                },
+            )
         }
-    };
-    Ok(step(head, decision))
+    })
 }
 
 /// The expiry-index rows that leave the window at `clock_ms`, oldest first, bounded per entry so

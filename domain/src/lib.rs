@@ -18,8 +18,8 @@ mod model;
 
 pub use apply::{Change, View, apply};
 pub use command::{CallLimit, Command, CommandKind, Rejection, Request, Stamp};
-pub use decide::{Expired, RequestKey, StateReader, Step, advance_clock, decide};
-pub use idempotency::{Decision, Outcome, Receipt, Remembered, expiry_cutoff_ms};
+pub use decide::{Expired, RequestKey, StateReader, Step, decide};
+pub use idempotency::{Decision, Outcome, Receipt, Remembered};
 pub use model::{
     Call, CallId, CallState, Channel, ContextSnapshot, Event, Handoff, Head, Labels, Lifecycle,
     Payload, Turn, Urgency, event_id, event_type,

@@ -125,10 +125,26 @@ impl View<'_> {
             .transpose()
     }
 
-    fn get_raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
-        self.snap
+    /// The record an index row points at, if the page has room for it (`None`: the page is
+    /// full). The row promises the record: its absence is a damaged store.
+    fn take_indexed<T: serde::de::DeserializeOwned>(
+        &self,
+        what: &'static str,
+        key: &[u8],
+        budget: &mut PageBudget,
+    ) -> Result<Option<T>, Error> {
+        let bytes = self
+            .snap
             .get_cf(self.cf(), key)
-            .map_err(Error::rocks("read state machine"))
+            .map_err(Error::rocks("read state machine"))?
+            .ok_or_else(|| Error::Missing {
+                what,
+                key: crate::codec::hex(key),
+            })?;
+        if !budget.take(key.len() + bytes.len()) {
+            return Ok(None);
+        }
+        decode(what, key, &bytes).map(Some)
     }
 
     fn applied_index(&self) -> Result<u64, Error> {
@@ -288,15 +304,10 @@ impl Reader {
                 what: "event position",
                 key: crate::codec::hex(key),
             })?;
-            let event_key = keys::event(position);
-            let bytes = view.get_raw(&event_key)?.ok_or_else(|| Error::Missing {
-                what: "event",
-                key: crate::codec::hex(&event_key),
-            })?;
-            if !budget.take(event_key.len() + bytes.len()) {
-                break;
+            match view.take_indexed::<Event>("event", &keys::event(position), &mut budget)? {
+                Some(event) => items.push(event),
+                None => break,
             }
-            items.push(decode::<Event>("event", &event_key, &bytes)?);
         }
         let next = items
             .last()
@@ -361,15 +372,10 @@ impl Reader {
                 what: "call id in index key",
                 key: crate::codec::hex(key),
             })?;
-            let call_key = keys::call(&call_id);
-            let bytes = view.get_raw(&call_key)?.ok_or_else(|| Error::Missing {
-                what: "call",
-                key: crate::codec::hex(&call_key),
-            })?;
-            if !budget.take(call_key.len() + bytes.len()) {
-                break;
+            match view.take_indexed::<Call>("call", &keys::call(&call_id), &mut budget)? {
+                Some(call) => items.push(call),
+                None => break,
             }
-            items.push(decode::<Call>("call", &call_key, &bytes)?);
         }
         let next = if rows.len() > items.len() {
             items.last().map(|c| c.call_id)
