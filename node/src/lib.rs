@@ -10,6 +10,7 @@ pub mod convert;
 pub mod dev;
 pub mod observe;
 pub mod probe;
+pub mod reset;
 pub mod server;
 pub mod status;
 pub mod transport;

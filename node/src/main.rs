@@ -27,6 +27,9 @@ enum Command {
     Dev(DevArgs),
     /// Check an HTTP endpoint (for container health checks): exit 0 on a 2xx answer.
     Probe(node::probe::ProbeArgs),
+    /// Operate on one node's data directory (reset a damaged node).
+    #[command(subcommand)]
+    Node(node::reset::NodeCommand),
     #[command(flatten)]
     Client(node::cli_client::ClientCommand),
 }
@@ -84,6 +87,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Whether the failure is damaged storage: then the node must be rejoined, not restarted, and
+/// says so with its own exit code.
+fn storage_damaged(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<raft_store::Error>()
+            .is_some_and(raft_store::Error::is_damaged)
+    })
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -96,12 +109,17 @@ async fn main() -> ExitCode {
             ExitCode::SUCCESS
         }),
         Command::Client(cmd) => return node::cli_client::run(cmd).await,
+        Command::Node(cmd) => return node::reset::run(cmd).await,
     };
     match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("switchboard: {e:#}");
-            ExitCode::FAILURE
+            if storage_damaged(&e) {
+                ExitCode::from(node::reset::EXIT_STORAGE_DAMAGED)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -6,13 +6,13 @@ use crate::identity::IdentityError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("failed to open rocksdb at {path}")]
+    #[error("failed to open rocksdb at {path}: {source}")]
     Open {
         path: PathBuf,
         #[source]
         source: rocksdb::Error,
     },
-    #[error("rocksdb {op} failed")]
+    #[error("rocksdb {op} failed: {source}")]
     Rocks {
         op: &'static str,
         #[source]
@@ -49,9 +49,36 @@ pub enum Error {
     BadSnapshot { path: PathBuf, reason: String },
     #[error("log sync thread has stopped")]
     SyncStopped,
+    /// The data directory lost or garbled state this node acknowledged. Never recovered from in
+    /// place: the node must be rejoined from the cluster.
+    #[error(
+        "storage damaged: {what}. The node refuses to start so that it never serves or votes with \
+         state older than it acknowledged; nothing was changed on disk. Rejoin it from the \
+         cluster: `switchboard node reset --rejoin --data-dir {dir} --endpoints <the other \
+         nodes>` wipes this node's data and re-adds it as a learner that catches up from a \
+         snapshot; then start it again"
+    )]
+    Damaged { dir: PathBuf, what: String },
 }
 
 impl Error {
+    pub fn damaged(dir: impl Into<PathBuf>, what: impl Into<String>) -> Error {
+        Error::Damaged {
+            dir: dir.into(),
+            what: what.into(),
+        }
+    }
+
+    /// Whether this error means the data directory is damaged (the node must be rejoined).
+    pub fn is_damaged(&self) -> bool {
+        match self {
+            Error::Damaged { .. } => true,
+            Error::Open { source, .. } | Error::Rocks { source, .. } => is_corruption(source),
+            Error::Corrupt { .. } => true,
+            _ => false,
+        }
+    }
+
     pub fn rocks(op: &'static str) -> impl FnOnce(rocksdb::Error) -> Error {
         move |source| Error::Rocks { op, source }
     }
@@ -66,4 +93,9 @@ impl From<Error> for std::io::Error {
     fn from(error: Error) -> Self {
         std::io::Error::other(error)
     }
+}
+
+/// Whether RocksDB reports corruption (a checksum mismatch, a truncated or garbled file).
+pub fn is_corruption(error: &rocksdb::Error) -> bool {
+    error.kind() == rocksdb::ErrorKind::Corruption
 }

@@ -11,8 +11,11 @@ use serde::{Deserialize, Serialize};
 
 /// The on-disk format this binary reads and writes. Version 2: every stored value carries its
 /// record format byte and log entries carry versioned proposals (`codec`); a version-1
-/// directory is refused (rejoin the node from a snapshot of the cluster).
-pub const FORMAT_VERSION: u32 = 2;
+/// directory is refused (rejoin the node from a snapshot of the cluster). Version 3 adds the
+/// Raft marks file (`marks`); a version-2 directory is upgraded in place when it opens cleanly.
+pub const FORMAT_VERSION: u32 = 3;
+/// The older format this binary upgrades in place.
+pub const UPGRADABLE_FORMAT_VERSION: u32 = 2;
 pub const IDENTITY_FILE: &str = "IDENTITY";
 const IDENTITY_FILE_BYTES_MAX: u64 = 4096;
 
@@ -21,6 +24,10 @@ pub struct Identity {
     pub format_version: u32,
     pub cluster_id: String,
     pub node_id: u64,
+    /// Set by `switchboard node reset --rejoin` on the wiped directory: the node starts empty,
+    /// never bootstraps a cluster, and waits to be caught up by the leader.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rejoin: bool,
 }
 
 impl Identity {
@@ -29,6 +36,7 @@ impl Identity {
             format_version: FORMAT_VERSION,
             cluster_id: cluster_id.into(),
             node_id,
+            rejoin: false,
         }
     }
 }
@@ -75,8 +83,21 @@ pub enum IdentityError {
 /// Whether the directory was just claimed or was already ours.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claim {
+    /// Empty until now: this node may bootstrap the cluster.
     Fresh,
+    /// Ours, in this binary's format.
     Existing,
+    /// Ours, in [`UPGRADABLE_FORMAT_VERSION`]: upgraded once it opens cleanly.
+    Upgrade,
+    /// Wiped by `switchboard node reset --rejoin`: starts empty and never bootstraps.
+    Rejoining,
+}
+
+impl Claim {
+    /// Whether the store must be created (nothing of it exists yet).
+    pub fn creates(self) -> bool {
+        matches!(self, Claim::Fresh | Claim::Rejoining)
+    }
 }
 
 fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> IdentityError {
@@ -111,7 +132,9 @@ pub fn read(dir: &Path) -> Result<Option<Identity>, IdentityError> {
 /// Checks that `dir` belongs to `expected`, or claims it when it is empty or missing.
 pub fn claim(dir: &Path, expected: &Identity) -> Result<Claim, IdentityError> {
     if let Some(found) = read(dir)? {
-        if found.format_version != FORMAT_VERSION {
+        if found.format_version != FORMAT_VERSION
+            && found.format_version != UPGRADABLE_FORMAT_VERSION
+        {
             return Err(IdentityError::UnknownFormat {
                 dir: dir.to_path_buf(),
                 found: found.format_version,
@@ -132,7 +155,13 @@ pub fn claim(dir: &Path, expected: &Identity) -> Result<Claim, IdentityError> {
                 expected: expected.node_id,
             });
         }
-        return Ok(Claim::Existing);
+        return Ok(if found.rejoin {
+            Claim::Rejoining
+        } else if found.format_version == UPGRADABLE_FORMAT_VERSION {
+            Claim::Upgrade
+        } else {
+            Claim::Existing
+        });
     }
 
     fs::create_dir_all(dir).map_err(io("create", dir))?;
@@ -144,7 +173,14 @@ pub fn claim(dir: &Path, expected: &Identity) -> Result<Claim, IdentityError> {
         });
     }
 
-    // Write-then-rename so that a crash leaves either no identity or a whole one.
+    write(dir, expected)?;
+    Ok(Claim::Fresh)
+}
+
+/// Writes `identity` as the identity of `dir`, replacing any: write-then-rename, so that a crash
+/// leaves either the old identity or the new one, whole.
+pub fn write(dir: &Path, identity: &Identity) -> Result<(), IdentityError> {
+    let expected = identity;
     let tmp = dir.join(format!("{IDENTITY_FILE}.tmp"));
     let file = dir.join(IDENTITY_FILE);
     let bytes = serde_json::to_vec_pretty(expected).expect("identity serializes to memory");
@@ -153,8 +189,7 @@ pub fn claim(dir: &Path, expected: &Identity) -> Result<Claim, IdentityError> {
     out.sync_all().map_err(io("sync", &tmp))?;
     drop(out);
     fs::rename(&tmp, &file).map_err(io("rename", &tmp))?;
-    sync_dir(dir)?;
-    Ok(Claim::Fresh)
+    sync_dir(dir)
 }
 
 /// Makes a rename or file creation in `dir` durable.

@@ -6,6 +6,10 @@
 //! next single `fsync` of the write-ahead log (group commit). Because the log and the state
 //! machine share one RocksDB write-ahead log, that sync also makes every state-machine write
 //! issued before it durable.
+//!
+//! The Raft marks ([`crate::marks`]) follow: each vote is recorded there before `save_vote`
+//! returns, each sync publishes the last log id it made durable, and a truncation lowers the
+//! record before it deletes anything.
 
 use std::fmt::Debug;
 use std::io;
@@ -18,11 +22,12 @@ use std::thread::JoinHandle;
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, RaftLogStorage};
 use openraft::{LogState, OptionalSend, RaftLogReader};
-use rocksdb::{DB, Direction, IteratorMode, WriteBatch, WriteOptions};
+use rocksdb::{DB, Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions};
 
 use crate::codec::{decode, encode};
 use crate::error::Error;
 use crate::keys::{self, CF_LOG, CF_META, META_COMMITTED, META_LAST_PURGED, META_VOTE};
+use crate::marks::Marks;
 use crate::types::{Entry, LogId, TypeConfig, Vote};
 
 /// Callbacks waiting for the sync thread; appends block when it is this far behind.
@@ -40,8 +45,15 @@ pub struct LogStats {
 /// every queued callback first, so the database is released when the last store handle goes.
 #[derive(Debug)]
 struct Syncer {
-    queue: Option<SyncSender<IOFlushed<TypeConfig>>>,
+    queue: Option<SyncSender<Flush>>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// One append waiting for the sync thread.
+struct Flush {
+    callback: IOFlushed<TypeConfig>,
+    /// The last entry of the append, and the marks epoch it was issued in.
+    last: Option<(LogId, u64)>,
 }
 
 /// The log store; clones share the database and the sync thread.
@@ -50,10 +62,11 @@ pub struct LogStore {
     db: Arc<DB>,
     syncer: Arc<Syncer>,
     stats: Arc<LogStats>,
+    marks: Marks,
 }
 
 impl LogStore {
-    pub(crate) fn new(db: Arc<DB>) -> Result<Self, Error> {
+    pub(crate) fn new(db: Arc<DB>, marks: Marks) -> Result<Self, Error> {
         for cf in [CF_LOG, CF_META] {
             if db.cf_handle(cf).is_none() {
                 return Err(Error::Missing {
@@ -67,9 +80,10 @@ impl LogStore {
         let thread = {
             let db = db.clone();
             let stats = stats.clone();
+            let marks = marks.clone();
             std::thread::Builder::new()
                 .name("raft-log-sync".into())
-                .spawn(move || sync_loop(&db, &pending, &stats))
+                .spawn(move || sync_loop(&db, &pending, &stats, &marks))
                 .map_err(Error::io("raft-log-sync thread"))?
         };
         Ok(Self {
@@ -79,11 +93,16 @@ impl LogStore {
                 thread: Some(thread),
             }),
             stats,
+            marks,
         })
     }
 
     pub fn stats(&self) -> &LogStats {
         &self.stats
+    }
+
+    pub fn marks(&self) -> &Marks {
+        &self.marks
     }
 
     fn cf(&self, name: &'static str) -> &rocksdb::ColumnFamily {
@@ -112,8 +131,13 @@ impl LogStore {
         };
         let mut out = Vec::new();
         let from = keys::log_index(start);
-        for item in self.db.iterator_cf(
+        // Block checksums are verified on every read of the log (RocksDB's default, stated here
+        // because the log's safety depends on it): a flipped bit is an error, never an entry.
+        let mut read = ReadOptions::default();
+        read.set_verify_checksums(true);
+        for item in self.db.iterator_cf_opt(
             self.cf(CF_LOG),
+            read,
             IteratorMode::From(&from, Direction::Forward),
         ) {
             let (key, value) = item.map_err(Error::rocks("read raft log"))?;
@@ -170,22 +194,38 @@ impl Drop for Syncer {
     }
 }
 
-/// Group commit: take every queued callback, sync once, complete them all.
-fn sync_loop(db: &DB, pending: &Receiver<IOFlushed<TypeConfig>>, stats: &LogStats) {
+/// Group commit: take every queued callback, sync once, complete them all, then publish the
+/// newest durable log id to the marks. A failed sync, or marks that can no longer be kept, fails
+/// every callback: openraft then stops the node rather than acknowledge what is not durable.
+fn sync_loop(db: &DB, pending: &Receiver<Flush>, stats: &LogStats, marks: &Marks) {
+    let mut failed: Option<String> = None;
     while let Ok(first) = pending.recv() {
         let mut batch = vec![first];
-        while let Ok(callback) = pending.try_recv() {
-            batch.push(callback);
+        while let Ok(flush) = pending.try_recv() {
+            batch.push(flush);
         }
-        let result = db.flush_wal(true);
-        stats.syncs.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = &result {
-            tracing::error!(error = %e, "failed to sync raft log; the node must stop");
+        if failed.is_none() {
+            if let Err(e) = db.flush_wal(true) {
+                failed = Some(format!("sync of the raft log failed: {e}"));
+            } else if let Some(e) = marks.failure() {
+                failed = Some(format!("recording the raft marks failed: {e}"));
+            }
+            stats.syncs.fetch_add(1, Ordering::Relaxed);
+            if let Some(e) = &failed {
+                // Once a sync has failed, RocksDB's later syncs prove nothing about the writes
+                // before it (the kernel may have dropped the dirty pages): never succeed again.
+                tracing::error!(error = %e, "the raft log is no longer durable; the node must stop");
+            }
         }
-        for callback in batch {
-            callback.io_completed(match &result {
-                Ok(()) => Ok(()),
-                Err(e) => Err(io::Error::other(e.to_string())),
+        if failed.is_none()
+            && let Some((last, epoch)) = batch.iter().rev().find_map(|f| f.last)
+        {
+            marks.published_durable(last, epoch);
+        }
+        for flush in batch {
+            flush.callback.io_completed(match &failed {
+                None => Ok(()),
+                Some(e) => Err(io::Error::other(e.clone())),
             });
         }
     }
@@ -229,6 +269,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.db
             .write_opt(batch, &options)
             .map_err(Error::rocks("save vote"))?;
+        // After RocksDB: a crash between the two leaves the marks older, still a lower bound.
+        self.marks.record_vote(vote)?;
         Ok(())
     }
 
@@ -261,14 +303,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut batch = WriteBatch::default();
         let mut count = 0u64;
+        let mut last = None;
         for entry in entries {
             batch.put_cf(
                 self.cf(CF_LOG),
                 keys::log_index(entry.index()),
                 encode(&entry),
             );
+            last = Some(entry.log_id());
             count += 1;
         }
+        let epoch = self.marks.epoch();
         // Written (readable) now, without waiting for the disk; the sync thread makes it durable.
         self.db
             .write(batch)
@@ -279,7 +324,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .queue
             .as_ref()
             .expect("the queue is only taken when the syncer drops")
-            .send(callback)
+            .send(Flush {
+                callback,
+                last: last.map(|id| (id, epoch)),
+            })
             .map_err(|_| io::Error::from(Error::SyncStopped))?;
         Ok(())
     }
@@ -293,6 +341,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             keys::log_index(u64::MAX),
         );
         batch.delete_cf(self.cf(CF_LOG), keys::log_index(u64::MAX));
+        // The marks first (durably): they must never claim an entry the log no longer has.
+        self.marks.lower_last_log_id(last_log_id)?;
         // Not synced: the write-ahead log is ordered, so any later append's sync covers it, and a
         // truncation lost in a crash only brings back entries that were never acknowledged after it.
         self.db

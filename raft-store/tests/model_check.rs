@@ -13,9 +13,10 @@ use domain::{
     CallId, CallState, Channel, Command, Payload, Rejection, Request, Stamp, Urgency, event_id,
     event_type,
 };
-use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+use openraft::storage::{IOFlushed, RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::type_config::TypeConfigExt;
 use proptest::prelude::*;
-use raft_store::{Entry, Response, StateMachine};
+use raft_store::{Entry, LogStore, Response, StateMachine, TypeConfig};
 use tempfile::TempDir;
 
 mod support;
@@ -343,13 +344,42 @@ fn check_invariants(sm: &StateMachine, model: &Model) {
 struct Node {
     dir: TempDir,
     sm: StateMachine,
+    log: LogStore,
+    /// Entries applied but not yet appended to the log: appended in one batch before a reopen
+    /// (one sync instead of one per entry), so that the reopened store holds what it applied.
+    unlogged: Vec<Entry>,
 }
 
 impl Node {
     fn fresh() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let sm = support::open(dir.path()).state_machine;
-        Self { dir, sm }
+        let store = support::open(dir.path());
+        Self {
+            dir,
+            sm: store.state_machine,
+            log: store.log,
+            unlogged: Vec::new(),
+        }
+    }
+
+    fn apply(&mut self, entry: Entry) -> Vec<Response> {
+        self.unlogged.push(entry.clone());
+        self.sm.apply_batch(vec![entry]).expect("apply")
+    }
+
+    /// Appends the applied entries to the log and waits until they are durable: a store never
+    /// holds applied entries its log lost, and reopening checks that.
+    async fn log_applied(&mut self) {
+        let entries = std::mem::take(&mut self.unlogged);
+        if entries.is_empty() {
+            return;
+        }
+        let (tx, rx) = TypeConfig::oneshot();
+        self.log
+            .append(entries, IOFlushed::signal(tx))
+            .await
+            .expect("append");
+        rx.await.expect("ack").expect("durable");
     }
 }
 
@@ -362,9 +392,7 @@ async fn run(ops: Vec<Op>, splits: Vec<usize>) {
     let mut model = Model::default();
     // The log starts at index 0, as openraft's does (its initial membership entry).
     let mut log: Vec<Entry> = vec![support::blank(1, 0)];
-    node.sm
-        .apply_batch(vec![support::blank(1, 0)])
-        .expect("apply blank");
+    node.apply(support::blank(1, 0));
     let mut clock_ms = 1_000u64;
 
     for op in ops {
@@ -383,7 +411,7 @@ async fn run(ops: Vec<Op>, splits: Vec<usize>) {
                 let (expected, replay, expected_call) = model.step(&request, clock_ms, minted);
                 let entry = support::normal(1, index, request);
                 log.push(entry.clone());
-                let responses = node.sm.apply_batch(vec![entry]).expect("apply");
+                let responses = node.apply(entry);
                 let response = &responses[0];
                 assert_eq!(actual(response), expected, "outcome of entry {index}");
                 assert_eq!(response.replayed, replay, "replay flag of entry {index}");
@@ -415,16 +443,23 @@ async fn run(ops: Vec<Op>, splits: Vec<usize>) {
             Op::Reopen => {
                 let before = digest(&node.sm);
                 let applied = node.sm.applied().clone();
-                let Node { dir, sm } = node;
-                drop(sm);
-                let sm = support::open(dir.path()).state_machine;
+                node.log_applied().await;
+                let Node { dir, sm, log, .. } = node;
+                drop((sm, log));
+                let store = support::open(dir.path());
+                let (sm, log) = (store.state_machine, store.log);
                 assert_eq!(
                     sm.applied(),
                     &applied,
                     "reopen restores last_applied and membership"
                 );
                 assert_eq!(digest(&sm), before, "reopen restores the state");
-                node = Node { dir, sm };
+                node = Node {
+                    dir,
+                    sm,
+                    log,
+                    unlogged: Vec::new(),
+                };
             }
         }
         check_invariants(&node.sm, &model);
