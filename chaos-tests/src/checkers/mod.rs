@@ -6,6 +6,7 @@ pub mod convergence;
 pub mod durability;
 pub mod ended_immutable;
 pub mod handoff_once;
+pub mod leader_under_flood;
 pub mod lifecycle_linearizable;
 pub mod no_orphans;
 pub mod sequences;
@@ -14,6 +15,7 @@ pub mod stale_reads;
 use std::collections::BTreeMap;
 
 use crate::history::{Op, Outcome, SeenEvent};
+pub use leader_under_flood::{FloodFacts, LeadershipSample};
 
 /// Most violations a verdict keeps (the count is always exact).
 pub const VIOLATIONS_KEPT_MAX: usize = 20;
@@ -37,6 +39,8 @@ pub struct Facts {
     pub final_log: Vec<SeenEvent>,
     /// Per member: digest and log after healing.
     pub nodes: Vec<NodeFinal>,
+    /// Every read flood the nemesis injected, with the leadership seen during it.
+    pub floods: Vec<FloodFacts>,
 }
 
 /// One checker's result.
@@ -85,6 +89,7 @@ pub fn check_all(facts: &Facts) -> Vec<Verdict> {
         lifecycle_linearizable::check(facts),
         stale_reads::check(facts),
         convergence::check(facts),
+        leader_under_flood::check(facts),
     ]
 }
 
