@@ -50,7 +50,7 @@ fn channel(addr: &str) -> Channel {
         .connect_lazy()
 }
 
-async fn create_call(leader: &str) -> String {
+async fn active_call(leader: &str) -> String {
     let mut calls = CallServiceClient::new(channel(leader));
     let created = calls
         .create_call(v1::CreateCallRequest {
@@ -63,7 +63,17 @@ async fn create_call(leader: &str) -> String {
         .await
         .expect("create the call")
         .into_inner();
-    created.call.expect("call").call_id
+    let call_id = created.call.expect("call").call_id;
+    // Events are logged on an active call.
+    calls
+        .start_call(v1::StartCallRequest {
+            tenant_id: TENANT.into(),
+            request_id: "start".into(),
+            call_id: call_id.clone(),
+        })
+        .await
+        .expect("start the call");
+    call_id
 }
 
 fn log_event(call_id: &str, request_id: String, payload: Vec<u8>) -> v1::LogEventRequest {
@@ -220,7 +230,7 @@ async fn a_flood_of_large_reads_changes_no_leader_and_writes_keep_flowing() {
 
     // Fill the log with events of the largest payload: every page of the flood is a full
     // 1 MiB page (16 of these events), the most a read may build.
-    let call_id = create_call(&leader_addr).await;
+    let call_id = active_call(&leader_addr).await;
     let mut calls = CallServiceClient::new(channel(&leader_addr));
     for n in 0..LARGE_EVENTS {
         calls

@@ -5,7 +5,7 @@
 //! heartbeats waited behind client reads (issue 17: two leader changes under 200 concurrent
 //! large `ListEvents`). Faults run one at a time, so nothing else in the window explains one.
 
-use super::{Facts, Verdict};
+use super::Verdict;
 
 /// One node's view of leadership at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,10 +48,10 @@ impl FloodFacts {
     }
 }
 
-pub fn check(facts: &Facts) -> Verdict {
+pub fn check(floods: &[FloodFacts]) -> Verdict {
     let mut verdict = Verdict::new("no leader change under read flood");
     let mut samples = 0;
-    for flood in &facts.floods {
+    for flood in floods {
         samples += flood.samples.len();
         let window = format!("flood {}..{} ms", flood.at_ms, flood.healed_ms);
         let Some((term, leader)) = flood.before else {
@@ -78,12 +78,12 @@ pub fn check(facts: &Facts) -> Verdict {
             ));
         }
     }
-    verdict.checked = if facts.floods.is_empty() {
+    verdict.checked = if floods.is_empty() {
         "no read flood injected".to_owned()
     } else {
         format!(
             "{} read floods, {samples} leadership samples",
-            facts.floods.len()
+            floods.len()
         )
     };
     verdict
@@ -117,54 +117,41 @@ mod tests {
 
     #[test]
     fn a_stable_leader_through_the_flood_passes() {
-        let facts = Facts {
-            floods: vec![flood(vec![
-                sample(1_100, 1, 3, Some(1)),
-                sample(1_100, 2, 3, Some(1)),
-                sample(4_900, 3, 3, Some(1)),
-            ])],
-            ..Facts::default()
-        };
-        let verdict = check(&facts);
+        let floods = vec![flood(vec![
+            sample(1_100, 1, 3, Some(1)),
+            sample(1_100, 2, 3, Some(1)),
+            sample(4_900, 3, 3, Some(1)),
+        ])];
+        let verdict = check(&floods);
         assert!(verdict.ok(), "{:?}", verdict.violations);
         assert_eq!(verdict.notes.len(), 1);
     }
 
     #[test]
     fn an_election_during_the_flood_is_caught() {
-        let facts = Facts {
-            floods: vec![flood(vec![
-                sample(1_100, 1, 3, Some(1)),
-                // A follower stopped hearing heartbeats: a new term, then a new leader.
-                sample(2_300, 2, 4, None),
-                sample(2_600, 2, 4, Some(2)),
-                sample(2_600, 1, 3, Some(1)),
-            ])],
-            ..Facts::default()
-        };
-        let verdict = check(&facts);
+        let floods = vec![flood(vec![
+            sample(1_100, 1, 3, Some(1)),
+            // A follower stopped hearing heartbeats: a new term, then a new leader.
+            sample(2_300, 2, 4, None),
+            sample(2_600, 2, 4, Some(2)),
+            sample(2_600, 1, 3, Some(1)),
+        ])];
+        let verdict = check(&floods);
         assert_eq!(verdict.violation_count, 2, "{:?}", verdict.violations);
         assert!(verdict.violations[0].contains("node 2"), "{:?}", verdict);
     }
 
     #[test]
     fn a_node_losing_its_leader_in_the_same_term_is_caught() {
-        let facts = Facts {
-            floods: vec![flood(vec![sample(2_000, 3, 3, None)])],
-            ..Facts::default()
-        };
-        assert_eq!(check(&facts).violation_count, 1);
+        let floods = vec![flood(vec![sample(2_000, 3, 3, None)])];
+        assert_eq!(check(&floods).violation_count, 1);
     }
 
     #[test]
     fn a_flood_that_began_without_a_leader_is_noted_not_judged() {
         let mut leaderless = flood(vec![sample(2_000, 3, 4, Some(2))]);
         leaderless.before = None;
-        let facts = Facts {
-            floods: vec![leaderless],
-            ..Facts::default()
-        };
-        let verdict = check(&facts);
+        let verdict = check(&[leaderless]);
         assert!(verdict.ok());
         assert!(verdict.notes[0].contains("not judged"), "{:?}", verdict.notes);
     }

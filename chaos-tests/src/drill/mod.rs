@@ -298,9 +298,9 @@ async fn drill(seed: u64, args: &DrillArgs) -> anyhow::Result<bool> {
         ops: history.ops(),
         final_log,
         nodes,
-        floods,
     };
     let mut verdicts = checkers::check_all(&facts);
+    verdicts.push(checkers::leader_under_flood::check(&floods));
     let mut live = Verdict::new("liveness after healing");
     live.checked = format!("bound {:?}", args.liveness_bound);
     if liveness.is_none() {
