@@ -27,10 +27,14 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::observe::names;
 
-/// Default client reads served at once by one node. Each may hold a page of up to
-/// `PAGE_BYTES_MAX` (1 MiB) twice (stored and wire form) while it is built: 16 bound that to
-/// about 32 MiB, and 16 blocking threads keep 2 cores busy without starving Raft's threads.
-pub const READS_IN_FLIGHT_MAX: usize = 16;
+/// Default client reads served at once by one node: two per core of the 2-core reference
+/// machine (raise it with the cores). Each may hold a page of up to `PAGE_BYTES_MAX` (1 MiB)
+/// twice (stored and wire form) while it is built, so 4 bound that to about 8 MiB. Measured with
+/// `node/tests/overload.rs` (200 readers of 1 MiB pages on the leader, a write every 50 ms) on a
+/// loaded 2-core machine: 4 gave write p50 32-53 ms, p99 125-332 ms; 8 and 16 served more pages
+/// but gave write p99 0.4-1.8 s, because their blocking threads outnumber the cores that Raft's
+/// threads need; unbounded (every read on the blocking pool) lost the leader.
+pub const READS_IN_FLIGHT_MAX: usize = 4;
 /// Default client reads waiting for a turn; more are shed at once.
 pub const READ_QUEUE_MAX: usize = 64;
 /// Default client writes in flight at once. Writes are cheap to admit (Raft batches them into
@@ -337,11 +341,21 @@ mod tests {
         assert_eq!(shed.shed, Shed::QueueFull);
         assert_eq!(shed.class, Class::Read);
         let message = shed.to_string();
-        for part in ["node 7", "1 reads in flight", "1 queued", "--read-queue-max"] {
+        for part in [
+            "node 7",
+            "1 reads in flight",
+            "1 queued",
+            "--read-queue-max",
+        ] {
             assert!(message.contains(part), "{message}");
         }
         // Writes are admitted separately: a read flood does not shed them.
-        drop(admission.admit(Class::Write).await.expect("writes have their own slots"));
+        drop(
+            admission
+                .admit(Class::Write)
+                .await
+                .expect("writes have their own slots"),
+        );
         drop(held);
         waiter
             .await

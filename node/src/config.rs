@@ -78,7 +78,7 @@ pub struct ServeArgs {
     #[arg(long, env = "SWITCHBOARD_GRPC_CONCURRENCY_MAX")]
     pub grpc_concurrency_max: Option<usize>,
     /// Client reads (the `read` RPCs) served at once; more wait in the read queue
-    /// [default: 16].
+    /// [default: 4, two per core of a 2-core machine: raise it with the cores].
     #[arg(long, env = "SWITCHBOARD_READS_IN_FLIGHT_MAX")]
     pub reads_in_flight_max: Option<usize>,
     /// Client reads waiting for a slot; more are refused with RESOURCE_EXHAUSTED [default: 64].

@@ -124,7 +124,9 @@ async fn read_flood(leader: String, until: Instant, reader: usize) -> Flood {
                 tokio::time::sleep(SHED_BACKOFF).await;
             }
             Err(status) => {
-                flood.failed.push((status.code(), status.message().to_owned()));
+                flood
+                    .failed
+                    .push((status.code(), status.message().to_owned()));
                 tokio::time::sleep(SHED_BACKOFF).await;
             }
         }
@@ -267,7 +269,10 @@ async fn a_flood_of_large_reads_changes_no_leader_and_writes_keep_flowing() {
     }
     let (mut latencies, write_failures) = writer.await.expect("writer task");
     let leadership = watcher.await.expect("watcher task");
-    let after = cluster.status(leader).await.expect("status after the flood");
+    let after = cluster
+        .status(leader)
+        .await
+        .expect("status after the flood");
     let metrics = fetch_metrics(&cluster.nodes[&leader].http).await;
 
     latencies.sort();

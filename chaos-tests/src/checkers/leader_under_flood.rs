@@ -81,10 +81,7 @@ pub fn check(floods: &[FloodFacts]) -> Verdict {
     verdict.checked = if floods.is_empty() {
         "no read flood injected".to_owned()
     } else {
-        format!(
-            "{} read floods, {samples} leadership samples",
-            floods.len()
-        )
+        format!("{} read floods, {samples} leadership samples", floods.len())
     };
     verdict
 }
@@ -153,6 +150,10 @@ mod tests {
         leaderless.before = None;
         let verdict = check(&[leaderless]);
         assert!(verdict.ok());
-        assert!(verdict.notes[0].contains("not judged"), "{:?}", verdict.notes);
+        assert!(
+            verdict.notes[0].contains("not judged"),
+            "{:?}",
+            verdict.notes
+        );
     }
 }

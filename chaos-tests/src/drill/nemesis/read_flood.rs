@@ -76,7 +76,12 @@ impl Nemesis<'_> {
         );
         let at_ms = ms_since(self.started);
         let until = Instant::now() + hold;
-        let clients: Vec<Client> = self.cluster.nodes.values().map(|n| n.client.clone()).collect();
+        let clients: Vec<Client> = self
+            .cluster
+            .nodes
+            .values()
+            .map(|n| n.client.clone())
+            .collect();
         let mut readers = JoinSet::new();
         for client in clients.iter().cycle().take(FLOOD_READERS) {
             readers.spawn(reader(client.clone(), until));
@@ -87,8 +92,10 @@ impl Nemesis<'_> {
             if Instant::now() >= until {
                 break;
             }
-            tokio::time::sleep(SAMPLE_INTERVAL.min(until.saturating_duration_since(Instant::now())))
-                .await;
+            tokio::time::sleep(
+                SAMPLE_INTERVAL.min(until.saturating_duration_since(Instant::now())),
+            )
+            .await;
         }
         let mut total = Tally::default();
         // Every reader stops at `until` after at most one bounded read.
