@@ -5,7 +5,11 @@
 //! first; a follower's `UNAVAILABLE` carrying `x-switchboard-leader-*` metadata is followed at
 //! once (an address not in the list is learned); `UNAVAILABLE` without a hint, connection errors
 //! and timeouts move to the next endpoint with capped, jittered exponential backoff; every retry
-//! carries the same `request_id`, which the server answers with the original outcome. Errors the
+//! carries the same `request_id`, which the server answers with the original outcome. A node
+//! that sheds load (`RESOURCE_EXHAUSTED` with `x-switchboard-overloaded`) is always backed off
+//! from before the next attempt (reads any node may serve move to the next node; writes stay
+//! with the leader), and [`ClientError::is_overloaded`] says when that is why a call gave up.
+//! Errors the
 //! caller must fix (`INVALID_ARGUMENT`, `NOT_FOUND`, `FAILED_PRECONDITION`, ...) are never
 //! retried. Everything is bounded by `retries_max` and the whole-call deadline.
 //!
@@ -42,6 +46,12 @@ pub const LEADER_ID_HEADER: &str = "x-switchboard-leader-id";
 pub const LEADER_ADDR_HEADER: &str = "x-switchboard-leader-addr";
 /// gRPC metadata naming the rejection kind of a refused write ([`RejectionKind::wire_name`]).
 pub const REJECTION_HEADER: &str = "x-switchboard-rejection";
+
+/// gRPC metadata on a `RESOURCE_EXHAUSTED` that a node sent because it is overloaded: the
+/// class it shed (`read` or `write`). Nothing of the request was done, so retrying after a
+/// backoff (a write with the same `request_id`) is safe. Without it, `RESOURCE_EXHAUSTED` means
+/// a message over a size bound, which no retry changes.
+pub const OVERLOADED_HEADER: &str = "x-switchboard-overloaded";
 
 /// The local dev cluster started by `switchboard dev`: the default endpoints.
 pub const DEV_ENDPOINTS: &[&str] = &["127.0.0.1:7101", "127.0.0.1:7102", "127.0.0.1:7103"];
@@ -319,6 +329,9 @@ pub struct ClientError {
     /// The `x-switchboard-rejection` metadata of the last status, when the server rejected the
     /// command: the outcome is then known and final.
     pub rejection: Option<RejectionName>,
+    /// The last status was a node shedding load (`RESOURCE_EXHAUSTED` with
+    /// [`OVERLOADED_HEADER`]): nothing was done; the cluster is busy, not broken.
+    pub overloaded: bool,
 }
 
 /// Rejection kinds the server names in `x-switchboard-rejection` (the proto contract owns them).
@@ -349,6 +362,12 @@ impl ClientError {
     /// Code of the last status received.
     pub fn code(&self) -> Code {
         self.code
+    }
+
+    /// Whether the client gave up on nodes that were shedding load; trying again later (a
+    /// write with the same `request_id`) is safe.
+    pub fn is_overloaded(&self) -> bool {
+        self.overloaded
     }
 }
 
@@ -410,6 +429,14 @@ enum Next {
     Stop,
     Redirect(LeaderInfo),
     Retry,
+    /// The node is shedding load: back off before the next attempt, always. A write stays with
+    /// the leader (another node would only redirect back); a read any node may serve moves on.
+    Overloaded,
+}
+
+/// Whether a status is a node shedding load rather than a message over a size bound.
+fn is_overloaded(status: &Status) -> bool {
+    status.code() == Code::ResourceExhausted && status.metadata().get(OVERLOADED_HEADER).is_some()
 }
 
 /// Sets a fresh UUIDv7 `request_id` (the idempotency key of a write) when the caller gave none;
@@ -487,8 +514,9 @@ fn classify(status: &Status, served_by: &str) -> Next {
             Some(leader) if leader.addr != served_by => Next::Redirect(leader),
             _ => Next::Retry,
         },
+        Code::ResourceExhausted if is_overloaded(status) => Next::Overloaded,
         // Cancelled is what tonic reports when the channel's own timeout fires.
-        Code::DeadlineExceeded | Code::Cancelled | Code::ResourceExhausted => Next::Retry,
+        Code::DeadlineExceeded | Code::Cancelled => Next::Retry,
         // Transport failures (connection reset mid-call) surface as UNKNOWN with a source.
         Code::Unknown if std::error::Error::source(status).is_some() => Next::Retry,
         _ => Next::Stop,
@@ -524,6 +552,7 @@ impl Attempts {
                 .get(REJECTION_HEADER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(RejectionName::parse),
+            overloaded: is_overloaded(status),
         }
     }
 }
@@ -804,6 +833,14 @@ impl Client {
                         self.backoff(state.backoffs - 1)
                     }
                 }
+                Next::Overloaded => {
+                    state.redirects_in_a_row = 0;
+                    if route == Route::Any {
+                        target = self.next_target(route, index, &addr);
+                    }
+                    state.backoffs += 1;
+                    self.backoff(state.backoffs - 1)
+                }
                 Next::Retry => {
                     state.redirects_in_a_row = 0;
                     self.forget_leader(&addr);
@@ -1082,6 +1119,8 @@ mod tests {
             Status::not_found("x"),
             Status::failed_precondition("x"),
             Status::internal("x"),
+            // Without the overload header: a message over a size bound, final.
+            Status::resource_exhausted("message too large"),
         ] {
             assert!(matches!(classify(&status, "a:1"), Next::Stop), "{status:?}");
         }
@@ -1095,6 +1134,16 @@ mod tests {
                 "{status:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_node_shedding_load_is_retried_after_a_backoff() {
+        let mut status = Status::resource_exhausted("node 1 is overloaded");
+        status
+            .metadata_mut()
+            .insert(OVERLOADED_HEADER, MetadataValue::from_static("read"));
+        assert!(matches!(classify(&status, "a:1"), Next::Overloaded));
+        assert!(is_overloaded(&status));
     }
 
     #[test]

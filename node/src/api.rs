@@ -7,6 +7,11 @@
 //! `min_index` waits (bounded) for the local node to apply that index. Handlers only validate,
 //! propose or wait, and answer: a client that disconnects loses nothing but its answer.
 //!
+//! Every `read` and `write` RPC of the table is admitted first ([`crate::admission`]): bounded
+//! in flight and in queue per class, the rest shed with `RESOURCE_EXHAUSTED`. An admitted read
+//! builds its answer on the blocking pool ([`Api::serve_read`]), off the runtime threads that
+//! drive openraft and the Raft transport.
+//!
 //! Each RPC has one inherent handler on [`Api`] named after it, returning `Result<_, ApiError>`;
 //! the tonic service impls that call them are generated from the RPC table
 //! ([`proto::switchboard_rpcs!`]), and errors become a `Status` in one place
@@ -27,6 +32,7 @@ use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
 use uuid::Uuid;
 
 use crate::Raft;
+use crate::admission::{Admission, AdmissionConfig, Class, Permit};
 use crate::convert::{self, WriteRequest};
 use crate::status::ApiError;
 
@@ -40,6 +46,7 @@ pub struct ApiConfig {
     pub cluster_id: String,
     pub write_timeout: Duration,
     pub read_wait_max: Duration,
+    pub admission: AdmissionConfig,
 }
 
 /// The three public services share one `Api`; clones are cheap.
@@ -52,6 +59,7 @@ struct Inner {
     raft: Raft,
     reader: Reader,
     config: ApiConfig,
+    admission: Admission,
     /// One channel per leader address, for follower reads' `ReadIndex` calls.
     leader_channels: Mutex<HashMap<String, Channel>>,
 }
@@ -81,13 +89,29 @@ struct Written {
     meta: v1::WriteMeta,
 }
 
-/// One tonic service impl per service of the RPC table, each method handing the request to the
-/// inherent handler of the same name and its error to [`Api::reply`].
+/// The admission class of an RPC kind of the table: client reads and writes are admitted,
+/// cluster administration is not (refusing it under load would not protect Raft, and a status
+/// or read index must answer when the cluster is busiest).
+macro_rules! admission_class {
+    (read) => {
+        Some(Class::Read)
+    };
+    (write) => {
+        Some(Class::Write)
+    };
+    ($other:ident) => {
+        None
+    };
+}
+
+/// One tonic service impl per service of the RPC table, each method admitting the request by its
+/// kind, handing it to the inherent handler of the same name, and its error to [`Api::reply`].
 macro_rules! serve_rpcs {
     (package $_package:literal ($_module:ident); $(service $_service:ident (
         $server_module:ident :: $server_trait:ident, $($_client:tt)*
     ) {
-        $($(#[$_doc:meta])* $_rpc:ident $method:ident ($req:ident) -> $resp:ident [$($_how:tt)*])*
+        $($(#[$_doc:meta])* $_rpc:ident $method:ident ($req:ident) -> $resp:ident
+            [$kind:ident, $($_how:tt)*])*
     })*) => {
         $(
             #[tonic::async_trait]
@@ -97,8 +121,12 @@ macro_rules! serve_rpcs {
                         &self,
                         request: GrpcRequest<v1::$req>,
                     ) -> Result<GrpcResponse<v1::$resp>, Status> {
-                        // Inherent methods win over trait methods: this is the handler.
-                        let result = Api::$method(self, request.into_inner()).await;
+                        let result = match self.admit(admission_class!($kind)).await {
+                            // The slot is held until the handler's answer is ready.
+                            // Inherent methods win over trait methods: this is the handler.
+                            Ok(_slot) => Api::$method(self, request.into_inner()).await,
+                            Err(error) => Err(error),
+                        };
                         self.reply(result)
                     }
                 )*
@@ -115,9 +143,18 @@ impl Api {
             inner: Arc::new(Inner {
                 raft,
                 reader,
+                admission: Admission::new(config.node_id, config.admission),
                 config,
                 leader_channels: Mutex::new(HashMap::new()),
             }),
+        }
+    }
+
+    /// A slot of `class` ([`crate::admission`]); RPCs of no class need none.
+    async fn admit(&self, class: Option<Class>) -> Result<Option<Permit>, ApiError> {
+        match class {
+            Some(class) => Ok(Some(self.inner.admission.admit(class).await?)),
+            None => Ok(None),
         }
     }
 
@@ -244,13 +281,16 @@ impl Api {
 
     /// Serves a read at the requested consistency: waits until local state may answer, reads,
     /// and returns the value with the metadata of where it was served.
-    async fn serve_read<T>(
+    ///
+    /// `read` runs on the blocking pool ([`Api::off_runtime`]), so it should also build the
+    /// wire form of what it read.
+    async fn serve_read<T: Send + 'static>(
         &self,
         options: Option<v1::ReadOptions>,
-        read: impl FnOnce(&Reader) -> Result<At<T>, ReadError>,
+        read: impl FnOnce(&Reader) -> Result<At<T>, ReadError> + Send + 'static,
     ) -> Result<(T, Option<v1::ReadMeta>), ApiError> {
         self.read_gate(options).await?;
-        let at = read(self.reader())?;
+        let at = self.off_runtime(read).await?;
         let meta = v1::ReadMeta {
             applied_index: at.applied_index,
             node_id: self.node_id(),
@@ -259,15 +299,30 @@ impl Api {
     }
 
     /// [`Api::serve_read`] of one call's data; a malformed call id is refused before any wait.
-    async fn serve_call_read<T>(
+    async fn serve_call_read<T: Send + 'static>(
         &self,
         call_id: &str,
         options: Option<v1::ReadOptions>,
-        read: impl FnOnce(&Reader, &CallId) -> Result<At<T>, ReadError>,
+        read: impl FnOnce(&Reader, &CallId) -> Result<At<T>, ReadError> + Send + 'static,
     ) -> Result<(T, Option<v1::ReadMeta>), ApiError> {
         let call_id = convert::call_id(call_id)?;
-        self.serve_read(options, |reader| read(reader, &call_id))
+        self.serve_read(options, move |reader| read(reader, &call_id))
             .await
+    }
+
+    /// Runs a read of applied state (RocksDB scans, decoding, building the wire form) on the
+    /// blocking pool. Why: a page is up to 1 MiB of stored data; built on the runtime's worker
+    /// threads (two on a 2-core machine), a flood of them kept openraft's core and the Raft
+    /// service's heartbeat handlers waiting for a thread, long enough to cost the leader its
+    /// lease. Admission bounds how many run at once, so the pool stays small.
+    async fn off_runtime<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Reader) -> Result<T, ReadError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let reader = self.reader().clone();
+        let done = tokio::task::spawn_blocking(move || read(&reader)).await;
+        done.map_err(|e| ApiError::ReadTask(e.to_string()))?
+            .map_err(ApiError::from)
     }
 
     /// Waits until a read at the requested consistency may be served from local state.
@@ -468,13 +523,15 @@ impl Api {
     }
 
     async fn get_call(&self, req: v1::GetCallRequest) -> Result<v1::GetCallResponse, ApiError> {
+        let tenant_id = req.tenant_id;
         let (call, meta) = self
-            .serve_call_read(&req.call_id, req.read, |reader, call_id| {
-                reader.get_call(&req.tenant_id, call_id)
+            .serve_call_read(&req.call_id, req.read, move |reader, call_id| {
+                let at = reader.get_call(&tenant_id, call_id)?;
+                Ok(at_map(at, |call| convert::wire_call(&call)))
             })
             .await?;
         Ok(v1::GetCallResponse {
-            call: Some(convert::wire_call(&call)),
+            call: Some(call),
             meta,
         })
     }
@@ -487,38 +544,44 @@ impl Api {
             0 => CONTEXT_TURNS_DEFAULT,
             n => n,
         };
-        let (context, meta) = self
-            .serve_call_read(&req.call_id, req.read, |reader, call_id| {
-                reader.get_context(&req.tenant_id, call_id, last_turns)
+        let tenant_id = req.tenant_id;
+        let (mut response, meta) = self
+            .serve_call_read(&req.call_id, req.read, move |reader, call_id| {
+                let at = reader.get_context(&tenant_id, call_id, last_turns)?;
+                Ok(at_map(at, |context| v1::GetContextResponse {
+                    summary: context.summary,
+                    entities: context.entities.into_iter().collect(),
+                    recent_turns: context
+                        .recent_turns
+                        .iter()
+                        .map(convert::wire_turn)
+                        .collect(),
+                    handoff: context.handoff.as_ref().map(convert::wire_handoff),
+                    meta: None,
+                }))
             })
             .await?;
-        Ok(v1::GetContextResponse {
-            summary: context.summary,
-            entities: context.entities.into_iter().collect(),
-            recent_turns: context
-                .recent_turns
-                .iter()
-                .map(convert::wire_turn)
-                .collect(),
-            handoff: context.handoff.as_ref().map(convert::wire_handoff),
-            meta,
-        })
+        response.meta = meta;
+        Ok(response)
     }
 
     async fn list_turns(
         &self,
         req: v1::ListTurnsRequest,
     ) -> Result<v1::ListTurnsResponse, ApiError> {
-        let (page, meta) = self
-            .serve_call_read(&req.call_id, req.read, |reader, call_id| {
-                reader.list_turns(&req.tenant_id, call_id, req.from_index, req.limit)
+        let (tenant_id, from_index, limit) = (req.tenant_id, req.from_index, req.limit);
+        let (mut response, meta) = self
+            .serve_call_read(&req.call_id, req.read, move |reader, call_id| {
+                let at = reader.list_turns(&tenant_id, call_id, from_index, limit)?;
+                Ok(at_map(at, |page| v1::ListTurnsResponse {
+                    turns: page.items.iter().map(convert::wire_turn).collect(),
+                    next_index: page.next.unwrap_or(0),
+                    meta: None,
+                }))
             })
             .await?;
-        Ok(v1::ListTurnsResponse {
-            turns: page.items.iter().map(convert::wire_turn).collect(),
-            next_index: page.next.unwrap_or(0),
-            meta,
-        })
+        response.meta = meta;
+        Ok(response)
     }
 
     async fn list_calls(
@@ -533,16 +596,19 @@ impl Api {
                     .map_err(|_| Invalid::new(Field::PageToken, Problem::Malformed))?,
             ),
         };
-        let (page, meta) = self
-            .serve_read(req.read, |reader| {
-                reader.list_calls(&req.tenant_id, state, after, req.page_size)
+        let (tenant_id, page_size) = (req.tenant_id, req.page_size);
+        let (mut response, meta) = self
+            .serve_read(req.read, move |reader| {
+                let at = reader.list_calls(&tenant_id, state, after, page_size)?;
+                Ok(at_map(at, |page| v1::ListCallsResponse {
+                    calls: page.items.iter().map(convert::wire_call).collect(),
+                    next_page_token: page.next.map(|id| id.to_string()).unwrap_or_default(),
+                    meta: None,
+                }))
             })
             .await?;
-        Ok(v1::ListCallsResponse {
-            calls: page.items.iter().map(convert::wire_call).collect(),
-            next_page_token: page.next.map(|id| id.to_string()).unwrap_or_default(),
-            meta,
-        })
+        response.meta = meta;
+        Ok(response)
     }
 }
 
@@ -552,32 +618,30 @@ impl Api {
         &self,
         req: v1::ListCallEventsRequest,
     ) -> Result<v1::ListEventsResponse, ApiError> {
-        let (page, meta) = self
-            .serve_call_read(&req.call_id, req.read, |reader, call_id| {
-                reader.list_call_events(&req.tenant_id, call_id, req.from_sequence, req.limit)
+        let (tenant_id, from_sequence, limit) = (req.tenant_id, req.from_sequence, req.limit);
+        let (mut response, meta) = self
+            .serve_call_read(&req.call_id, req.read, move |reader, call_id| {
+                let at = reader.list_call_events(&tenant_id, call_id, from_sequence, limit)?;
+                Ok(at_map(at, wire_events))
             })
             .await?;
-        Ok(v1::ListEventsResponse {
-            events: page.items.iter().map(convert::wire_event).collect(),
-            next: page.next.unwrap_or(0),
-            meta,
-        })
+        response.meta = meta;
+        Ok(response)
     }
 
     async fn list_events(
         &self,
         req: v1::ListEventsRequest,
     ) -> Result<v1::ListEventsResponse, ApiError> {
-        let (page, meta) = self
-            .serve_read(req.read, |reader| {
-                reader.list_events(req.from_position, req.limit)
+        let (from_position, limit) = (req.from_position, req.limit);
+        let (mut response, meta) = self
+            .serve_read(req.read, move |reader| {
+                let at = reader.list_events(from_position, limit)?;
+                Ok(at_map(at, wire_events))
             })
             .await?;
-        Ok(v1::ListEventsResponse {
-            events: page.items.iter().map(convert::wire_event).collect(),
-            next: page.next.unwrap_or(0),
-            meta,
-        })
+        response.meta = meta;
+        Ok(response)
     }
 }
 
@@ -699,11 +763,31 @@ impl Api {
     }
 
     async fn digest(&self, _req: v1::DigestRequest) -> Result<v1::DigestResponse, ApiError> {
-        let at = self.reader().digest().map_err(ReadError::from)?;
+        // The whole state machine: never on the runtime.
+        let at = self
+            .off_runtime(|reader| reader.digest().map_err(ReadError::from))
+            .await?;
         Ok(v1::DigestResponse {
             node_id: self.node_id(),
             applied_index: at.applied_index,
             sha256: at.value.to_vec(),
         })
+    }
+}
+
+/// A value read at an index, converted (to its wire form) at the same index.
+fn at_map<T, U>(at: At<T>, convert: impl FnOnce(T) -> U) -> At<U> {
+    At {
+        value: convert(at.value),
+        applied_index: at.applied_index,
+    }
+}
+
+/// A page of events as the wire answers it (its `meta` filled in by the caller).
+fn wire_events(page: raft_store::Page<domain::Event, u64>) -> v1::ListEventsResponse {
+    v1::ListEventsResponse {
+        events: page.items.iter().map(convert::wire_event).collect(),
+        next: page.next.unwrap_or(0),
+        meta: None,
     }
 }

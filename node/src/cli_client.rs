@@ -39,7 +39,8 @@ pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_NOT_FOUND: u8 = 3;
 /// Exit code when the state forbids the request (illegal transition, already handed off, ended).
 pub const EXIT_FAILED_PRECONDITION: u8 = 4;
-/// Exit code when no node could serve the request in time (no leader, nodes down, timeout).
+/// Exit code when no node could serve the request in time (no leader, nodes down, nodes
+/// shedding load, timeout): trying again later may succeed.
 pub const EXIT_UNAVAILABLE: u8 = 5;
 /// Exit code for anything else.
 pub const EXIT_OTHER: u8 = 1;
@@ -1465,6 +1466,8 @@ mod tests {
         );
         assert_eq!(exit_code_for(Code::Unavailable), EXIT_UNAVAILABLE);
         assert_eq!(exit_code_for(Code::DeadlineExceeded), EXIT_UNAVAILABLE);
+        // A node shedding load: busy, not broken; scripts retry later as for UNAVAILABLE.
+        assert_eq!(exit_code_for(Code::ResourceExhausted), EXIT_UNAVAILABLE);
         assert_eq!(exit_code_for(Code::Internal), EXIT_OTHER);
     }
 

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::admission::{self, AdmissionConfig, ClassLimits};
+
 /// `switchboard serve` options. Every option is optional here so that a config file can fill
 /// what the command line leaves out; [`ServeArgs::resolve`] applies the defaults.
 #[derive(Debug, Clone, Default, clap::Args, Deserialize)]
@@ -75,6 +77,24 @@ pub struct ServeArgs {
     /// Concurrent gRPC requests served per connection.
     #[arg(long, env = "SWITCHBOARD_GRPC_CONCURRENCY_MAX")]
     pub grpc_concurrency_max: Option<usize>,
+    /// Client reads (the `read` RPCs) served at once; more wait in the read queue
+    /// [default: 4, two per core of a 2-core machine: raise it with the cores].
+    #[arg(long, env = "SWITCHBOARD_READS_IN_FLIGHT_MAX")]
+    pub reads_in_flight_max: Option<usize>,
+    /// Client reads waiting for a slot; more are refused with RESOURCE_EXHAUSTED [default: 64].
+    #[arg(long, env = "SWITCHBOARD_READ_QUEUE_MAX")]
+    pub read_queue_max: Option<usize>,
+    /// Client writes served at once; more wait in the write queue [default: 512].
+    #[arg(long, env = "SWITCHBOARD_WRITES_IN_FLIGHT_MAX")]
+    pub writes_in_flight_max: Option<usize>,
+    /// Client writes waiting for a slot; more are refused with RESOURCE_EXHAUSTED
+    /// [default: 1024].
+    #[arg(long, env = "SWITCHBOARD_WRITE_QUEUE_MAX")]
+    pub write_queue_max: Option<usize>,
+    /// Longest wait of a queued read or write; past it the request is refused with
+    /// RESOURCE_EXHAUSTED [default: 1000].
+    #[arg(long, env = "SWITCHBOARD_ADMISSION_QUEUE_WAIT_MS_MAX")]
+    pub admission_queue_wait_ms_max: Option<u64>,
     /// Stop when the parent process goes away (used by `switchboard dev`).
     #[arg(long, hide = true)]
     #[serde(skip)]
@@ -101,6 +121,7 @@ pub struct NodeConfig {
     pub read_wait_max: Duration,
     pub grpc_message_bytes_max: usize,
     pub grpc_concurrency_max: usize,
+    pub admission: AdmissionConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -242,6 +263,22 @@ impl ServeArgs {
             read_wait_max: Duration::from_millis(pick!(read_wait_ms_max).unwrap_or(5_000)),
             grpc_message_bytes_max: pick!(grpc_message_bytes_max).unwrap_or(4 << 20),
             grpc_concurrency_max: pick!(grpc_concurrency_max).unwrap_or(256),
+            admission: AdmissionConfig {
+                reads: ClassLimits {
+                    in_flight_max: pick!(reads_in_flight_max)
+                        .unwrap_or(admission::READS_IN_FLIGHT_MAX),
+                    queue_max: pick!(read_queue_max).unwrap_or(admission::READ_QUEUE_MAX),
+                },
+                writes: ClassLimits {
+                    in_flight_max: pick!(writes_in_flight_max)
+                        .unwrap_or(admission::WRITES_IN_FLIGHT_MAX),
+                    queue_max: pick!(write_queue_max).unwrap_or(admission::WRITE_QUEUE_MAX),
+                },
+                queue_wait_max: Duration::from_millis(
+                    pick!(admission_queue_wait_ms_max)
+                        .unwrap_or(admission::ADMISSION_QUEUE_WAIT_MS_MAX),
+                ),
+            },
         };
         config.validate()?;
         Ok(config)
@@ -363,6 +400,48 @@ impl NodeConfig {
                 "must be from 1 to 65536",
             ));
         }
+        self.validate_admission()
+    }
+
+    fn validate_admission(&self) -> Result<(), ConfigError> {
+        let AdmissionConfig {
+            reads,
+            writes,
+            queue_wait_max,
+        } = self.admission;
+        let in_flight_limit = admission::IN_FLIGHT_LIMIT;
+        let queue_limit = admission::QUEUE_LIMIT;
+        for (option, value) in [
+            ("reads-in-flight-max", reads.in_flight_max),
+            ("writes-in-flight-max", writes.in_flight_max),
+        ] {
+            if !(1..=in_flight_limit).contains(&value) {
+                return Err(invalid(
+                    option,
+                    value,
+                    format!("must be from 1 to {in_flight_limit}"),
+                ));
+            }
+        }
+        for (option, value) in [
+            ("read-queue-max", reads.queue_max),
+            ("write-queue-max", writes.queue_max),
+        ] {
+            if value > queue_limit {
+                return Err(invalid(
+                    option,
+                    value,
+                    format!("must be from 0 to {queue_limit}"),
+                ));
+            }
+        }
+        if queue_wait_max.is_zero() {
+            return Err(invalid(
+                "admission-queue-wait-ms-max",
+                0,
+                "must be positive",
+            ));
+        }
         Ok(())
     }
 }
@@ -411,6 +490,35 @@ mod tests {
         .resolve()
         .expect_err("not a member");
         assert!(err.to_string().contains("does not list this node"), "{err}");
+    }
+
+    #[test]
+    fn admission_bounds_default_and_are_validated() {
+        let config = args().resolve().expect("valid");
+        assert_eq!(config.admission, AdmissionConfig::default());
+        let config = ServeArgs {
+            reads_in_flight_max: Some(4),
+            read_queue_max: Some(0),
+            ..args()
+        }
+        .resolve()
+        .expect("valid");
+        assert_eq!(config.admission.reads.in_flight_max, 4);
+        assert_eq!(config.admission.reads.queue_max, 0);
+        let err = ServeArgs {
+            writes_in_flight_max: Some(0),
+            ..args()
+        }
+        .resolve()
+        .expect_err("no write slot");
+        assert!(err.to_string().contains("writes-in-flight-max"), "{err}");
+        let err = ServeArgs {
+            read_queue_max: Some(admission::QUEUE_LIMIT + 1),
+            ..args()
+        }
+        .resolve()
+        .expect_err("queue over the limit");
+        assert!(err.to_string().contains("read-queue-max"), "{err}");
     }
 
     #[test]

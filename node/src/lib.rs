@@ -3,6 +3,7 @@
 //! Owns everything that touches the network. Must not hold domain rules: those live in
 //! the `domain` crate, which the leader reaches only by proposing through Raft.
 
+pub mod admission;
 pub mod api;
 pub mod cli_client;
 pub mod config;

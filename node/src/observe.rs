@@ -26,6 +26,15 @@ pub mod names {
     pub const RAFT_SNAPSHOT_INDEX: &str = "switchboard_raft_snapshot_index";
     pub const CALLS: &str = "switchboard_calls";
     pub const GRPC_REQUEST_SECONDS: &str = "switchboard_grpc_request_duration_seconds";
+    /// Client requests admitted, by `class` (`read`, `write`).
+    pub const ADMISSION_ADMITTED: &str = "switchboard_admission_admitted_total";
+    /// Client requests shed with RESOURCE_EXHAUSTED, by `class` and `reason` (`queue_full`,
+    /// `queue_wait`).
+    pub const ADMISSION_SHED: &str = "switchboard_admission_shed_total";
+    /// Client requests being served, by `class`.
+    pub const ADMISSION_IN_FLIGHT: &str = "switchboard_admission_in_flight";
+    /// Client requests waiting for a slot, by `class`.
+    pub const ADMISSION_QUEUED: &str = "switchboard_admission_queued";
 }
 
 /// How often gauges are refreshed besides on every Raft metrics change.

@@ -101,6 +101,7 @@ pub async fn serve(
             cluster_id: config.cluster_id.clone(),
             write_timeout: config.write_timeout,
             read_wait_max: config.read_wait_max,
+            admission: config.admission,
         },
     );
     let (health, health_service) = tonic_health::server::health_reporter();

@@ -12,8 +12,9 @@ use raft_store::{NodeId, ReadError, TypeConfig};
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
-pub use client::{LEADER_ADDR_HEADER, LEADER_ID_HEADER, REJECTION_HEADER};
+pub use client::{LEADER_ADDR_HEADER, LEADER_ID_HEADER, OVERLOADED_HEADER, REJECTION_HEADER};
 
+use crate::admission::Overloaded;
 use crate::convert::MemberInvalid;
 
 /// A membership change openraft refused.
@@ -67,6 +68,10 @@ pub enum ApiError {
     },
     #[error("node is shutting down")]
     ShuttingDown,
+    #[error("{0}")]
+    Overloaded(#[from] Overloaded),
+    #[error("a read of applied state did not complete: {0}")]
+    ReadTask(String),
 }
 
 /// The one conversion of openraft's API errors: a fatal error stops Raft, every other error is
@@ -188,6 +193,17 @@ impl From<ApiError> for Status {
                 status
             }
             ApiError::Timeout { .. } => Status::deadline_exceeded(message),
+            // Not a rejection: nothing was done, so it is not final and names no
+            // `RejectionKind` (those are replicated verdicts). The header tells the client it
+            // is this node's load, not a message over the size bound, and that backing off helps.
+            ApiError::Overloaded(overloaded) => {
+                let mut status = Status::resource_exhausted(message);
+                status.metadata_mut().insert(
+                    OVERLOADED_HEADER,
+                    MetadataValue::from_static(overloaded.class.as_str()),
+                );
+                status
+            }
             // Both pass: a lagging node catches up, a leader that lost its quorum steps down or
             // gets it back; the client retries (elsewhere).
             ApiError::NotCaughtUp { .. } => Status::unavailable(message),
@@ -212,6 +228,7 @@ impl From<ApiError> for Status {
             ApiError::Read(ReadError::Storage(_))
             | ApiError::Fatal(_)
             | ApiError::NoOutcome { .. }
+            | ApiError::ReadTask(_)
             | ApiError::LeaderAddr { .. } => internal(message),
         }
     }
@@ -338,6 +355,34 @@ mod tests {
         assert_eq!(
             Status::from(ApiError::from(no_quorum)).code(),
             Code::Unavailable
+        );
+    }
+
+    #[test]
+    fn a_shed_request_is_resource_exhausted_naming_its_class() {
+        use crate::admission::{Class, ClassLimits, Shed};
+        let status = Status::from(ApiError::from(Overloaded {
+            node_id: 2,
+            class: Class::Read,
+            limits: ClassLimits {
+                in_flight_max: 16,
+                queue_max: 64,
+            },
+            shed: Shed::QueueFull,
+        }));
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(
+            status
+                .metadata()
+                .get(OVERLOADED_HEADER)
+                .and_then(|v| v.to_str().ok()),
+            Some("read")
+        );
+        assert!(status.metadata().get(REJECTION_HEADER).is_none());
+        assert!(
+            status.message().contains("retry with backoff"),
+            "{}",
+            status.message()
         );
     }
 

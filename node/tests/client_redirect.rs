@@ -10,7 +10,9 @@ use std::{
     time::Duration,
 };
 
-use client::{Client, ClientConfig, GiveUp, LEADER_ADDR_HEADER, LEADER_ID_HEADER};
+use client::{
+    Client, ClientConfig, GiveUp, LEADER_ADDR_HEADER, LEADER_ID_HEADER, OVERLOADED_HEADER,
+};
 use proto::v1::{
     AppendTurnRequest, AppendTurnResponse, Call, CallResponse, CallState, Consistency,
     CreateCallRequest, EndCallRequest, GetCallRequest, GetCallResponse, GetContextRequest,
@@ -43,6 +45,8 @@ enum Role {
     Fail(Code),
     /// Like a leader, but the first write hangs for `delay` before answering.
     SlowFirst { id: u64, delay: Duration },
+    /// Like a leader, but sheds the first `shed_first` writes as an overloaded node does.
+    Shedding { id: u64, shed_first: usize },
 }
 
 /// What a fake node saw.
@@ -105,6 +109,14 @@ impl Fake {
             match &self.role {
                 Role::Leader { id } => (*id, None),
                 Role::SlowFirst { id, delay } => (*id, (ids.len() == 1).then_some(*delay)),
+                Role::Shedding { shed_first, .. } if ids.len() <= *shed_first => {
+                    let mut status = Status::resource_exhausted("fake node is overloaded");
+                    status
+                        .metadata_mut()
+                        .insert(OVERLOADED_HEADER, MetadataValue::from_static("write"));
+                    return Err(status);
+                }
+                Role::Shedding { id, .. } => (*id, None),
                 Role::Follower {
                     leader_id,
                     leader_addr,
@@ -134,7 +146,7 @@ impl Fake {
         self.seen.reads.fetch_add(1, Ordering::SeqCst);
         let local = read.map(ReadOptions::consistency) == Some(Consistency::Local);
         let node_id = match &self.role {
-            Role::Leader { id } | Role::SlowFirst { id, .. } => *id,
+            Role::Leader { id } | Role::SlowFirst { id, .. } | Role::Shedding { id, .. } => *id,
             Role::Follower { .. } if local => 99,
             Role::Follower {
                 leader_id,
@@ -461,6 +473,64 @@ async fn retry_after_a_timed_out_attempt_carries_the_same_request_id() {
         assert_eq!(ids.len(), 2, "one timed-out attempt and one retry");
         assert_eq!(ids[0], ids[1], "the retry reuses the request_id");
         assert!(!ids[0].is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_shed_write_is_retried_on_the_same_node_after_a_backoff_with_the_same_request_id() {
+    bounded(async {
+        let mut fakes = Fakes::default();
+        let (busy, busy_seen) = fakes
+            .start(Role::Shedding {
+                id: 1,
+                shed_first: 2,
+            })
+            .await;
+        let (other, other_seen) = fakes.start(Role::Leader { id: 2 }).await;
+        let client = Client::new(config(&[&busy, &other])).expect("valid config");
+        let started = Instant::now();
+        client
+            .create_call(create("t"))
+            .await
+            .expect("the third attempt is served");
+        let ids = busy_seen.writes();
+        assert_eq!(ids.len(), 3, "two shed attempts, then the served one");
+        assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+        assert_eq!(
+            other_seen.write_count(),
+            0,
+            "a shed write stays with its node"
+        );
+        // Backoffs of at least half of 10 ms and 20 ms (equal jitter).
+        assert!(started.elapsed() >= Duration::from_millis(15));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_node_that_keeps_shedding_gives_an_overloaded_error() {
+    bounded(async {
+        let mut fakes = Fakes::default();
+        let (busy, busy_seen) = fakes
+            .start(Role::Shedding {
+                id: 1,
+                shed_first: usize::MAX,
+            })
+            .await;
+        let client = Client::new(ClientConfig {
+            retries_max: 3,
+            ..config(&[&busy])
+        })
+        .expect("valid config");
+        let err = client
+            .create_call(create("t"))
+            .await
+            .expect_err("every attempt is shed");
+        assert!(err.is_overloaded(), "{err}");
+        assert_eq!(err.code(), Code::ResourceExhausted);
+        assert_eq!(err.reason, GiveUp::RetriesExhausted);
+        assert_eq!(busy_seen.write_count(), 4);
     })
     .await;
 }

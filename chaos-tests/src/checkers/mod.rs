@@ -1,11 +1,13 @@
 //! Invariant checkers, one per file. Each takes the drill's [`Facts`] (the history and what the
-//! healed cluster holds) and returns a [`Verdict`]; each has a unit test showing it catches a
+//! healed cluster holds), or for `leader_under_flood` what the nemesis saw during its read
+//! floods ([`FloodFacts`]), and returns a [`Verdict`]; each has a unit test showing it catches a
 //! deliberately broken history. They only read: they never talk to the cluster.
 
 pub mod convergence;
 pub mod durability;
 pub mod ended_immutable;
 pub mod handoff_once;
+pub mod leader_under_flood;
 pub mod lifecycle_linearizable;
 pub mod no_orphans;
 pub mod sequences;
@@ -14,6 +16,7 @@ pub mod stale_reads;
 use std::collections::BTreeMap;
 
 use crate::history::{Op, Outcome, SeenEvent};
+pub use leader_under_flood::{FloodFacts, LeadershipSample};
 
 /// Most violations a verdict keeps (the count is always exact).
 pub const VIOLATIONS_KEPT_MAX: usize = 20;

@@ -231,7 +231,7 @@ async fn drill(seed: u64, args: &DrillArgs) -> anyhow::Result<bool> {
         quiet_ms: (args.quiet_ms_max / 4, args.quiet_ms_max.max(1)),
         hold_ms: (args.hold_ms_max / 4, args.hold_ms_max.max(1)),
     };
-    let records = {
+    let (records, floods) = {
         let mut nemesis = Nemesis::new(
             &mut cluster,
             Rng::fork(seed, 1),
@@ -244,7 +244,7 @@ async fn drill(seed: u64, args: &DrillArgs) -> anyhow::Result<bool> {
         } else {
             nemesis.run(args.duration).await;
         }
-        nemesis.records
+        (nemesis.records, nemesis.floods)
     };
     let remaining = args.duration.saturating_sub(started.elapsed());
     tokio::time::sleep(remaining).await;
@@ -300,6 +300,7 @@ async fn drill(seed: u64, args: &DrillArgs) -> anyhow::Result<bool> {
         nodes,
     };
     let mut verdicts = checkers::check_all(&facts);
+    verdicts.push(checkers::leader_under_flood::check(&floods));
     let mut live = Verdict::new("liveness after healing");
     live.checked = format!("bound {:?}", args.liveness_bound);
     if liveness.is_none() {

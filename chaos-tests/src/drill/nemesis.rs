@@ -3,6 +3,9 @@
 //! SIGSTOP/SIGCONT, membership changes, a restart that needs a snapshot install, delay through
 //! the proxies); network faults (partitions of every shape, random loss) need namespace mode;
 //! container faults (kill, pause, disconnect from the network, rolling restart) compose mode.
+//! Load faults (a flood of large client reads, `read_flood.rs`) work in every mode.
+
+mod read_flood;
 
 use std::time::{Duration, Instant};
 
@@ -10,6 +13,7 @@ use client::Client;
 use proto::v1;
 
 use super::cluster::{DrillCluster, Mode};
+use crate::checkers::FloodFacts;
 use crate::netns::{Rule, cut};
 use crate::rng::Rng;
 
@@ -46,6 +50,8 @@ pub enum FaultKind {
     Disconnect,
     /// Restart every container in turn, each healthy before the next (compose mode).
     RollingRestart,
+    /// Flood every node with large client reads for the hold time.
+    ReadFlood,
 }
 
 impl FaultKind {
@@ -57,6 +63,7 @@ impl FaultKind {
             IsolateLeader | Halves | Bridge | OneWay | Loss => mode == Mode::Netns,
             Delay | SlowLink | Membership => mode != Mode::Compose,
             Disconnect | RollingRestart => mode == Mode::Compose,
+            ReadFlood => true,
         }
     }
 
@@ -98,6 +105,8 @@ pub struct Nemesis<'a> {
     pub timing: Timing,
     pub started: Instant,
     pub records: Vec<FaultRecord>,
+    /// What each read flood saw, for the checkers.
+    pub floods: Vec<FloodFacts>,
     admin: Client,
 }
 
@@ -132,6 +141,7 @@ impl<'a> Nemesis<'a> {
             timing,
             started,
             records: Vec::new(),
+            floods: Vec::new(),
             admin,
         })
     }
@@ -323,6 +333,7 @@ impl<'a> Nemesis<'a> {
                 self.healed(i);
             }
             FaultKind::RollingRestart => self.rolling_restart().await,
+            FaultKind::ReadFlood => self.read_flood(hold).await,
         }
     }
 
