@@ -20,9 +20,9 @@ pub const STORAGE_DAMAGED_MARK: &str = "storage damaged:";
 pub const EXIT_PANIC: i32 = 101;
 /// A disk fault window shorter than this is not judged for availability (a leader's
 /// replacement takes about a second to elect; the bound leaves room for a loaded machine).
-pub const SERVING_WINDOW_MS_MIN: u64 = 4_000;
+pub const SERVING_WINDOW_MS_MIN: u64 = 2_500;
 /// Time after a fault begins that the cluster may spend electing a new leader.
-pub const SERVING_GRACE_MS: u64 = 2_500;
+pub const SERVING_GRACE_MS: u64 = 1_500;
 /// A node under `fail-sync` that saw at least this many entries committed by the others
 /// without stopping has acknowledged appends it never made durable (or never synced at all).
 pub const SYNC_ERROR_ENTRIES_MIN: u64 = 20;
