@@ -25,6 +25,10 @@ pub struct ProcNode {
     pub data_dir: PathBuf,
     child: Option<Child>,
     extra_args: Vec<String>,
+    /// Environment of the node's next start, beyond the inherited one (`set_env`).
+    env: Vec<(String, String)>,
+    /// Where the node's stderr goes from its next start (`capture_stderr`); else inherited.
+    stderr_file: Option<PathBuf>,
 }
 
 impl ProcNode {
@@ -84,6 +88,8 @@ impl ProcessCluster {
                     data_dir: root.path().join(format!("node-{id}")),
                     child: None,
                     extra_args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
+                    env: Vec::new(),
+                    stderr_file: None,
                 },
             );
         }
@@ -124,6 +130,8 @@ impl ProcessCluster {
             data_dir: self.root.path().join(format!("node-{id}")),
             child: None,
             extra_args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
+            env: Vec::new(),
+            stderr_file: None,
         };
         self.nodes.insert(id, node);
         self.spawn(id, false)?;
@@ -140,13 +148,41 @@ impl ProcessCluster {
         if with_initial_cluster {
             serve = serve.initial_cluster(&self.initial_cluster);
         }
-        let child = serve
-            .command(&self.binary)
-            .stdin(Stdio::null())
+        for (key, value) in &node.env {
+            serve = serve.env(key, value);
+        }
+        let mut command = serve.command(&self.binary);
+        command.stdin(Stdio::null());
+        if let Some(path) = &node.stderr_file {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|source| Error::Spawn { id, source })?;
+            command.stderr(file);
+        }
+        let child = command
             .spawn()
             .map_err(|source| Error::Spawn { id, source })?;
         node.child = Some(child);
         Ok(())
+    }
+
+    /// Sets an environment variable for node `id` from its next (re)start on.
+    pub fn set_env(&mut self, id: u64, key: &str, value: &str) -> Result<(), Error> {
+        let node = self.nodes.get_mut(&id).ok_or(Error::NoNode(id))?;
+        node.env.retain(|(k, _)| k != key);
+        node.env.push((key.to_owned(), value.to_owned()));
+        Ok(())
+    }
+
+    /// From node `id`'s next (re)start on, appends its stderr to a file in the cluster's
+    /// directory (returned), so that a test can read why it exited.
+    pub fn capture_stderr(&mut self, id: u64) -> Result<PathBuf, Error> {
+        let path = self.root.path().join(format!("node-{id}.stderr"));
+        let node = self.nodes.get_mut(&id).ok_or(Error::NoNode(id))?;
+        node.stderr_file = Some(path.clone());
+        Ok(path)
     }
 
     /// Starts (or restarts) node `id` of the initial cluster.

@@ -35,6 +35,7 @@ pub struct ServeCommand {
     exit_with_parent: bool,
     extra_args: Vec<OsString>,
     log_filter: Option<String>,
+    env: Vec<(OsString, OsString)>,
 }
 
 impl ServeCommand {
@@ -52,6 +53,7 @@ impl ServeCommand {
             exit_with_parent: false,
             extra_args: Vec::new(),
             log_filter: None,
+            env: Vec::new(),
         }
     }
 
@@ -102,6 +104,13 @@ impl ServeCommand {
         self
     }
 
+    /// Sets one more environment variable for the node (the drills' disk faults put their
+    /// `LD_PRELOAD` fault shim and its control file here).
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
     /// Every argument after the program, starting with `serve`.
     pub fn args(&self) -> Vec<OsString> {
         let mut args: Vec<OsString> = vec![
@@ -137,6 +146,7 @@ impl ServeCommand {
         if let Some(filter) = &self.log_filter {
             command.env("RUST_LOG", filter);
         }
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
         command
     }
 
@@ -226,6 +236,20 @@ mod tests {
         assert_eq!(
             command.get_envs().collect::<Vec<_>>(),
             [(OsStr::new("RUST_LOG"), Some(OsStr::new("warn")))]
+        );
+    }
+
+    #[test]
+    fn extra_environment_reaches_the_command() {
+        let command = ServeCommand::new(2, "a:1", "d")
+            .env("LD_PRELOAD", "/t/libfault_shim.so")
+            .command(Path::new("sb"));
+        assert_eq!(
+            command.get_envs().collect::<Vec<_>>(),
+            [(
+                OsStr::new("LD_PRELOAD"),
+                Some(OsStr::new("/t/libfault_shim.so"))
+            )]
         );
     }
 

@@ -4,6 +4,7 @@
 //! deliberately broken history. They only read: they never talk to the cluster.
 
 pub mod convergence;
+pub mod disk;
 pub mod durability;
 pub mod ended_immutable;
 pub mod handoff_once;

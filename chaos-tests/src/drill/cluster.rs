@@ -56,6 +56,10 @@ pub struct NodeProc {
     container: Option<String>,
     /// Compose mode: the networks the container was cut from, to connect it back.
     pub detached: Vec<Attachment>,
+    /// The fault shim's control file when the node runs with it preloaded (disk faults).
+    pub shim_control: Option<PathBuf>,
+    /// Whether the data directory is a tmpfs of its own (the disk-full fault fills it).
+    pub tmpfs: bool,
 }
 
 impl NodeProc {
@@ -76,9 +80,19 @@ pub struct Reach {
     pub resolve: Vec<(String, String)>,
 }
 
+/// What the disk faults need from the cluster, decided before the nodes start.
+#[derive(Debug, Clone, Default)]
+pub struct DiskSetup {
+    /// Run every node with this fault shim preloaded (`LD_PRELOAD`), each with a control file.
+    pub shim: Option<PathBuf>,
+    /// Give every node a tmpfs of this many MiB as its data directory (root only).
+    pub tmpfs_mib: Option<u64>,
+}
+
 #[derive(Debug)]
 pub struct DrillCluster {
     binary: PathBuf,
+    disk: DiskSetup,
     pub mode: Mode,
     cluster_id: String,
     initial_cluster: String,
@@ -133,6 +147,17 @@ impl DrillCluster {
         n: u64,
         node_args: Vec<String>,
     ) -> anyhow::Result<Self> {
+        Self::start_with_disks(binary, mode, n, node_args, DiskSetup::default()).await
+    }
+
+    /// Like [`Self::start`], with the fault shim and/or a tmpfs per node for disk faults.
+    pub async fn start_with_disks(
+        binary: PathBuf,
+        mode: Mode,
+        n: u64,
+        node_args: Vec<String>,
+        disk: DiskSetup,
+    ) -> anyhow::Result<Self> {
         sweep_temp_dirs();
         let root = tempfile::Builder::new()
             .prefix(&format!("{TEMP_PREFIX}{}-", std::process::id()))
@@ -144,6 +169,7 @@ impl DrillCluster {
         };
         let mut cluster = Self {
             binary,
+            disk,
             mode,
             cluster_id: "chaos".to_owned(),
             initial_cluster: String::new(),
@@ -194,11 +220,14 @@ impl DrillCluster {
                     client,
                     container: Some(service.container),
                     detached: Vec::new(),
+                    shim_control: None,
+                    tmpfs: false,
                 },
             );
         }
         Ok(Self {
             binary: PathBuf::new(),
+            disk: DiskSetup::default(),
             mode: Mode::Compose,
             cluster_id: String::new(),
             initial_cluster: String::new(),
@@ -240,13 +269,29 @@ impl DrillCluster {
         let proxy = proxy::start(listener, listen.clone())?;
         let advertise = proxy.listen.to_string();
         let client = single_node_client(&listen)?;
+        let data_dir = self.root.path().join(format!("node-{id}"));
+        let tmpfs = match self.disk.tmpfs_mib {
+            Some(mib) => {
+                super::disk::mount_tmpfs(&data_dir, mib)?;
+                true
+            }
+            None => false,
+        };
+        let shim_control = match &self.disk.shim {
+            Some(_) => {
+                let path = self.root.path().join(format!("node-{id}.shim"));
+                super::disk::ShimControl::Ok.write(&path)?;
+                Some(path)
+            }
+            None => None,
+        };
         let node = NodeProc {
             id,
             grpc: listen.clone(),
             listen,
             advertise,
             http,
-            data_dir: self.root.path().join(format!("node-{id}")),
+            data_dir,
             child: None,
             paused: false,
             bootstrap,
@@ -254,6 +299,8 @@ impl DrillCluster {
             client,
             container: None,
             detached: Vec::new(),
+            shim_control,
+            tmpfs,
         };
         self.nodes.insert(id, node);
         Ok(())
@@ -282,6 +329,11 @@ impl DrillCluster {
             .log_filter(harness::test_log_filter());
         if node.bootstrap {
             serve = serve.initial_cluster(&self.initial_cluster);
+        }
+        if let (Some(shim), Some(control)) = (&self.disk.shim, &node.shim_control) {
+            serve = serve
+                .env("LD_PRELOAD", shim)
+                .env(super::disk::SHIM_CONTROL_ENV, control);
         }
         serve
             .configure(&mut command)
@@ -409,7 +461,17 @@ impl DrillCluster {
             .nodes
             .get_mut(&id)
             .ok_or_else(|| anyhow::anyhow!("no node {id}"))?;
-        if node.data_dir.exists() {
+        if node.tmpfs {
+            // The mount point stays; only what is in it goes.
+            for entry in std::fs::read_dir(&node.data_dir)? {
+                let path = entry?.path();
+                if path.is_dir() {
+                    std::fs::remove_dir_all(&path)?;
+                } else {
+                    std::fs::remove_file(&path)?;
+                }
+            }
+        } else if node.data_dir.exists() {
             std::fs::remove_dir_all(&node.data_dir)?;
         }
         node.bootstrap = false;
@@ -491,6 +553,26 @@ impl DrillCluster {
     pub fn http(&self, id: u64) -> Option<String> {
         self.nodes.get(&id).map(|n| n.http.clone())
     }
+
+    /// Node `id`'s data directory (processes only).
+    pub fn data_dir(&self, id: u64) -> Option<PathBuf> {
+        self.nodes
+            .get(&id)
+            .filter(|n| n.container.is_none())
+            .map(|n| n.data_dir.clone())
+    }
+
+    /// The file node `id`'s stdout and stderr are appended to.
+    pub fn log_path(&self, id: u64) -> PathBuf {
+        self.root.path().join(format!("node-{id}.log"))
+    }
+
+    /// How node `id`'s process ended, once it has (without waiting); `None` while it runs or
+    /// when it was never started.
+    pub fn exit_status(&mut self, id: u64) -> Option<std::process::ExitStatus> {
+        let child = self.nodes.get_mut(&id)?.child.as_mut()?;
+        child.try_wait().ok().flatten()
+    }
 }
 
 impl Drop for DrillCluster {
@@ -501,6 +583,9 @@ impl Drop for DrillCluster {
                 let _ = child.wait();
             }
             node.proxy = None;
+            if node.tmpfs {
+                super::disk::unmount_tmpfs(&node.data_dir);
+            }
         }
     }
 }

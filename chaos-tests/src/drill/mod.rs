@@ -10,6 +10,7 @@
 //! changes anything outside what it created, and removes all of it on every exit path.
 
 pub mod cluster;
+pub mod disk;
 pub mod nemesis;
 pub mod workload;
 
@@ -162,6 +163,11 @@ async fn drill(seed: u64, args: &DrillArgs) -> anyhow::Result<bool> {
     } else {
         args.faults.clone()
     };
+    if faults.contains(&FaultKind::DiskFull) && mode != Mode::Compose && !disk::is_root() {
+        anyhow::bail!(
+            "fault disk-full needs root: it mounts a tmpfs as each node's data directory"
+        );
+    }
     if let Some(f) = faults.iter().find(|f| !f.supported(mode)) {
         let modes: Vec<&str> = [Mode::Loopback, Mode::Netns, Mode::Compose]
             .into_iter()
@@ -205,7 +211,17 @@ async fn drill(seed: u64, args: &DrillArgs) -> anyhow::Result<bool> {
             "--logs-kept-behind-snapshot=50".to_owned(),
         ];
         node_args.extend(args.node_args.iter().cloned());
-        DrillCluster::start(binary, mode, args.nodes, node_args).await?
+        let disk = cluster::DiskSetup {
+            shim: if faults.iter().any(|f| f.needs_shim()) {
+                Some(disk::shim_library()?)
+            } else {
+                None
+            },
+            tmpfs_mib: faults
+                .contains(&FaultKind::DiskFull)
+                .then_some(disk::DATA_TMPFS_MIB),
+        };
+        DrillCluster::start_with_disks(binary, mode, args.nodes, node_args, disk).await?
     };
     harness::wait_for_leader(&cluster.endpoints(), LEADER_WAIT, Agreement::LeaderOnly).await?;
     let history_path = args
@@ -231,7 +247,7 @@ async fn drill(seed: u64, args: &DrillArgs) -> anyhow::Result<bool> {
         quiet_ms: (args.quiet_ms_max / 4, args.quiet_ms_max.max(1)),
         hold_ms: (args.hold_ms_max / 4, args.hold_ms_max.max(1)),
     };
-    let (records, floods) = {
+    let (records, floods, disk_facts) = {
         let mut nemesis = Nemesis::new(
             &mut cluster,
             Rng::fork(seed, 1),
@@ -244,7 +260,7 @@ async fn drill(seed: u64, args: &DrillArgs) -> anyhow::Result<bool> {
         } else {
             nemesis.run(args.duration).await;
         }
-        (nemesis.records, nemesis.floods)
+        (nemesis.records, nemesis.floods, nemesis.disk)
     };
     let remaining = args.duration.saturating_sub(started.elapsed());
     tokio::time::sleep(remaining).await;
@@ -301,6 +317,9 @@ async fn drill(seed: u64, args: &DrillArgs) -> anyhow::Result<bool> {
     };
     let mut verdicts = checkers::check_all(&facts);
     verdicts.push(checkers::leader_under_flood::check(&floods));
+    if faults.iter().any(|f| f.opt_in()) {
+        verdicts.extend(checkers::disk::check_all(&facts, &disk_facts));
+    }
     let mut live = Verdict::new("liveness after healing");
     live.checked = format!("bound {:?}", args.liveness_bound);
     if liveness.is_none() {
@@ -337,6 +356,7 @@ async fn drill(seed: u64, args: &DrillArgs) -> anyhow::Result<bool> {
 
 /// Heals every fault: network rules, proxy shapes, paused and dead processes, membership.
 async fn heal_all(cluster: &mut DrillCluster) {
+    disk::heal_disks(cluster);
     if let Some(net) = &cluster.net
         && let Err(e) = net.heal()
     {

@@ -52,6 +52,15 @@ pub enum FaultKind {
     RollingRestart,
     /// Flood every node with large client reads for the hold time.
     ReadFlood,
+    /// Kill a node, flip bits in or truncate one of its files (WAL, SST, MANIFEST, snapshot),
+    /// restart it: it must refuse (exit 74) and is rejoined, or serve all it had committed.
+    DiskDamage,
+    /// Fill one node's disk (a tmpfs per node; root, not compose).
+    DiskFull,
+    /// Make every fsync of one node fail with EIO (fault shim): it must stop.
+    SyncError,
+    /// Make every fsync of one node slow (fault shim).
+    SlowDisk,
 }
 
 impl FaultKind {
@@ -64,7 +73,22 @@ impl FaultKind {
             Delay | SlowLink | Membership => mode != Mode::Compose,
             Disconnect | RollingRestart => mode == Mode::Compose,
             ReadFlood => true,
+            // They reach into data directories and preload a shim: processes only.
+            DiskDamage | SyncError | SlowDisk => mode != Mode::Compose,
+            DiskFull => mode != Mode::Compose && super::disk::is_root(),
         }
+    }
+
+    /// Disk faults run only when asked for (`--faults`): they need the fault shim built, and
+    /// adding them to the defaults would change every seed's schedule.
+    pub fn opt_in(self) -> bool {
+        use FaultKind::*;
+        matches!(self, DiskDamage | DiskFull | SyncError | SlowDisk)
+    }
+
+    /// Whether the nodes must run with the fault shim preloaded.
+    pub fn needs_shim(self) -> bool {
+        matches!(self, FaultKind::SyncError | FaultKind::SlowDisk)
     }
 
     pub fn all() -> Vec<FaultKind> {
@@ -75,7 +99,7 @@ impl FaultKind {
     pub fn defaults(mode: Mode) -> Vec<FaultKind> {
         Self::all()
             .into_iter()
-            .filter(|f| f.supported(mode))
+            .filter(|f| f.supported(mode) && !f.opt_in())
             .collect()
     }
 }
@@ -107,7 +131,9 @@ pub struct Nemesis<'a> {
     pub records: Vec<FaultRecord>,
     /// What each read flood saw, for the checkers.
     pub floods: Vec<FloodFacts>,
-    admin: Client,
+    /// What disk faults observed, for `checkers::disk`.
+    pub disk: crate::checkers::disk::DiskFacts,
+    pub(super) admin: Client,
 }
 
 impl std::fmt::Debug for Nemesis<'_> {
@@ -142,6 +168,7 @@ impl<'a> Nemesis<'a> {
             started,
             records: Vec::new(),
             floods: Vec::new(),
+            disk: Default::default(),
             admin,
         })
     }
@@ -170,7 +197,23 @@ impl<'a> Nemesis<'a> {
         }
     }
 
-    fn record(&mut self, kind: FaultKind, what: String) -> usize {
+    pub(super) fn now_ms(&self) -> u64 {
+        ms_since(self.started)
+    }
+
+    /// Appends to a fault's description (what a disk fault found).
+    pub(super) fn note(&mut self, index: usize, more: &str) {
+        println!(
+            "  [{:>6} ms]   {}",
+            ms_since(self.started),
+            more.trim_start_matches("; ")
+        );
+        if let Some(r) = self.records.get_mut(index) {
+            r.what.push_str(more);
+        }
+    }
+
+    pub(super) fn record(&mut self, kind: FaultKind, what: String) -> usize {
         println!(
             "  [{:>6} ms] fault {kind:?}: {what}",
             ms_since(self.started)
@@ -185,25 +228,25 @@ impl<'a> Nemesis<'a> {
         self.records.len() - 1
     }
 
-    fn healed(&mut self, index: usize) {
+    pub(super) fn healed(&mut self, index: usize) {
         if let Some(r) = self.records.get_mut(index) {
             r.healed_ms = Some(ms_since(self.started));
         }
     }
 
-    fn trouble(&mut self, index: usize, what: String) {
+    pub(super) fn trouble(&mut self, index: usize, what: String) {
         println!("  [{:>6} ms] trouble: {what}", ms_since(self.started));
         if let Some(r) = self.records.get_mut(index) {
             r.trouble.push(what);
         }
     }
 
-    fn random_node(&mut self) -> u64 {
+    pub(super) fn random_node(&mut self) -> u64 {
         let ids = self.cluster.ids();
         self.rng.pick(&ids).copied().unwrap_or(1)
     }
 
-    async fn leader_or_random(&mut self) -> u64 {
+    pub(super) async fn leader_or_random(&mut self) -> u64 {
         match self.cluster.leader().await {
             Some(leader) => leader,
             None => self.random_node(),
@@ -334,6 +377,10 @@ impl<'a> Nemesis<'a> {
             }
             FaultKind::RollingRestart => self.rolling_restart().await,
             FaultKind::ReadFlood => self.read_flood(hold).await,
+            FaultKind::DiskDamage
+            | FaultKind::DiskFull
+            | FaultKind::SyncError
+            | FaultKind::SlowDisk => self.disk_fault(kind, hold).await,
         }
     }
 
