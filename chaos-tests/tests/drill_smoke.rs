@@ -24,6 +24,7 @@ fn args(seed: u64) -> DrillArgs {
         liveness_bound: Duration::from_secs(45),
         history: Some(std::env::temp_dir().join(format!("switchboard-drill-smoke-{seed}.jsonl"))),
         node_args: Vec::new(),
+        summary_json: None,
     }
 }
 

@@ -17,6 +17,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use proto::v1;
 
+use super::clock::ClockControl;
 use crate::compose::{Attachment, Compose};
 use crate::netns::Net;
 use crate::proxy::{self, Proxy};
@@ -87,6 +88,8 @@ pub struct DrillCluster {
     root: tempfile::TempDir,
     pub net: Option<Net>,
     pub compose: Option<Compose>,
+    /// Per-node wall-clock offsets, when the drill injects clock faults.
+    pub clock: Option<ClockControl>,
 }
 
 /// A client that talks to `endpoint` only, one attempt per call.
@@ -126,12 +129,14 @@ pub fn sweep_temp_dirs() {
 }
 
 impl DrillCluster {
-    /// Starts `n` voters (ids 1..=n) that bootstrap themselves.
+    /// Starts `n` voters (ids 1..=n) that bootstrap themselves; with `libfaketime`, each under
+    /// its own wall-clock offset (zero until a clock fault moves it).
     pub async fn start(
         binary: PathBuf,
         mode: Mode,
         n: u64,
         node_args: Vec<String>,
+        libfaketime: Option<PathBuf>,
     ) -> anyhow::Result<Self> {
         sweep_temp_dirs();
         let root = tempfile::Builder::new()
@@ -141,6 +146,10 @@ impl DrillCluster {
             Mode::Loopback => None,
             Mode::Netns => Some(Net::create(&(1..=n).collect::<Vec<_>>())?),
             Mode::Compose => anyhow::bail!("compose clusters start with start_compose"),
+        };
+        let clock = match libfaketime {
+            Some(library) => Some(ClockControl::new(library, &root.path().join("clock"))?),
+            None => None,
         };
         let mut cluster = Self {
             binary,
@@ -152,6 +161,7 @@ impl DrillCluster {
             root,
             net,
             compose: None,
+            clock,
         };
         for id in 1..=n {
             cluster.prepare(id, true)?;
@@ -207,6 +217,7 @@ impl DrillCluster {
             root,
             net: None,
             compose: Some(compose),
+            clock: None,
         })
     }
 
@@ -282,6 +293,9 @@ impl DrillCluster {
             .log_filter(harness::test_log_filter());
         if node.bootstrap {
             serve = serve.initial_cluster(&self.initial_cluster);
+        }
+        if let Some(clock) = &self.clock {
+            command.envs(clock.env(id)?);
         }
         serve
             .configure(&mut command)

@@ -46,6 +46,41 @@ pub enum FaultKind {
     Disconnect,
     /// Restart every container in turn, each healthy before the next (compose mode).
     RollingRestart,
+    /// A node's wall clock (the leader's, mostly) minutes ahead or behind; the leader is killed
+    /// halfway so that leadership moves (libfaketime; not in compose mode).
+    ClockSkew,
+    /// The leader's wall clock jumps back by minutes, then forward past real time.
+    ClockJump,
+}
+
+/// Families of faults: `chaos-tests soak` gives each run one family, in turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FaultGroup {
+    /// Processes killed, paused, restarted.
+    Process,
+    /// Partitions, loss, delay, slow links.
+    Network,
+    /// Membership changes and snapshot installs.
+    Membership,
+    /// Damaged, full, failing or slow disks.
+    Disk,
+    /// Skewed and jumping wall clocks.
+    Clock,
+    /// More load than the cluster can serve.
+    Overload,
+}
+
+impl FaultGroup {
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultGroup::Process => "process",
+            FaultGroup::Network => "network",
+            FaultGroup::Membership => "membership",
+            FaultGroup::Disk => "disk",
+            FaultGroup::Clock => "clock",
+            FaultGroup::Overload => "overload",
+        }
+    }
 }
 
 impl FaultKind {
@@ -57,7 +92,33 @@ impl FaultKind {
             IsolateLeader | Halves | Bridge | OneWay | Loss => mode == Mode::Netns,
             Delay | SlowLink | Membership => mode != Mode::Compose,
             Disconnect | RollingRestart => mode == Mode::Compose,
+            ClockSkew | ClockJump => mode != Mode::Compose,
         }
+    }
+
+    /// The family the fault belongs to.
+    pub fn group(self) -> FaultGroup {
+        use FaultKind::*;
+        match self {
+            Kill | KillLeader | Pause | PauseLeader | RollingRestart => FaultGroup::Process,
+            IsolateLeader | Halves | Bridge | OneWay | Loss | Delay | SlowLink | Disconnect => {
+                FaultGroup::Network
+            }
+            Membership | Snapshot => FaultGroup::Membership,
+            ClockSkew | ClockJump => FaultGroup::Clock,
+        }
+    }
+
+    /// Whether the fault changes a node's wall clock (the nodes then run under libfaketime).
+    pub fn is_clock(self) -> bool {
+        self.group() == FaultGroup::Clock
+    }
+
+    /// The name on the command line (`kill-leader`).
+    pub fn name(self) -> String {
+        clap::ValueEnum::to_possible_value(&self)
+            .map(|v| v.get_name().to_owned())
+            .unwrap_or_default()
     }
 
     pub fn all() -> Vec<FaultKind> {
@@ -160,7 +221,7 @@ impl<'a> Nemesis<'a> {
         }
     }
 
-    fn record(&mut self, kind: FaultKind, what: String) -> usize {
+    pub(super) fn record(&mut self, kind: FaultKind, what: String) -> usize {
         println!(
             "  [{:>6} ms] fault {kind:?}: {what}",
             ms_since(self.started)
@@ -175,25 +236,25 @@ impl<'a> Nemesis<'a> {
         self.records.len() - 1
     }
 
-    fn healed(&mut self, index: usize) {
+    pub(super) fn healed(&mut self, index: usize) {
         if let Some(r) = self.records.get_mut(index) {
             r.healed_ms = Some(ms_since(self.started));
         }
     }
 
-    fn trouble(&mut self, index: usize, what: String) {
+    pub(super) fn trouble(&mut self, index: usize, what: String) {
         println!("  [{:>6} ms] trouble: {what}", ms_since(self.started));
         if let Some(r) = self.records.get_mut(index) {
             r.trouble.push(what);
         }
     }
 
-    fn random_node(&mut self) -> u64 {
+    pub(super) fn random_node(&mut self) -> u64 {
         let ids = self.cluster.ids();
         self.rng.pick(&ids).copied().unwrap_or(1)
     }
 
-    async fn leader_or_random(&mut self) -> u64 {
+    pub(super) async fn leader_or_random(&mut self) -> u64 {
         match self.cluster.leader().await {
             Some(leader) => leader,
             None => self.random_node(),
@@ -323,6 +384,8 @@ impl<'a> Nemesis<'a> {
                 self.healed(i);
             }
             FaultKind::RollingRestart => self.rolling_restart().await,
+            FaultKind::ClockSkew => self.clock_skew(hold).await,
+            FaultKind::ClockJump => self.clock_jump(hold).await,
         }
     }
 
