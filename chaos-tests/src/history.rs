@@ -93,6 +93,29 @@ pub struct SeenEvent {
     /// metadata), so that every acknowledged write can be found again; `None` for events that
     /// carry none (`call.started`).
     pub tag: Option<String>,
+    /// Leader-stamped time of the event (the log's clock when it was applied), Unix ms.
+    #[serde(default)]
+    pub at_ms: u64,
+}
+
+/// The leader-stamped times of one call as a response showed them (Unix ms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallTimes {
+    pub created_ms: u64,
+    pub started_ms: Option<u64>,
+    pub handed_off_ms: Option<u64>,
+    pub ended_ms: Option<u64>,
+}
+
+impl CallTimes {
+    pub fn from_wire(call: &proto::v1::Call) -> Self {
+        Self {
+            created_ms: call.created_at_ms,
+            started_ms: call.started_at_ms,
+            handed_off_ms: call.handoff.as_ref().map(|h| h.at_ms),
+            ended_ms: call.ended_at_ms,
+        }
+    }
 }
 
 /// One operation, invoked and (once done) completed.
@@ -126,6 +149,13 @@ pub struct Op {
     pub replayed: bool,
     /// `ListEvents` reads: the events returned.
     pub events: Vec<SeenEvent>,
+    /// The call's leader-stamped times, when the response carried the call.
+    #[serde(default)]
+    pub times: Option<CallTimes>,
+    /// A deliberate retry of an acknowledged write, sent seconds later with the same request
+    /// id: it must be answered with the original outcome and write nothing.
+    #[serde(default)]
+    pub delayed_retry: bool,
 }
 
 impl Op {
@@ -148,6 +178,8 @@ impl Op {
             last_sequence: 0,
             replayed: false,
             events: Vec::new(),
+            times: None,
+            delayed_retry: false,
         }
     }
 
@@ -179,6 +211,9 @@ struct Inner {
 #[derive(Debug, Clone)]
 pub struct History {
     started: Instant,
+    /// Wall-clock time (Unix ms) of `started`, read once from the drill's own clock, which no
+    /// fault touches: what checkers compare leader-stamped times with.
+    started_unix_ms: u64,
     inner: Arc<Mutex<Inner>>,
 }
 
@@ -189,8 +224,12 @@ impl History {
             Some(path) => Some(BufWriter::new(File::create(path)?)),
             None => None,
         };
+        let started_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         Ok(Self {
             started: Instant::now(),
+            started_unix_ms,
             inner: Arc::new(Mutex::new(Inner {
                 ops: Vec::new(),
                 file,
@@ -202,6 +241,11 @@ impl History {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // Records are appended whole under the lock: a poisoned lock holds nothing half-written.
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Wall-clock time (Unix ms) at which the history started (its time zero).
+    pub fn started_unix_ms(&self) -> u64 {
+        self.started_unix_ms
     }
 
     /// Microseconds since the drill started.

@@ -13,6 +13,7 @@ pub mod proxy;
 pub mod regions;
 pub mod relay;
 pub mod rng;
+pub mod soak;
 
 use std::path::PathBuf;
 

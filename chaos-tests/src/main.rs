@@ -22,6 +22,8 @@ enum Cli {
     Bench(chaos_tests::bench::BenchArgs),
     /// Run a chaos drill: real processes, real faults, invariant checkers.
     Drill(chaos_tests::drill::DrillArgs),
+    /// Run many seeded drills in turn, rotating fault groups; table in <out>/soak.md.
+    Soak(chaos_tests::soak::SoakArgs),
     /// Forward TCP routes with an added delay (the inter-region relay of the regions compose file).
     Relay(chaos_tests::relay::RelayArgs),
     /// Measure local vs linearizable reads in every region of the 5-node, 3-region compose file.
@@ -37,6 +39,11 @@ async fn main() -> anyhow::Result<ExitCode> {
         Cli::Bench(args) => chaos_tests::bench::run(args).await?,
         Cli::Drill(args) => {
             if !chaos_tests::drill::run(args).await? {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Cli::Soak(args) => {
+            if !chaos_tests::soak::run(args).await? {
                 return Ok(ExitCode::FAILURE);
             }
         }

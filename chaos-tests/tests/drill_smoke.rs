@@ -1,5 +1,6 @@
 //! A short loopback drill with two seeds (process faults: kill -9, SIGSTOP, delay, membership,
-//! snapshot restart) must pass every checker. Loopback mode needs no root, so this runs
+//! snapshot restart; clock skew and jumps when libfaketime is installed) must pass every
+//! checker. Loopback mode needs no root, so this runs
 //! anywhere the workspace builds; the bounds are generous for a loaded 2-core machine.
 //! Needs the `switchboard` binary next to the test's target directory (`cargo build -p node`)
 //! or `SWITCHBOARD_BIN`.
@@ -24,6 +25,7 @@ fn args(seed: u64) -> DrillArgs {
         liveness_bound: Duration::from_secs(45),
         history: Some(std::env::temp_dir().join(format!("switchboard-drill-smoke-{seed}.jsonl"))),
         node_args: Vec::new(),
+        summary_json: None,
     }
 }
 

@@ -3,6 +3,7 @@
 //! floods ([`FloodFacts`]), and returns a [`Verdict`]; each has a unit test showing it catches a
 //! deliberately broken history. They only read: they never talk to the cluster.
 
+pub mod clock;
 pub mod convergence;
 pub mod disk;
 pub mod durability;
@@ -212,6 +213,7 @@ pub(crate) mod fixtures {
             event_type: event_type.to_owned(),
             call_id: call.to_owned(),
             tag: (!tag.is_empty()).then(|| tag.to_owned()),
+            at_ms: 1_000 + position,
         }
     }
 

@@ -17,6 +17,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use proto::v1;
 
+use super::clock::ClockControl;
 use crate::compose::{Attachment, Compose};
 use crate::netns::Net;
 use crate::proxy::{self, Proxy};
@@ -101,6 +102,8 @@ pub struct DrillCluster {
     root: tempfile::TempDir,
     pub net: Option<Net>,
     pub compose: Option<Compose>,
+    /// Per-node wall-clock offsets, when the drill injects clock faults.
+    pub clock: Option<ClockControl>,
 }
 
 /// A client that talks to `endpoint` only, one attempt per call.
@@ -140,14 +143,24 @@ pub fn sweep_temp_dirs() {
 }
 
 impl DrillCluster {
-    /// Starts `n` voters (ids 1..=n) that bootstrap themselves.
+    /// Starts `n` voters (ids 1..=n) that bootstrap themselves; with `libfaketime`, each under
+    /// its own wall-clock offset (zero until a clock fault moves it).
     pub async fn start(
         binary: PathBuf,
         mode: Mode,
         n: u64,
         node_args: Vec<String>,
+        libfaketime: Option<PathBuf>,
     ) -> anyhow::Result<Self> {
-        Self::start_with_disks(binary, mode, n, node_args, DiskSetup::default()).await
+        Self::start_with_disks(
+            binary,
+            mode,
+            n,
+            node_args,
+            DiskSetup::default(),
+            libfaketime,
+        )
+        .await
     }
 
     /// Like [`Self::start`], with the fault shim and/or a tmpfs per node for disk faults.
@@ -157,6 +170,7 @@ impl DrillCluster {
         n: u64,
         node_args: Vec<String>,
         disk: DiskSetup,
+        libfaketime: Option<PathBuf>,
     ) -> anyhow::Result<Self> {
         sweep_temp_dirs();
         let root = tempfile::Builder::new()
@@ -166,6 +180,10 @@ impl DrillCluster {
             Mode::Loopback => None,
             Mode::Netns => Some(Net::create(&(1..=n).collect::<Vec<_>>())?),
             Mode::Compose => anyhow::bail!("compose clusters start with start_compose"),
+        };
+        let clock = match libfaketime {
+            Some(library) => Some(ClockControl::new(library, &root.path().join("clock"))?),
+            None => None,
         };
         let mut cluster = Self {
             binary,
@@ -178,6 +196,7 @@ impl DrillCluster {
             root,
             net,
             compose: None,
+            clock,
         };
         for id in 1..=n {
             cluster.prepare(id, true)?;
@@ -236,6 +255,7 @@ impl DrillCluster {
             root,
             net: None,
             compose: Some(compose),
+            clock: None,
         })
     }
 
@@ -330,10 +350,23 @@ impl DrillCluster {
         if node.bootstrap {
             serve = serve.initial_cluster(&self.initial_cluster);
         }
+        // Both the fault shim and libfaketime are preloaded when both are in use.
+        let mut preload: Vec<String> = Vec::new();
         if let (Some(shim), Some(control)) = (&self.disk.shim, &node.shim_control) {
-            serve = serve
-                .env("LD_PRELOAD", shim)
-                .env(super::disk::SHIM_CONTROL_ENV, control);
+            preload.push(shim.display().to_string());
+            serve = serve.env(super::disk::SHIM_CONTROL_ENV, control);
+        }
+        if let Some(clock) = &self.clock {
+            for (key, value) in clock.env(id)? {
+                if key == "LD_PRELOAD" {
+                    preload.push(value);
+                } else {
+                    serve = serve.env(key, value);
+                }
+            }
+        }
+        if !preload.is_empty() {
+            serve = serve.env("LD_PRELOAD", preload.join(":"));
         }
         serve
             .configure(&mut command)

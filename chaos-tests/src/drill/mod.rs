@@ -9,6 +9,7 @@
 //! its time, operations by outcome, every verdict and the replay command. The drill never
 //! changes anything outside what it created, and removes all of it on every exit path.
 
+pub mod clock;
 pub mod cluster;
 pub mod disk;
 pub mod nemesis;
@@ -22,6 +23,7 @@ use std::time::{Duration, Instant};
 use harness::Agreement;
 use proto::v1;
 
+use crate::checkers::clock::ClockFacts;
 use crate::checkers::{self, Facts, NodeFinal, Verdict};
 use crate::history::{History, OpKind, Outcome, ReadLevel, SeenEvent};
 use crate::rng::Rng;
@@ -84,6 +86,9 @@ pub struct DrillArgs {
     /// Extra flags for every `switchboard serve`, e.g. `--node-arg=--heartbeat-ms=50`.
     #[arg(long = "node-arg", allow_hyphen_values = true)]
     pub node_args: Vec<String>,
+    /// Also write the report's numbers as one JSON object to this file (what `soak` reads).
+    #[arg(long)]
+    pub summary_json: Option<PathBuf>,
 }
 
 /// Runs one drill; returns whether every checker passed.
@@ -110,14 +115,7 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<bool> {
 }
 
 fn replay_command(seed: u64, args: &DrillArgs, mode: Mode, faults: &[FaultKind]) -> String {
-    let faults: Vec<String> = faults
-        .iter()
-        .map(|f| {
-            clap::ValueEnum::to_possible_value(f)
-                .map(|v| v.get_name().to_owned())
-                .unwrap_or_default()
-        })
-        .collect();
+    let faults: Vec<String> = faults.iter().map(|f| f.name()).collect();
     let mut line = format!(
         "CHAOS_SEED={seed} cargo run -p chaos-tests --release -- drill --duration {}s --nodes {} --clients {} --mode {}",
         args.duration.as_secs(),
@@ -142,7 +140,7 @@ fn replay_command(seed: u64, args: &DrillArgs, mode: Mode, faults: &[FaultKind])
     line
 }
 
-fn mode_name(mode: Mode) -> &'static str {
+pub fn mode_name(mode: Mode) -> &'static str {
     match mode {
         Mode::Loopback => "loopback",
         Mode::Netns => "netns",
@@ -156,7 +154,7 @@ async fn drill(seed: u64, args: &DrillArgs) -> anyhow::Result<bool> {
         None if crate::netns::preflight().is_ok() => Mode::Netns,
         None => Mode::Loopback,
     };
-    let faults: Vec<FaultKind> = if args.no_faults {
+    let mut faults: Vec<FaultKind> = if args.no_faults {
         Vec::new()
     } else if args.faults.is_empty() {
         FaultKind::defaults(mode)
@@ -168,6 +166,20 @@ async fn drill(seed: u64, args: &DrillArgs) -> anyhow::Result<bool> {
             "fault disk-full needs root: it mounts a tmpfs as each node's data directory"
         );
     }
+    let libfaketime = if faults.iter().any(|f| f.is_clock()) {
+        match clock::find_libfaketime() {
+            Some(library) => Some(library),
+            None if args.faults.is_empty() => {
+                // Defaults are "what this machine can do": leave clock faults out, say so.
+                println!("   clock faults left out: {}", clock::missing_libfaketime());
+                faults.retain(|f| !f.is_clock());
+                None
+            }
+            None => anyhow::bail!("{}", clock::missing_libfaketime()),
+        }
+    } else {
+        None
+    };
     if let Some(f) = faults.iter().find(|f| !f.supported(mode)) {
         let modes: Vec<&str> = [Mode::Loopback, Mode::Netns, Mode::Compose]
             .into_iter()
@@ -221,7 +233,8 @@ async fn drill(seed: u64, args: &DrillArgs) -> anyhow::Result<bool> {
                 .contains(&FaultKind::DiskFull)
                 .then_some(disk::DATA_TMPFS_MIB),
         };
-        DrillCluster::start_with_disks(binary, mode, args.nodes, node_args, disk).await?
+        DrillCluster::start_with_disks(binary, mode, args.nodes, node_args, disk, libfaketime)
+            .await?
     };
     harness::wait_for_leader(&cluster.endpoints(), LEADER_WAIT, Agreement::LeaderOnly).await?;
     let history_path = args
@@ -320,6 +333,20 @@ async fn drill(seed: u64, args: &DrillArgs) -> anyhow::Result<bool> {
     if faults.iter().any(|f| f.opt_in()) {
         verdicts.extend(checkers::disk::check_all(&facts, &disk_facts));
     }
+    let clock_facts = ClockFacts {
+        skew_ms_max: cluster.clock.as_ref().map_or(0, |c| c.skew_ms_max()),
+        started_unix_ms: history.started_unix_ms(),
+        checked_at_us: history.now_us(),
+        clock_faults_us: records
+            .iter()
+            .filter(|r| r.kind.is_clock())
+            .map(|r| {
+                let healed_ms = r.healed_ms.unwrap_or(u64::MAX / 1000);
+                (r.at_ms * 1000, healed_ms * 1000)
+            })
+            .collect(),
+    };
+    verdicts.extend(checkers::clock::check(&facts, &clock_facts));
     let mut live = Verdict::new("liveness after healing");
     live.checked = format!("bound {:?}", args.liveness_bound);
     if liveness.is_none() {
@@ -338,7 +365,7 @@ async fn drill(seed: u64, args: &DrillArgs) -> anyhow::Result<bool> {
     } else {
         Some(cluster.keep_evidence().await)
     };
-    report(&Report {
+    let r = Report {
         seed,
         mode,
         args,
@@ -350,13 +377,93 @@ async fn drill(seed: u64, args: &DrillArgs) -> anyhow::Result<bool> {
         history_path: &history_path,
         replay: &replay,
         evidence: evidence.as_deref(),
-    });
+    };
+    report(&r);
+    if let Some(path) = &args.summary_json {
+        let summary = DrillSummary::new(&faults, &r);
+        std::fs::write(path, serde_json::to_vec_pretty(&summary)?).map_err(|e| {
+            anyhow::anyhow!("failed to write the summary to {}: {e}", path.display())
+        })?;
+    }
     Ok(ok)
 }
 
-/// Heals every fault: network rules, proxy shapes, paused and dead processes, membership.
+/// The drill's outcome in a form a program reads (`--summary-json`): what `soak` tabulates.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct DrillSummary {
+    pub seed: u64,
+    pub mode: String,
+    /// Fault kinds the nemesis chose from, as named on the command line.
+    pub faults: Vec<String>,
+    pub faults_injected: usize,
+    pub ops_ok: usize,
+    pub ops_fail: usize,
+    pub ops_unknown: usize,
+    /// Milliseconds from healing to the first accepted write; `None`: none within the bound.
+    pub liveness_ms: Option<u64>,
+    pub verdicts: Vec<VerdictSummary>,
+    pub pass: bool,
+    pub replay: String,
+    pub history: String,
+    /// Node logs and data kept after a failed run.
+    pub evidence: Option<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct VerdictSummary {
+    pub name: String,
+    pub pass: bool,
+    pub checked: String,
+    pub violation_count: usize,
+    /// The first violations (at most `checkers::VIOLATIONS_KEPT_MAX`).
+    pub violations: Vec<String>,
+}
+
+impl DrillSummary {
+    fn new(faults: &[FaultKind], r: &Report<'_>) -> Self {
+        let count = |outcome: fn(Outcome) -> bool| {
+            r.facts.ops.iter().filter(|op| outcome(op.outcome)).count()
+        };
+        Self {
+            seed: r.seed,
+            mode: mode_name(r.mode).to_owned(),
+            faults: faults.iter().map(|f| f.name()).collect(),
+            faults_injected: r.records.len(),
+            ops_ok: count(|o| o == Outcome::Ok),
+            ops_fail: count(|o| o == Outcome::Fail),
+            ops_unknown: count(|o| matches!(o, Outcome::Unknown | Outcome::Pending)),
+            liveness_ms: r
+                .liveness
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            verdicts: r
+                .verdicts
+                .iter()
+                .map(|v| VerdictSummary {
+                    name: v.name.to_owned(),
+                    pass: v.ok(),
+                    checked: v.checked.clone(),
+                    violation_count: v.violation_count,
+                    violations: v.violations.clone(),
+                })
+                .collect(),
+            pass: r.verdicts.iter().all(Verdict::ok),
+            replay: r.replay.to_owned(),
+            history: r.history_path.display().to_string(),
+            evidence: r.evidence.map(|p| p.display().to_string()),
+        }
+    }
+}
+
+/// Heals every fault: network rules, proxy shapes, clocks, paused and dead processes,
+/// membership.
 async fn heal_all(cluster: &mut DrillCluster) {
     disk::heal_disks(cluster);
+    let ids = cluster.ids();
+    if let Some(clock) = cluster.clock.as_mut()
+        && let Err(e) = clock.reset_all(&ids)
+    {
+        println!("   reset clocks: {e}");
+    }
     if let Some(net) = &cluster.net
         && let Err(e) = net.heal()
     {

@@ -61,6 +61,41 @@ pub enum FaultKind {
     SyncError,
     /// Make every fsync of one node slow (fault shim).
     SlowDisk,
+    /// A node's wall clock (the leader's, mostly) minutes ahead or behind; the leader is killed
+    /// halfway so that leadership moves (libfaketime; not in compose mode).
+    ClockSkew,
+    /// The leader's wall clock jumps back by minutes, then forward past real time.
+    ClockJump,
+}
+
+/// Families of faults: `chaos-tests soak` gives each run one family, in turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FaultGroup {
+    /// Processes killed, paused, restarted.
+    Process,
+    /// Partitions, loss, delay, slow links.
+    Network,
+    /// Membership changes and snapshot installs.
+    Membership,
+    /// Damaged, full, failing or slow disks.
+    Disk,
+    /// Skewed and jumping wall clocks.
+    Clock,
+    /// More load than the cluster can serve.
+    Overload,
+}
+
+impl FaultGroup {
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultGroup::Process => "process",
+            FaultGroup::Network => "network",
+            FaultGroup::Membership => "membership",
+            FaultGroup::Disk => "disk",
+            FaultGroup::Clock => "clock",
+            FaultGroup::Overload => "overload",
+        }
+    }
 }
 
 impl FaultKind {
@@ -76,6 +111,7 @@ impl FaultKind {
             // They reach into data directories and preload a shim: processes only.
             DiskDamage | SyncError | SlowDisk => mode != Mode::Compose,
             DiskFull => mode != Mode::Compose && super::disk::is_root(),
+            ClockSkew | ClockJump => mode != Mode::Compose,
         }
     }
 
@@ -89,6 +125,33 @@ impl FaultKind {
     /// Whether the nodes must run with the fault shim preloaded.
     pub fn needs_shim(self) -> bool {
         matches!(self, FaultKind::SyncError | FaultKind::SlowDisk)
+    }
+
+    /// The family the fault belongs to.
+    pub fn group(self) -> FaultGroup {
+        use FaultKind::*;
+        match self {
+            Kill | KillLeader | Pause | PauseLeader | RollingRestart => FaultGroup::Process,
+            IsolateLeader | Halves | Bridge | OneWay | Loss | Delay | SlowLink | Disconnect => {
+                FaultGroup::Network
+            }
+            Membership | Snapshot => FaultGroup::Membership,
+            ClockSkew | ClockJump => FaultGroup::Clock,
+            DiskDamage | DiskFull | SyncError | SlowDisk => FaultGroup::Disk,
+            ReadFlood => FaultGroup::Overload,
+        }
+    }
+
+    /// Whether the fault changes a node's wall clock (the nodes then run under libfaketime).
+    pub fn is_clock(self) -> bool {
+        self.group() == FaultGroup::Clock
+    }
+
+    /// The name on the command line (`kill-leader`).
+    pub fn name(self) -> String {
+        clap::ValueEnum::to_possible_value(&self)
+            .map(|v| v.get_name().to_owned())
+            .unwrap_or_default()
     }
 
     pub fn all() -> Vec<FaultKind> {
@@ -381,6 +444,8 @@ impl<'a> Nemesis<'a> {
             | FaultKind::DiskFull
             | FaultKind::SyncError
             | FaultKind::SlowDisk => self.disk_fault(kind, hold).await,
+            FaultKind::ClockSkew => self.clock_skew(hold).await,
+            FaultKind::ClockJump => self.clock_jump(hold).await,
         }
     }
 

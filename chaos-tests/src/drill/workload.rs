@@ -7,7 +7,7 @@
 //! Every write carries its request id in the event it produces (source, turn text, summary,
 //! handoff and end reason, event metadata) so the checkers can find it in the healed log.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -17,7 +17,7 @@ use proto::v1;
 use tonic::Code;
 
 use super::cluster::Reach;
-use crate::history::{History, Op, OpKind, Outcome, ReadLevel, SeenEvent, State};
+use crate::history::{CallTimes, History, Op, OpKind, Outcome, ReadLevel, SeenEvent, State};
 use crate::rng::Rng;
 
 /// Calls a client picks from (the most recent ones).
@@ -30,6 +30,13 @@ const UNKNOWN_RETRIES_MAX: u32 = 2;
 pub const OPS_PER_CLIENT_MAX: u64 = 200_000;
 /// Events a `ListCallEvents` read asks for (one page).
 const EVENTS_PAGE: u32 = 1000;
+/// A deliberate retry of an acknowledged write waits this long at least, and at most
+/// [`DELAYED_RETRY_MS_MAX`], so that it can cross a clock fault yet stays far inside the
+/// one-hour idempotency window (clock faults move a leader by minutes at most).
+const DELAYED_RETRY_MS_MIN: u64 = 2_000;
+const DELAYED_RETRY_MS_MAX: u64 = 9_000;
+/// Deliberate retries a client keeps waiting at once (more are not scheduled).
+const DELAYED_RETRIES_PENDING_MAX: usize = 8;
 
 pub const TENANT: &str = "drill";
 
@@ -279,7 +286,19 @@ fn definite_failure(error: &ClientError) -> bool {
 
 /// Sends `write` once as one recorded operation; returns its outcome.
 pub async fn write_once(shared: &Shared, client: &Client, who: u32, write: Write) -> Op {
-    let op = Op::new(0, who, write.kind(), write.call_id(), write.request_id());
+    write_attempt(shared, client, who, write, false).await
+}
+
+/// Sends `write` once, recorded as a deliberate delayed retry when `delayed_retry`.
+async fn write_attempt(
+    shared: &Shared,
+    client: &Client,
+    who: u32,
+    write: Write,
+    delayed_retry: bool,
+) -> Op {
+    let mut op = Op::new(0, who, write.kind(), write.call_id(), write.request_id());
+    op.delayed_retry = delayed_retry;
     let mut op = shared.history.invoke(op);
     op.node = client
         .leader()
@@ -294,6 +313,7 @@ pub async fn write_once(shared: &Shared, client: &Client, who: u32, write: Write
             }
             if let Some(call) = &answer.call {
                 op.state = State::from_wire(call.state);
+                op.times = Some(CallTimes::from_wire(call));
                 if op.kind == OpKind::Create {
                     op.call_id = call.call_id.clone();
                 }
@@ -397,6 +417,7 @@ pub async fn read_call(
                 op.index = r.meta.map_or(0, |m| m.applied_index);
                 if let Some(call) = r.call {
                     op.state = State::from_wire(call.state);
+                    op.times = Some(CallTimes::from_wire(&call));
                     op.last_sequence = call.last_sequence_number;
                 }
             })
@@ -447,6 +468,7 @@ pub fn seen_event(event: &v1::Event) -> SeenEvent {
         event_type: event.event_type.clone(),
         call_id: event.call_id.clone(),
         tag: tag_of(event),
+        at_ms: event.at_ms,
     }
 }
 
@@ -460,9 +482,18 @@ pub async fn run_client(shared: Arc<Shared>, who: u32) -> anyhow::Result<()> {
         write_client(&shared.reach)?,
         write_client(&shared.reach)?,
     ];
+    // Acknowledged writes to send again, unchanged, once due (history time, µs).
+    let mut delayed: VecDeque<(u64, Write)> = VecDeque::new();
     for _ in 0..OPS_PER_CLIENT_MAX {
         if shared.stop.load(Ordering::Relaxed) {
             break;
+        }
+        let now_us = shared.history.now_us();
+        if let Some(due) = delayed.iter().position(|(due_us, _)| *due_us <= now_us)
+            && let Some((_, write)) = delayed.remove(due)
+        {
+            write_attempt(&shared, &client, who, write, true).await;
+            continue;
         }
         let roll = rng.below(100);
         let call = shared.pick_call(&mut rng);
@@ -503,6 +534,23 @@ pub async fn run_client(shared: Arc<Shared>, who: u32) -> anyhow::Result<()> {
                     .collect();
                 writes.push(Write::new(OpKind::Turn, id, &shared.request_id(who)));
                 race(&shared, &racers, who, writes).await;
+            }
+            70..=74 if delayed.len() < DELAYED_RETRIES_PENDING_MAX => {
+                // A write acknowledged now is sent again seconds later with the same request
+                // id, as an agent that lost the answer would: the retry must get the original
+                // outcome (same index, same call) and write nothing, whatever the leaders'
+                // clocks did in between.
+                let kind = match rng.below(3) {
+                    0 => OpKind::Create,
+                    1 => OpKind::Turn,
+                    _ => OpKind::Event,
+                };
+                let write = Write::new(kind, id, &shared.request_id(who));
+                let op = write_once(&shared, &client, who, write.clone()).await;
+                if op.is_ok() {
+                    let delay_us = rng.range(DELAYED_RETRY_MS_MIN, DELAYED_RETRY_MS_MAX) * 1000;
+                    delayed.push_back((shared.history.now_us() + delay_us, write));
+                }
             }
             _ => {
                 let Some(node) = rng.pick(&shared.nodes).cloned() else {
