@@ -48,6 +48,9 @@ fn raft_config(config: &NodeConfig) -> anyhow::Result<openraft::Config> {
     Ok(raft.validate()?)
 }
 
+/// How long openraft may take to load the store before the node gives up starting.
+const STORE_LOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Serves on already bound listeners (tests bind port 0).
 pub async fn serve(
     config: NodeConfig,
@@ -74,6 +77,18 @@ pub async fn serve(
     };
     transport_config.validate()?;
     let network = NetworkFactory::new(transport_config.clone());
+    // openraft's metrics start as zeros and show the store only once its core has loaded it; the
+    // node answers nothing before they do, so no client or operator ever sees a restarted node
+    // "empty" (status with last log 0 and term 0) for a moment.
+    let stored_last_index = {
+        use openraft::storage::RaftLogStorage;
+        let mut log = store.log.clone();
+        log.get_log_state()
+            .await
+            .context("failed to read the stored log state")?
+            .last_log_id
+            .map(|id| id.index)
+    };
     let raft = Raft::new(
         config.node_id,
         Arc::new(raft_config(&config)?),
@@ -83,6 +98,10 @@ pub async fn serve(
     )
     .await
     .context("failed to start raft")?;
+    raft.wait(Some(STORE_LOAD_WAIT))
+        .log_index_at_least(stored_last_index, "metrics show the stored log")
+        .await
+        .context("raft did not load the stored log in time")?;
     tracing::info!(
         node_id = config.node_id,
         grpc = %grpc_listener.local_addr()?,
@@ -208,7 +227,17 @@ async fn watch_raft(raft: crate::Raft, shutdown: CancellationToken) -> Option<St
         }
         tokio::select! {
             () = shutdown.cancelled() => return None,
-            changed = metrics.changed() => if changed.is_err() { return None },
+            changed = metrics.changed() => if changed.is_err() {
+                // The core is gone without saying why (it panicked): the node must not go on
+                // answering without Raft.
+                if shutdown.is_cancelled() {
+                    return None;
+                }
+                let why = "the raft core ended unexpectedly (it panicked; see the log above)";
+                tracing::error!(error = why, "raft stopped on its own; shutting the node down");
+                shutdown.cancel();
+                return Some(why.to_owned());
+            },
         }
     }
 }

@@ -194,9 +194,10 @@ impl Drop for Syncer {
     }
 }
 
-/// Group commit: take every queued callback, sync once, complete them all, then publish the
-/// newest durable log id to the marks. A failed sync, or marks that can no longer be kept, fails
-/// every callback: openraft then stops the node rather than acknowledge what is not durable.
+/// Group commit: take every queued callback, sync once, record the newest durable log id in the
+/// Raft marks (fsynced), then complete them all: an append is acknowledged only once both the
+/// write-ahead log and the marks cover it. A failed sync or marks write fails every callback,
+/// then and after: openraft then stops the node rather than acknowledge what is not durable.
 fn sync_loop(db: &DB, pending: &Receiver<Flush>, stats: &LogStats, marks: &Marks) {
     let mut failed: Option<String> = None;
     while let Ok(first) = pending.recv() {
@@ -205,22 +206,19 @@ fn sync_loop(db: &DB, pending: &Receiver<Flush>, stats: &LogStats, marks: &Marks
             batch.push(flush);
         }
         if failed.is_none() {
+            stats.syncs.fetch_add(1, Ordering::Relaxed);
             if let Err(e) = db.flush_wal(true) {
                 failed = Some(format!("sync of the raft log failed: {e}"));
-            } else if let Some(e) = marks.failure() {
+            } else if let Some((last, epoch)) = batch.iter().rev().find_map(|f| f.last)
+                && let Err(e) = marks.record_durable(last, epoch)
+            {
                 failed = Some(format!("recording the raft marks failed: {e}"));
             }
-            stats.syncs.fetch_add(1, Ordering::Relaxed);
             if let Some(e) = &failed {
                 // Once a sync has failed, RocksDB's later syncs prove nothing about the writes
                 // before it (the kernel may have dropped the dirty pages): never succeed again.
                 tracing::error!(error = %e, "the raft log is no longer durable; the node must stop");
             }
-        }
-        if failed.is_none()
-            && let Some((last, epoch)) = batch.iter().rev().find_map(|f| f.last)
-        {
-            marks.published_durable(last, epoch);
         }
         for flush in batch {
             flush.callback.io_completed(match &failed {

@@ -1,13 +1,15 @@
-//! Raft marks: a record, outside RocksDB, of the newest vote and the last durable log id this
-//! node has acknowledged, checked when the store opens.
+//! Raft marks: a record, outside RocksDB, of the newest vote and the last log id this node has
+//! acknowledged as durable, checked when the store opens.
 //!
 //! Raft's safety argument assumes a node never forgets a vote it cast or an entry it
 //! acknowledged. RocksDB alone cannot show that it forgot: a write-ahead log cut short looks like
 //! a torn tail and replays "successfully" without the lost entries. So every vote is recorded
-//! here, fsynced, before `save_vote` returns, and the last log id is recorded after the sync that
-//! made it durable (coalesced by a background thread: the record is a lower bound that trails the
-//! log by at most one interval). At open, a vote or last log id older than the record means the
-//! disk lost acknowledged state, and the node refuses to start.
+//! here, fsynced, before `save_vote` returns, and every log sync records the last log id it made
+//! durable, fsynced, before any of its appends is acknowledged (`log_store::sync_loop`). At open,
+//! a vote or last log id older than the record means the disk lost acknowledged state, and the
+//! node refuses to start. The record is never ahead of what is durable (it is written after the
+//! sync it describes, and lowered before a truncation), so a crash or power loss alone never
+//! makes a healthy node refuse.
 //!
 //! File layout: two slots of [`SLOT_BYTES`], written alternately with `pwrite` and `fdatasync`,
 //! so a torn write leaves the other slot (the previous record, still a valid lower bound):
@@ -17,9 +19,7 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -32,9 +32,6 @@ use crate::types::{LogId, Vote};
 pub const MARKS_FILE: &str = "RAFT-MARKS";
 /// Bytes of one slot; the file holds two.
 pub const SLOT_BYTES: usize = 256;
-/// Least time between two coalesced records of the last log id: bounds the extra fsyncs to
-/// 1000 / this per second however fast the log syncs.
-pub const MARK_INTERVAL_MS: u64 = 20;
 
 const MAGIC: &[u8; 8] = b"SWBMARK1";
 const HEADER_BYTES: usize = MAGIC.len() + 8 + 4;
@@ -51,27 +48,17 @@ pub struct MarkValue {
 struct State {
     sequence: u64,
     value: MarkValue,
-    /// Bumped by every truncation: a durable log id published from before it may name entries
-    /// the truncation removed, and must not raise the mark.
+    /// Bumped by every truncation: a sync of entries appended before it may name entries the
+    /// truncation removed, and must not raise the mark.
     epoch: u64,
-    /// The newest durable last log id waiting for the writer thread.
-    pending: Option<(LogId, u64)>,
-    closed: bool,
-    /// The first write error: the marks are no longer kept, so the node must stop.
+    /// The first write error: the marks are no longer kept, so nothing may be acknowledged.
     failed: Option<String>,
 }
 
-/// The open marks file. Clones share it; when the last clone is dropped, the pending record is
-/// written and the writer thread stops.
+/// The open marks file. Clones share it.
 #[derive(Debug, Clone)]
 pub struct Marks {
-    handle: Arc<Handle>,
-}
-
-#[derive(Debug)]
-struct Handle {
     inner: Arc<Inner>,
-    writer: Option<JoinHandle<()>>,
 }
 
 #[derive(Debug)]
@@ -79,7 +66,6 @@ struct Inner {
     path: PathBuf,
     file: File,
     state: Mutex<State>,
-    wake: Condvar,
 }
 
 impl Marks {
@@ -101,9 +87,8 @@ impl Marks {
             .map_err(Error::io(&path))?;
         file.set_len(2 * SLOT_BYTES as u64)
             .map_err(Error::io(&path))?;
-        let marks = Self::start(path, file, 0, value)?;
-        let inner = marks.inner();
-        inner.write(&mut inner.state.lock().expect("marks lock"))?;
+        let marks = Self::with(path, file, 0, value);
+        marks.inner.write(&mut marks.inner.state.lock().expect("marks lock"))?;
         crate::identity::sync_dir(dir)?;
         Ok(marks)
     }
@@ -131,154 +116,86 @@ impl Marks {
         let (sequence, value) = read_slots(&path, &file).map_err(|reason| {
             Error::damaged(
                 dir,
-                format!(
-                    "the Raft marks file {} is unreadable: {reason}",
-                    path.display()
-                ),
+                format!("the Raft marks file {} is unreadable: {reason}", path.display()),
             )
         })?;
-        Ok((Self::start(path, file, sequence, value.clone())?, value))
+        Ok((Self::with(path, file, sequence, value.clone()), value))
     }
 
-    fn start(path: PathBuf, file: File, sequence: u64, value: MarkValue) -> Result<Self, Error> {
-        let inner = Arc::new(Inner {
-            path,
-            file,
-            state: Mutex::new(State {
-                sequence,
-                value,
-                epoch: 0,
-                pending: None,
-                closed: false,
-                failed: None,
+    fn with(path: PathBuf, file: File, sequence: u64, value: MarkValue) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                path,
+                file,
+                state: Mutex::new(State {
+                    sequence,
+                    value,
+                    epoch: 0,
+                    failed: None,
+                }),
             }),
-            wake: Condvar::new(),
-        });
-        let writer = {
-            let inner = inner.clone();
-            std::thread::Builder::new()
-                .name("raft-marks".into())
-                .spawn(move || inner.writer_loop())
-                .map_err(Error::io("raft-marks thread"))?
-        };
-        Ok(Self {
-            handle: Arc::new(Handle {
-                inner,
-                writer: Some(writer),
-            }),
-        })
-    }
-
-    fn inner(&self) -> &Inner {
-        &self.handle.inner
+        }
     }
 
     pub fn path(&self) -> &Path {
-        &self.inner().path
+        &self.inner.path
     }
 
-    /// The value last recorded (or being recorded).
+    /// The value last recorded.
     pub fn value(&self) -> MarkValue {
-        self.inner().state.lock().expect("marks lock").value.clone()
+        self.inner.state.lock().expect("marks lock").value.clone()
     }
 
     /// Records `vote`, durably, before returning.
     pub fn record_vote(&self, vote: &Vote) -> Result<(), Error> {
-        let mut state = self.inner().state.lock().expect("marks lock");
+        let mut state = self.inner.state.lock().expect("marks lock");
         state.value.vote = Some(*vote);
-        self.inner().write(&mut state)
+        self.inner.write(&mut state)
     }
 
-    /// The epoch of appends issued from now on (see [`Marks::published_durable`]).
+    /// The epoch of appends issued from now on (see [`Marks::record_durable`]).
     pub fn epoch(&self) -> u64 {
-        self.inner().state.lock().expect("marks lock").epoch
+        self.inner.state.lock().expect("marks lock").epoch
     }
 
     /// Before a truncation: lowers the recorded last log id to `to`, durably, and starts a new
     /// epoch so that no sync of the removed entries can raise it again.
     pub fn lower_last_log_id(&self, to: Option<LogId>) -> Result<(), Error> {
-        let mut state = self.inner().state.lock().expect("marks lock");
+        let mut state = self.inner.state.lock().expect("marks lock");
         state.epoch += 1;
-        state.pending = None;
         if state.value.last_log_id > to {
             state.value.last_log_id = to;
-            return self.inner().write(&mut state);
+            return self.inner.write(&mut state);
         }
         Ok(())
     }
 
-    /// After a sync: the log up to `last` (appended in `epoch`) is durable. The writer thread
-    /// records it soon; the caller does not wait.
-    pub fn published_durable(&self, last: LogId, epoch: u64) {
-        let mut state = self.inner().state.lock().expect("marks lock");
-        if epoch == state.epoch {
-            state.pending = Some((last, epoch));
-            self.inner().wake.notify_one();
+    /// After a sync: the log up to `last`, appended in `epoch`, is durable. Records it, durably,
+    /// before returning: the caller acknowledges the appends only then. A sync of entries from an
+    /// earlier epoch (a truncation came between) records nothing.
+    pub fn record_durable(&self, last: LogId, epoch: u64) -> Result<(), Error> {
+        let mut state = self.inner.state.lock().expect("marks lock");
+        if epoch == state.epoch && Some(last) > state.value.last_log_id {
+            state.value.last_log_id = Some(last);
+            return self.inner.write(&mut state);
         }
-    }
-
-    /// Records every pending last log id now (shutdown and tests).
-    pub fn flush(&self) -> Result<(), Error> {
-        let mut state = self.inner().state.lock().expect("marks lock");
-        self.inner().take_pending(&mut state)
-    }
-
-    /// The first failure of the background writer, if any.
-    pub fn failure(&self) -> Option<String> {
-        self.inner()
-            .state
-            .lock()
-            .expect("marks lock")
-            .failed
-            .clone()
+        if let Some(failed) = &state.failed {
+            return Err(self.inner.failed(failed));
+        }
+        Ok(())
     }
 }
 
 impl Inner {
-    fn take_pending(&self, state: &mut State) -> Result<(), Error> {
-        if let Some((last, epoch)) = state.pending.take()
-            && epoch == state.epoch
-            && Some(&last) > state.value.last_log_id.as_ref()
-        {
-            state.value.last_log_id = Some(last);
-            return self.write(state);
-        }
-        Ok(())
-    }
-
-    fn writer_loop(&self) {
-        let mut state = self.state.lock().expect("marks lock");
-        loop {
-            while state.pending.is_none() && !state.closed {
-                state = self.wake.wait(state).expect("marks lock");
-            }
-            if state.closed {
-                return;
-            }
-            if let Err(e) = self.take_pending(&mut state) {
-                tracing::error!(error = %e, "failed to record the Raft marks; the node must stop");
-                state.failed.get_or_insert_with(|| e.to_string());
-                return;
-            }
-            // Rest for the interval (records arriving meanwhile are coalesced), unless closed.
-            let until = Instant::now() + Duration::from_millis(MARK_INTERVAL_MS);
-            while !state.closed {
-                let now = Instant::now();
-                if now >= until {
-                    break;
-                }
-                state = self
-                    .wake
-                    .wait_timeout(state, until - now)
-                    .expect("marks lock")
-                    .0;
-            }
-        }
+    fn failed(&self, why: &str) -> Error {
+        Error::io(&self.path)(std::io::Error::other(format!(
+            "an earlier write of the Raft marks failed: {why}"
+        )))
     }
 
     fn write(&self, state: &mut State) -> Result<(), Error> {
         if let Some(failed) = &state.failed {
-            return Err(Error::io(&self.path)(std::io::Error::other(failed.clone())));
+            return Err(self.failed(failed));
         }
         let sequence = state.sequence + 1;
         let slot = encode_slot(sequence, &state.value);
@@ -288,29 +205,12 @@ impl Inner {
             .write_all_at(&slot, offset)
             .and_then(|()| self.file.sync_data());
         if let Err(e) = result {
+            // After a failed fdatasync nothing later proves the earlier writes: never again.
             state.failed.get_or_insert_with(|| e.to_string());
             return Err(Error::io(&self.path)(e));
         }
         state.sequence = sequence;
         Ok(())
-    }
-}
-
-impl Drop for Handle {
-    fn drop(&mut self) {
-        {
-            let mut state = self.inner.state.lock().expect("marks lock");
-            if let Err(e) = self.inner.take_pending(&mut state) {
-                tracing::warn!(error = %e, "failed to record the Raft marks at shutdown");
-            }
-            state.closed = true;
-            self.inner.wake.notify_all();
-        }
-        if let Some(writer) = self.writer.take()
-            && writer.join().is_err()
-        {
-            tracing::error!("raft marks writer thread panicked");
-        }
     }
 }
 
@@ -395,7 +295,6 @@ mod tests {
         let marks = Marks::create(tmp.path()).expect("test step");
         marks.record_vote(&Vote::new(3, 1)).expect("test step");
         marks.record_vote(&Vote::new(4, 2)).expect("test step");
-        drop(marks);
         let path = tmp.path().join(MARKS_FILE);
         let (_, value) = Marks::open(tmp.path()).expect("test step");
         assert_eq!(value.vote, Some(Vote::new(4, 2)));
@@ -421,19 +320,15 @@ mod tests {
         let tmp = tempfile::tempdir().expect("test step");
         let marks = Marks::create(tmp.path()).expect("test step");
         let epoch = marks.epoch();
-        marks.published_durable(log_id(1, 10), epoch);
-        marks.flush().expect("test step");
+        marks.record_durable(log_id(1, 10), epoch).expect("test step");
         assert_eq!(marks.value().last_log_id, Some(log_id(1, 10)));
         marks
             .lower_last_log_id(Some(log_id(1, 5)))
             .expect("test step");
-        // A sync of entries appended before the truncation is ignored.
-        marks.published_durable(log_id(1, 10), epoch);
-        marks.flush().expect("test step");
+        // A sync of entries appended before the truncation records nothing.
+        marks.record_durable(log_id(1, 10), epoch).expect("test step");
         assert_eq!(marks.value().last_log_id, Some(log_id(1, 5)));
-        marks.published_durable(log_id(2, 7), marks.epoch());
-        marks.flush().expect("test step");
-        drop(marks);
+        marks.record_durable(log_id(2, 7), marks.epoch()).expect("test step");
         let (_, value) = Marks::open(tmp.path()).expect("test step");
         assert_eq!(value.last_log_id, Some(log_id(2, 7)));
     }

@@ -425,7 +425,6 @@ async fn a_vote_or_log_older_than_the_raft_marks_is_refused() {
     {
         let mut store = support::open(tmp.path());
         append(&mut store, 4, 51, 100).await;
-        store.log.marks().flush().expect("record the marks");
     }
     std::fs::remove_dir_all(rocks(tmp.path())).expect("test step");
     copy_dir(&earlier.path().join("rocksdb"), &rocks(tmp.path()));

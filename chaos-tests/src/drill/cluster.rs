@@ -483,6 +483,22 @@ impl DrillCluster {
         Ok(())
     }
 
+    /// The `switchboard` binary the nodes run.
+    pub fn binary(&self) -> &std::path::Path {
+        &self.binary
+    }
+
+    /// Starts node `id` on a directory `switchboard node reset --rejoin` wiped, without
+    /// `--initial-cluster` (it waits to be added back; its identity forbids bootstrapping anyway).
+    pub fn start_rejoining(&mut self, id: u64) -> anyhow::Result<()> {
+        let node = self
+            .nodes
+            .get_mut(&id)
+            .ok_or_else(|| anyhow::anyhow!("no node {id}"))?;
+        node.bootstrap = false;
+        self.spawn(id)
+    }
+
     /// Kills node `id`, wipes its data directory and starts it fresh without
     /// `--initial-cluster`: it waits to be added back.
     pub async fn wipe_and_start_fresh(&mut self, id: u64) -> anyhow::Result<()> {

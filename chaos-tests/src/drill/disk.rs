@@ -16,7 +16,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
-use proto::v1;
+
+/// How long `node reset --rejoin` may take to remove and wipe the node.
+const REJOIN_WIPE_WAIT: Duration = Duration::from_secs(20);
+/// How long it may then take for the restarted node to catch up and be promoted.
+const REJOIN_WAIT: Duration = Duration::from_secs(40);
 
 use super::nemesis::{FaultKind, Nemesis};
 use crate::checkers::disk::{
@@ -502,25 +506,84 @@ impl Nemesis<'_> {
         }
     }
 
-    /// Remove the node, wipe it, start it fresh and add it back (as the membership fault does;
-    /// the operator's `switchboard node reset --rejoin` does the same).
+    /// Rejoins the node the way an operator does: `switchboard node reset --rejoin` removes it
+    /// from the membership and wipes its data directory; the node is started again; the command
+    /// waits for it to catch up as a learner and promotes it.
     async fn rejoin(&mut self, i: usize, target: u64) {
-        if let Err(e) = self
-            .admin
-            .remove(v1::RemoveRequest {
-                node_ids: vec![target],
-            })
-            .await
-        {
-            self.trouble(i, format!("remove for rejoin: {e}"));
+        match self.reset_rejoin(target).await {
+            Ok(()) => self.note(i, "; rejoined with `switchboard node reset --rejoin`"),
+            Err(e) => self.trouble(i, format!("node reset --rejoin: {e:#}")),
         }
-        if let Err(e) = self.cluster.wipe_and_start_fresh(target).await {
-            self.trouble(i, format!("wipe for rejoin: {e}"));
+    }
+
+    async fn reset_rejoin(&mut self, target: u64) -> anyhow::Result<()> {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+
+        self.cluster.kill(target).await?;
+        let data_dir = self
+            .cluster
+            .data_dir(target)
+            .ok_or_else(|| anyhow::anyhow!("no node {target}"))?;
+        let others: Vec<String> = self
+            .cluster
+            .nodes
+            .values()
+            .filter(|n| n.id != target)
+            .map(|n| n.grpc.clone())
+            .collect();
+        let mut command = tokio::process::Command::new(self.cluster.binary());
+        command
+            .args([
+                "node",
+                "reset",
+                "--rejoin",
+                "--wait",
+                "30s",
+                "--timeout",
+                "10s",
+            ])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .arg("--endpoints")
+            .arg(others.join(","));
+        for (advertised, reachable) in self.cluster.reach().resolve {
+            command
+                .arg("--resolve")
+                .arg(format!("{advertised}={reachable}"));
         }
-        if let Err(e) = super::nemesis::readd(self.cluster, &self.admin, target).await {
-            self.trouble(i, format!("re-add: {e}"));
+        let mut child = command
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let mut stderr = child.stderr.take().expect("piped stderr");
+        let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        let wiped = tokio::time::timeout(REJOIN_WIPE_WAIT, async {
+            while let Some(line) = lines.next_line().await? {
+                if line.contains("wiped") {
+                    return Ok::<bool, std::io::Error>(true);
+                }
+            }
+            Ok(false)
+        })
+        .await;
+        if !matches!(wiped, Ok(Ok(true))) {
+            let _ = child.kill().await;
+            let mut said = String::new();
+            let _ = stderr.read_to_string(&mut said).await;
+            anyhow::bail!("did not wipe the node: {}", said.trim());
         }
-        self.note(i, "; rejoined from a wiped data directory");
+        self.cluster.start_rejoining(target)?;
+        let status = tokio::time::timeout(REJOIN_WAIT, child.wait()).await;
+        let mut said = String::new();
+        let _ = stderr.read_to_string(&mut said).await;
+        match status {
+            Ok(Ok(status)) if status.success() => Ok(()),
+            Ok(Ok(status)) => anyhow::bail!("{status}: {}", said.trim()),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => anyhow::bail!("still waiting after {REJOIN_WAIT:?}: {}", said.trim()),
+        }
     }
 
     fn set_peer_delay(&self, target: u64, delay_ms: u64) {
