@@ -21,6 +21,9 @@ pub const SUBNET: &str = "10.77.0";
 pub const BRIDGE_IP: &str = "10.77.0.254";
 /// Held while a namespace drill runs.
 pub const LOCK_FILE: &str = "/run/switchboard-chaos.lock";
+/// How long a namespace drill waits for another one to finish.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+const LOCK_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 /// Hosts allowed (addresses `.1` to `.HOSTS_MAX`).
 pub const HOSTS_MAX: u64 = 32;
 /// Ports on which peers reach a node (gRPC and its delay proxy): one-way partitions drop new
@@ -133,9 +136,21 @@ impl Net {
         preflight()?;
         let lock =
             File::create(LOCK_FILE).with_context(|| format!("failed to open {LOCK_FILE}"))?;
-        lock.try_lock().map_err(|_| {
-            anyhow::anyhow!("another namespace drill holds {LOCK_FILE}; run one at a time")
-        })?;
+        // Namespace drills share the host's addresses and names: one at a time. Another one
+        // (a soak, CI) is waited for, up to a bound, rather than failed.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let mut said = false;
+        while lock.try_lock().is_err() {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "another namespace drill has held {LOCK_FILE} for {LOCK_WAIT:?}; run one at a time"
+            );
+            if !said {
+                println!("   waiting for another namespace drill to release {LOCK_FILE}");
+                said = true;
+            }
+            std::thread::sleep(LOCK_POLL);
+        }
         sweep_leftovers();
         let mut net = Self {
             prefix: format!("{NAME_PREFIX}{}", std::process::id()),

@@ -87,10 +87,17 @@ impl Found {
     }
 }
 
-/// The error of a failed RocksDB open: damage when RocksDB reports corruption, named down to the
-/// write-ahead log record when the log is what is damaged.
+/// The error of a failed RocksDB open of a directory this node owns: damage when RocksDB reports
+/// corruption (named down to the write-ahead log record when the log is what is damaged), or
+/// finds its own files missing or inconsistent (a column family we created gone, a MANIFEST cut
+/// short); an I/O failure (a lock held, permissions, EIO) is reported as it is, not as damage.
 pub fn open_failed(dir: &Path, rocks: &Path, error: rocksdb::Error) -> Error {
-    if !is_corruption(&error) {
+    use rocksdb::ErrorKind;
+    let damaged = matches!(
+        error.kind(),
+        ErrorKind::Corruption | ErrorKind::InvalidArgument | ErrorKind::NotFound
+    );
+    if !damaged {
         return Error::Open {
             path: rocks.to_path_buf(),
             source: error,

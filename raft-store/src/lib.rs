@@ -116,6 +116,14 @@ fn open_rocksdb(path: &PathBuf, claim: Claim) -> Result<rocksdb::DB, Error> {
     let families = keys::COLUMN_FAMILIES
         .iter()
         .map(|name| rocksdb::ColumnFamilyDescriptor::new(*name, rocksdb::Options::default()));
-    rocksdb::DB::open_cf_descriptors(&options, path, families)
-        .map_err(|source| inspect::open_failed(path.parent().unwrap_or(path), path, source))
+    rocksdb::DB::open_cf_descriptors(&options, path, families).map_err(|source| {
+        if claim.creates() {
+            Error::Open {
+                path: path.clone(),
+                source,
+            }
+        } else {
+            inspect::open_failed(path.parent().unwrap_or(path), path, source)
+        }
+    })
 }

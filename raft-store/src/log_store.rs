@@ -8,8 +8,9 @@
 //! issued before it durable.
 //!
 //! The Raft marks ([`crate::marks`]) follow: each vote is recorded there before `save_vote`
-//! returns, each sync publishes the last log id it made durable, and a truncation lowers the
-//! record before it deletes anything.
+//! returns; a second thread records the last log id each sync made durable, fsynced, before it
+//! fires that sync's callbacks (while the next sync of the write-ahead log already runs); a
+//! truncation lowers the record before it deletes anything.
 
 use std::fmt::Debug;
 use std::io;
@@ -47,6 +48,14 @@ pub struct LogStats {
 struct Syncer {
     queue: Option<SyncSender<Flush>>,
     thread: Option<JoinHandle<()>>,
+    ack_thread: Option<JoinHandle<()>>,
+}
+
+/// Appends whose write-ahead log sync is done, on their way to the marks and acknowledgement.
+struct Synced {
+    batch: Vec<Flush>,
+    /// Why the sync failed (then, and for every later batch).
+    failed: Option<String>,
 }
 
 /// One append waiting for the sync thread.
@@ -77,20 +86,28 @@ impl LogStore {
         }
         let stats = Arc::new(LogStats::default());
         let (queue, pending) = std::sync::mpsc::sync_channel(SYNC_QUEUE_CALLBACKS_MAX);
+        let (synced, to_ack) = std::sync::mpsc::sync_channel(SYNC_QUEUE_CALLBACKS_MAX);
         let thread = {
             let db = db.clone();
             let stats = stats.clone();
-            let marks = marks.clone();
             std::thread::Builder::new()
                 .name("raft-log-sync".into())
-                .spawn(move || sync_loop(&db, &pending, &stats, &marks))
+                .spawn(move || sync_loop(&db, &pending, &stats, &synced))
                 .map_err(Error::io("raft-log-sync thread"))?
+        };
+        let ack_thread = {
+            let marks = marks.clone();
+            std::thread::Builder::new()
+                .name("raft-log-ack".into())
+                .spawn(move || ack_loop(&to_ack, &marks))
+                .map_err(Error::io("raft-log-ack thread"))?
         };
         Ok(Self {
             db,
             syncer: Arc::new(Syncer {
                 queue: Some(queue),
                 thread: Some(thread),
+                ack_thread: Some(ack_thread),
             }),
             stats,
             marks,
@@ -186,19 +203,22 @@ impl LogStore {
 impl Drop for Syncer {
     fn drop(&mut self) {
         drop(self.queue.take());
-        if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
+        // The sync thread ends with its queue and closes the ack thread's; join in that order.
+        for thread in [self.thread.take(), self.ack_thread.take()]
+            .into_iter()
+            .flatten()
         {
-            tracing::error!("raft log sync thread panicked");
+            if thread.join().is_err() {
+                tracing::error!("raft log sync thread panicked");
+            }
         }
     }
 }
 
-/// Group commit: take every queued callback, sync once, record the newest durable log id in the
-/// Raft marks (fsynced), then complete them all: an append is acknowledged only once both the
-/// write-ahead log and the marks cover it. A failed sync or marks write fails every callback,
-/// then and after: openraft then stops the node rather than acknowledge what is not durable.
-fn sync_loop(db: &DB, pending: &Receiver<Flush>, stats: &LogStats, marks: &Marks) {
+/// Group commit, first stage: take every queued append, sync the write-ahead log once, pass them
+/// on. Once a sync has failed, RocksDB's later syncs prove nothing about the writes before it
+/// (the kernel may have dropped the dirty pages): every later batch fails too.
+fn sync_loop(db: &DB, pending: &Receiver<Flush>, stats: &LogStats, synced: &SyncSender<Synced>) {
     let mut failed: Option<String> = None;
     while let Ok(first) = pending.recv() {
         let mut batch = vec![first];
@@ -209,18 +229,47 @@ fn sync_loop(db: &DB, pending: &Receiver<Flush>, stats: &LogStats, marks: &Marks
             stats.syncs.fetch_add(1, Ordering::Relaxed);
             if let Err(e) = db.flush_wal(true) {
                 failed = Some(format!("sync of the raft log failed: {e}"));
-            } else if let Some((last, epoch)) = batch.iter().rev().find_map(|f| f.last)
-                && let Err(e) = marks.record_durable(last, epoch)
-            {
-                failed = Some(format!("recording the raft marks failed: {e}"));
-            }
-            if let Some(e) = &failed {
-                // Once a sync has failed, RocksDB's later syncs prove nothing about the writes
-                // before it (the kernel may have dropped the dirty pages): never succeed again.
-                tracing::error!(error = %e, "the raft log is no longer durable; the node must stop");
             }
         }
-        for flush in batch {
+        let next = Synced {
+            batch,
+            failed: failed.clone(),
+        };
+        if synced.send(next).is_err() {
+            return;
+        }
+    }
+}
+
+/// Group commit, second stage: record the newest durable log id of every synced batch waiting in
+/// the Raft marks (one fdatasync for all of them), then acknowledge them. An append is thus
+/// acknowledged only once both the write-ahead log and the marks cover it, while the next
+/// write-ahead log sync already runs. A failure fails every callback, then and after: openraft
+/// then stops the node rather than acknowledge what is not durable.
+fn ack_loop(to_ack: &Receiver<Synced>, marks: &Marks) {
+    let mut failed: Option<String> = None;
+    while let Ok(first) = to_ack.recv() {
+        let mut ready = vec![first];
+        while let Ok(synced) = to_ack.try_recv() {
+            ready.push(synced);
+        }
+        if failed.is_none() {
+            failed = ready.iter().find_map(|s| s.failed.clone());
+        }
+        if failed.is_none()
+            && let Some((last, epoch)) = ready
+                .iter()
+                .flat_map(|s| s.batch.iter())
+                .rev()
+                .find_map(|f| f.last)
+            && let Err(e) = marks.record_durable(last, epoch)
+        {
+            failed = Some(format!("recording the raft marks failed: {e}"));
+        }
+        if let Some(e) = &failed {
+            tracing::error!(error = %e, "the raft log is no longer durable; the node must stop");
+        }
+        for flush in ready.into_iter().flat_map(|s| s.batch) {
             flush.callback.io_completed(match &failed {
                 None => Ok(()),
                 Some(e) => Err(io::Error::other(e.clone())),

@@ -88,7 +88,9 @@ impl Marks {
         file.set_len(2 * SLOT_BYTES as u64)
             .map_err(Error::io(&path))?;
         let marks = Self::with(path, file, 0, value);
-        marks.inner.write(&mut marks.inner.state.lock().expect("marks lock"))?;
+        marks
+            .inner
+            .write(&mut marks.inner.state.lock().expect("marks lock"))?;
         crate::identity::sync_dir(dir)?;
         Ok(marks)
     }
@@ -116,7 +118,10 @@ impl Marks {
         let (sequence, value) = read_slots(&path, &file).map_err(|reason| {
             Error::damaged(
                 dir,
-                format!("the Raft marks file {} is unreadable: {reason}", path.display()),
+                format!(
+                    "the Raft marks file {} is unreadable: {reason}",
+                    path.display()
+                ),
             )
         })?;
         Ok((Self::with(path, file, sequence, value.clone()), value))
@@ -320,15 +325,21 @@ mod tests {
         let tmp = tempfile::tempdir().expect("test step");
         let marks = Marks::create(tmp.path()).expect("test step");
         let epoch = marks.epoch();
-        marks.record_durable(log_id(1, 10), epoch).expect("test step");
+        marks
+            .record_durable(log_id(1, 10), epoch)
+            .expect("test step");
         assert_eq!(marks.value().last_log_id, Some(log_id(1, 10)));
         marks
             .lower_last_log_id(Some(log_id(1, 5)))
             .expect("test step");
         // A sync of entries appended before the truncation records nothing.
-        marks.record_durable(log_id(1, 10), epoch).expect("test step");
+        marks
+            .record_durable(log_id(1, 10), epoch)
+            .expect("test step");
         assert_eq!(marks.value().last_log_id, Some(log_id(1, 5)));
-        marks.record_durable(log_id(2, 7), marks.epoch()).expect("test step");
+        marks
+            .record_durable(log_id(2, 7), marks.epoch())
+            .expect("test step");
         let (_, value) = Marks::open(tmp.path()).expect("test step");
         assert_eq!(value.last_log_id, Some(log_id(2, 7)));
     }

@@ -16,7 +16,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
-
 /// How long `node reset --rejoin` may take to remove and wipe the node.
 const REJOIN_WIPE_WAIT: Duration = Duration::from_secs(20);
 /// How long it may then take for the restarted node to catch up and be promoted.
