@@ -120,7 +120,10 @@ pub fn single_node_client(endpoint: &str) -> anyhow::Result<Client> {
     })?)
 }
 
-/// Removes temp directories of drills whose process is gone.
+/// A kept drill directory (evidence of a failed run) holds this file; sweeps leave it alone.
+const KEPT_MARKER: &str = "KEPT";
+
+/// Removes temp directories of drills whose process is gone, unless kept as evidence.
 pub fn sweep_temp_dirs() {
     let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
         return;
@@ -136,6 +139,7 @@ pub fn sweep_temp_dirs() {
         if !pid.is_empty()
             && pid.chars().all(|c| c.is_ascii_digit())
             && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            && !entry.path().join(KEPT_MARKER).exists()
         {
             let _ = std::fs::remove_dir_all(entry.path());
         }
@@ -386,6 +390,11 @@ impl DrillCluster {
     /// compose mode also keeps the containers' logs there.
     pub async fn keep_evidence(&mut self) -> PathBuf {
         self.root.disable_cleanup(true);
+        // Later drills sweep the directories of dead drills; not this one (a soak runs many).
+        let _ = std::fs::write(
+            self.root.path().join(KEPT_MARKER),
+            b"evidence of a failed drill\n",
+        );
         if let Some(compose) = &self.compose {
             match compose.run(&["logs", "--no-color", "-t"]).await {
                 Ok(logs) => {
