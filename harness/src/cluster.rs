@@ -70,9 +70,61 @@ fn loopback_addr() -> Result<String, Error> {
     Ok(format!("127.0.0.1:{}", free_port()?))
 }
 
+/// Attempts at starting a cluster whose nodes all bind their ports.
+const START_ATTEMPTS: u32 = 3;
+/// How long a started cluster's nodes may take to bind their ports before it is used as is.
+const BIND_WAIT: Duration = Duration::from_secs(10);
+const BIND_POLL: Duration = Duration::from_millis(20);
+
 impl ProcessCluster {
     /// Starts `n` voters that bootstrap themselves; `extra_args` go to every `serve`.
+    ///
+    /// Ports are picked free and released before the nodes bind them, so another process may
+    /// take one in between (many tests run at once). A node that exits before it binds makes
+    /// the whole cluster start again on new ports, up to [`START_ATTEMPTS`] times: a cluster
+    /// without its bootstrapping node would never elect a leader.
     pub fn start(binary: &Path, n: u64, extra_args: &[&str]) -> Result<Self, Error> {
+        let mut attempt = 1;
+        loop {
+            let mut cluster = Self::start_once(binary, n, extra_args)?;
+            match cluster.wait_bound() {
+                None => return Ok(cluster),
+                Some(id) if attempt < START_ATTEMPTS => {
+                    eprintln!(
+                        "harness: node {id} exited while starting (a port taken meanwhile?); \
+                         starting the cluster again on new ports"
+                    );
+                    attempt += 1;
+                }
+                Some(_) => return Ok(cluster),
+            }
+        }
+    }
+
+    /// Waits (bounded) until every node accepts connections on its gRPC port; returns the id
+    /// of a node that exited instead.
+    fn wait_bound(&mut self) -> Option<u64> {
+        let deadline = Instant::now() + BIND_WAIT;
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for id in ids {
+            loop {
+                let node = self.nodes.get_mut(&id)?;
+                if node.exit_status().is_some() {
+                    return Some(id);
+                }
+                let bound = node.grpc.parse().is_ok_and(|addr| {
+                    std::net::TcpStream::connect_timeout(&addr, BIND_POLL).is_ok()
+                });
+                if bound || Instant::now() > deadline {
+                    break;
+                }
+                std::thread::sleep(BIND_POLL);
+            }
+        }
+        None
+    }
+
+    fn start_once(binary: &Path, n: u64, extra_args: &[&str]) -> Result<Self, Error> {
         let root = tempfile::Builder::new()
             .prefix("switchboard-cluster-")
             .tempdir()

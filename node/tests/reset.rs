@@ -167,24 +167,30 @@ async fn a_node_with_a_damaged_wal_refuses_to_start_and_rejoins_after_reset() {
     let done = reset.wait().expect("reset exits");
     assert!(done.success(), "reset failed: {done:?}");
 
-    // The rejoined node learns its own promotion from the log (bounded wait).
+    // The rejoined node learns its own promotion from the log (bounded wait; a status call may
+    // fail while the machine is loaded, the node must not have exited).
     let deadline = Instant::now() + LEADER_WAIT;
     loop {
-        let status = cluster
-            .status(target)
-            .await
-            .expect("status of the rejoined node");
-        if status
-            .members
-            .iter()
-            .any(|m| m.node_id == target && m.voter)
-        {
-            break;
-        }
+        let seen = match cluster.status(target).await {
+            Ok(status)
+                if status
+                    .members
+                    .iter()
+                    .any(|m| m.node_id == target && m.voter) =>
+            {
+                break;
+            }
+            Ok(status) => format!("members {:?}", status.members),
+            Err(e) => format!("status: {e}"),
+        };
+        let exited = cluster.nodes.get_mut(&target).and_then(|n| n.exit_status());
+        assert!(
+            exited.is_none(),
+            "the rejoined node exited: {exited:?} ({seen})"
+        );
         assert!(
             Instant::now() < deadline,
-            "node {target} is not a voter again: {:?}",
-            status.members
+            "node {target} is not a voter again: {seen}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
