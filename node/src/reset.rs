@@ -150,12 +150,25 @@ async fn reset(args: &ResetArgs) -> Result<(), ResetError> {
             )));
         }
     };
+    let deadline = Instant::now() + args.wait;
     if member.is_some() {
-        client
-            .remove(RemoveRequest {
-                node_ids: vec![node_id],
-            })
-            .await?;
+        // The node may have been the leader: the others need an election (and a majority) before
+        // they can change the membership. Retried until --wait runs out.
+        loop {
+            match client
+                .remove(RemoveRequest {
+                    node_ids: vec![node_id],
+                })
+                .await
+            {
+                Ok(_) => break,
+                Err(e) if Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "removal of node {node_id} not accepted yet");
+                    tokio::time::sleep(REJOIN_RETRY).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         println!("node {node_id} removed from cluster {:?}", found.cluster_id);
     }
 
@@ -167,7 +180,6 @@ async fn reset(args: &ResetArgs) -> Result<(), ResetError> {
         args.wait
     );
 
-    let deadline = Instant::now() + args.wait;
     loop {
         let added = client
             .add_learner(AddLearnerRequest {

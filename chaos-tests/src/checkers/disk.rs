@@ -23,9 +23,6 @@ pub const EXIT_PANIC: i32 = 101;
 pub const SERVING_WINDOW_MS_MIN: u64 = 2_500;
 /// Time after a fault begins that the cluster may spend electing a new leader.
 pub const SERVING_GRACE_MS: u64 = 1_500;
-/// A node under `fail-sync` that saw at least this many entries committed by the others
-/// without stopping has acknowledged appends it never made durable (or never synced at all).
-pub const SYNC_ERROR_ENTRIES_MIN: u64 = 20;
 
 /// A node's durable state as its `Status` reported it before it was stopped.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -84,6 +81,10 @@ pub struct StopFact {
     pub must_stop: bool,
     /// Entries the cluster committed while the fault held.
     pub committed_during: u64,
+    /// Entries the node itself appended while the fault held, when its status was read at
+    /// both ends (a lagging follower may receive nothing, so the cluster's commits alone do
+    /// not show that it had anything to sync).
+    pub appended_during: Option<u64>,
     /// `None` when the node was still running at the end of the fault.
     pub exit: Option<(Option<i32>, Option<i32>)>,
 }
@@ -194,10 +195,14 @@ fn damaged_stops_or_serves(disk: &DiskFacts) -> Verdict {
     }
     for stop in &disk.stops {
         match stop.exit {
-            None if stop.must_stop && stop.committed_during >= SYNC_ERROR_ENTRIES_MIN => verdict
+            None if stop.must_stop && stop.appended_during.is_some_and(|n| n > 0) => verdict
                 .violation(format!(
-                    "node {} kept running through {} committed entries under {}",
-                    stop.node_id, stop.committed_during, stop.kind
+                    "node {} appended {} entries under {} and kept running ({} committed \
+                     meanwhile)",
+                    stop.node_id,
+                    stop.appended_during.unwrap_or(0),
+                    stop.kind,
+                    stop.committed_during
                 )),
             Some((code, signal)) if code == Some(EXIT_PANIC) || code.is_none() => verdict
                 .violation(format!(
@@ -352,26 +357,32 @@ mod tests {
 
     #[test]
     fn a_node_running_on_through_failing_syncs_is_caught() {
-        let stop = |exit, committed_during| DiskFacts {
+        let stop = |exit, appended_during| DiskFacts {
             stops: vec![StopFact {
                 node_id: 2,
                 kind: "sync-error",
                 must_stop: true,
-                committed_during,
+                committed_during: 500,
+                appended_during,
                 exit,
             }],
             ..DiskFacts::default()
         };
-        assert!(damaged_stops_or_serves(&stop(Some((Some(1), None)), 500)).ok());
-        // Too few entries committed to be sure it had anything to sync.
-        assert!(damaged_stops_or_serves(&stop(None, 3)).ok());
-        assert_eq!(damaged_stops_or_serves(&stop(None, 500)).violation_count, 1);
+        assert!(damaged_stops_or_serves(&stop(Some((Some(1), None)), Some(40))).ok());
+        // It received nothing to sync (a lagging follower): running on is no violation.
+        assert!(damaged_stops_or_serves(&stop(None, Some(0))).ok());
+        assert!(damaged_stops_or_serves(&stop(None, None)).ok());
         assert_eq!(
-            damaged_stops_or_serves(&stop(Some((Some(EXIT_PANIC), None)), 500)).violation_count,
+            damaged_stops_or_serves(&stop(None, Some(40))).violation_count,
             1
         );
         assert_eq!(
-            damaged_stops_or_serves(&stop(Some((Some(0), None)), 500)).violation_count,
+            damaged_stops_or_serves(&stop(Some((Some(EXIT_PANIC), None)), Some(40)))
+                .violation_count,
+            1
+        );
+        assert_eq!(
+            damaged_stops_or_serves(&stop(Some((Some(0), None)), Some(40))).violation_count,
             1
         );
     }

@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
+/// After a sync-error hold, how long a node that appended under it may take to stop.
+const SYNC_ERROR_EXIT_GRACE: Duration = Duration::from_secs(1);
 /// How long `node reset --rejoin` may take to remove and wipe the node.
 const REJOIN_WIPE_WAIT: Duration = Duration::from_secs(20);
 /// How long it may then take for the restarted node to catch up and be promoted.
@@ -648,7 +650,19 @@ impl Nemesis<'_> {
             ),
         );
         self.shim(i, target, ShimControl::FailSync);
-        let exit = self.hold_or_exit(target, hold).await;
+        let mut exit = self.hold_or_exit(target, hold).await;
+        // What the node itself appended meanwhile: with every fsync failing, a node that
+        // appended anything must stop (it may take a moment after its last append).
+        let mut appended_during = None;
+        if exit.is_none()
+            && let (Some(start), Ok(end)) = (&before, self.cluster.status(target).await)
+        {
+            let appended = end.last_log_index.saturating_sub(start.last_log_index);
+            appended_during = Some(appended);
+            if appended > 0 {
+                exit = self.hold_or_exit(target, SYNC_ERROR_EXIT_GRACE).await;
+            }
+        }
         if exit.is_some() {
             // Keep the fault on for the rest of the hold: the cluster must serve without it.
             let left = hold.saturating_sub(Duration::from_millis(self.now_ms() - from_ms));
@@ -664,6 +678,7 @@ impl Nemesis<'_> {
             kind: "sync-error",
             must_stop: true,
             committed_during,
+            appended_during,
             exit: exit.map(|s| (s.code(), s.signal())),
         });
         self.shim(i, target, ShimControl::Ok);
@@ -682,7 +697,11 @@ impl Nemesis<'_> {
             }
             None => self.note(
                 i,
-                &format!("; still running after {committed_during} entries committed"),
+                &format!(
+                    "; still running after {committed_during} entries committed, having \
+                     appended {}",
+                    appended_during.map_or("(unknown)".to_owned(), |n| n.to_string())
+                ),
             ),
         }
         self.healed(i);
@@ -756,6 +775,7 @@ impl Nemesis<'_> {
             kind: "disk-full",
             must_stop: false,
             committed_during,
+            appended_during: None,
             exit: exit.map(|s| (s.code(), s.signal())),
         });
         if let Err(e) = std::fs::remove_file(data_dir.join(FILLER_FILE)) {
