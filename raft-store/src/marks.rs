@@ -142,10 +142,6 @@ impl Marks {
         }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.inner.path
-    }
-
     /// The value last recorded.
     pub fn value(&self) -> MarkValue {
         self.inner.state.lock().expect("marks lock").value.clone()

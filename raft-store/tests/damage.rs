@@ -70,6 +70,12 @@ async fn append(store: &mut raft_store::Store, term: u64, from: u64, to: u64) {
     }
 }
 
+/// Opens the store in `dir`, appends `from..=to` in `term` and closes it.
+async fn append_and_close(dir: &Path, term: u64, from: u64, to: u64) {
+    let mut store = support::open(dir);
+    append(&mut store, term, from, to).await;
+}
+
 /// A closed store holding `ENTRIES` entries over several terms, all acknowledged.
 async fn filled(dir: &Path) {
     let mut store = support::open(dir);
@@ -432,15 +438,9 @@ async fn a_flipped_byte_in_a_state_machine_sst_is_reported_with_its_cause() {
 async fn a_vote_or_log_older_than_the_raft_marks_is_refused() {
     let tmp = tempfile::tempdir().expect("test step");
     let earlier = tempfile::tempdir().expect("test step");
-    {
-        let mut store = support::open(tmp.path());
-        append(&mut store, 3, 1, 50).await;
-    }
+    append_and_close(tmp.path(), 3, 1, 50).await;
     copy_dir(&rocks(tmp.path()), &earlier.path().join("rocksdb"));
-    {
-        let mut store = support::open(tmp.path());
-        append(&mut store, 4, 51, 100).await;
-    }
+    append_and_close(tmp.path(), 4, 51, 100).await;
     std::fs::remove_dir_all(rocks(tmp.path())).expect("test step");
     copy_dir(&earlier.path().join("rocksdb"), &rocks(tmp.path()));
     let message = refused(tmp.path());
@@ -471,10 +471,7 @@ async fn a_vote_or_log_older_than_the_raft_marks_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_raft_marks_file_is_refused() {
     let tmp = tempfile::tempdir().expect("test step");
-    {
-        let mut store = support::open(tmp.path());
-        append(&mut store, 1, 1, 5).await;
-    }
+    append_and_close(tmp.path(), 1, 1, 5).await;
     std::fs::remove_file(tmp.path().join(raft_store::marks::MARKS_FILE)).expect("test step");
     let message = refused(tmp.path());
     assert!(message.contains("missing"), "{message}");
@@ -483,10 +480,7 @@ async fn a_missing_raft_marks_file_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_format_2_directory_is_upgraded_with_marks_of_what_it_holds() {
     let tmp = tempfile::tempdir().expect("test step");
-    {
-        let mut store = support::open(tmp.path());
-        append(&mut store, 2, 1, 30).await;
-    }
+    append_and_close(tmp.path(), 2, 1, 30).await;
     std::fs::remove_file(tmp.path().join(raft_store::marks::MARKS_FILE)).expect("test step");
     let old = raft_store::Identity {
         format_version: raft_store::identity::UPGRADABLE_FORMAT_VERSION,

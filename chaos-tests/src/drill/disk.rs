@@ -626,6 +626,39 @@ impl Nemesis<'_> {
         self.cluster.exit_status(target)
     }
 
+    /// What `target`'s status says now, if it answers.
+    async fn node_state(&mut self, target: u64) -> Option<NodeState> {
+        self.cluster
+            .status(target)
+            .await
+            .ok()
+            .map(|s| NodeState::of(&s))
+    }
+
+    /// Ends a fault held on `target` since `from_ms`: when the node stopped early, the fault
+    /// stays on for the rest of the hold (the cluster must serve without it); records the
+    /// fault's window and returns the entries the cluster committed meanwhile.
+    async fn end_of_hold(
+        &mut self,
+        kind: &'static str,
+        target: u64,
+        hold: Duration,
+        from_ms: u64,
+        committed_at_start: u64,
+        stopped: bool,
+    ) -> u64 {
+        if stopped {
+            let left = hold.saturating_sub(Duration::from_millis(self.now_ms() - from_ms));
+            tokio::time::sleep(left).await;
+        }
+        let committed_during = self
+            .highest_committed()
+            .await
+            .saturating_sub(committed_at_start);
+        self.window(kind, target, from_ms);
+        committed_during
+    }
+
     /// Every fsync of one node fails with EIO: it must stop; healed, it must come back with
     /// what it had, or refuse.
     async fn sync_error(&mut self, hold: Duration) {
@@ -634,12 +667,7 @@ impl Nemesis<'_> {
         } else {
             self.random_node()
         };
-        let before = self
-            .cluster
-            .status(target)
-            .await
-            .ok()
-            .map(|s| NodeState::of(&s));
+        let before = self.node_state(target).await;
         let committed_at_start = self.highest_committed().await;
         let from_ms = self.now_ms();
         let i = self.record(
@@ -663,16 +691,16 @@ impl Nemesis<'_> {
                 exit = self.hold_or_exit(target, SYNC_ERROR_EXIT_GRACE).await;
             }
         }
-        if exit.is_some() {
-            // Keep the fault on for the rest of the hold: the cluster must serve without it.
-            let left = hold.saturating_sub(Duration::from_millis(self.now_ms() - from_ms));
-            tokio::time::sleep(left).await;
-        }
         let committed_during = self
-            .highest_committed()
-            .await
-            .saturating_sub(committed_at_start);
-        self.window("sync-error", target, from_ms);
+            .end_of_hold(
+                "sync-error",
+                target,
+                hold,
+                from_ms,
+                committed_at_start,
+                exit.is_some(),
+            )
+            .await;
         self.disk.stops.push(StopFact {
             node_id: target,
             kind: "sync-error",
@@ -744,12 +772,7 @@ impl Nemesis<'_> {
             self.healed(i);
             return;
         };
-        let before = self
-            .cluster
-            .status(target)
-            .await
-            .ok()
-            .map(|s| NodeState::of(&s));
+        let before = self.node_state(target).await;
         let committed_at_start = self.highest_committed().await;
         let from_ms = self.now_ms();
         let i = self.record(
@@ -761,15 +784,16 @@ impl Nemesis<'_> {
             Err(e) => self.trouble(i, format!("fill: {e}")),
         }
         let exit = self.hold_or_exit(target, hold).await;
-        if exit.is_some() {
-            let left = hold.saturating_sub(Duration::from_millis(self.now_ms() - from_ms));
-            tokio::time::sleep(left).await;
-        }
         let committed_during = self
-            .highest_committed()
-            .await
-            .saturating_sub(committed_at_start);
-        self.window("disk-full", target, from_ms);
+            .end_of_hold(
+                "disk-full",
+                target,
+                hold,
+                from_ms,
+                committed_at_start,
+                exit.is_some(),
+            )
+            .await;
         self.disk.stops.push(StopFact {
             node_id: target,
             kind: "disk-full",
