@@ -55,6 +55,7 @@ fn writer(cluster: &ProcessCluster) -> Client {
         backoff_initial: Duration::from_millis(50),
         backoff_max: Duration::from_millis(500),
         resolve: Vec::new(),
+        token: None,
     })
     .expect("client")
 }
@@ -140,6 +141,7 @@ fn start_isolated(cluster: &ProcessCluster, id: u64, log: &Path) -> Isolated {
     let child = ServeCommand::new(id, &grpc, &data_dir)
         .http_listen(&http)
         .cluster_id(cluster.cluster_id())
+        .insecure()
         .exit_with_parent()
         .log_filter(harness::test_log_filter())
         .command(cluster.binary())

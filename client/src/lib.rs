@@ -36,9 +36,13 @@ use proto::v1::{self, Consistency, ReadOptions, WriteMeta};
 use tokio::time::Instant;
 use tonic::{
     Code, Request, Response, Status,
+    metadata::{Ascii, MetadataValue},
     transport::{Channel, Endpoint},
 };
 use tracing::debug;
+
+/// gRPC metadata carrying the bearer token (`Bearer <JWT>`).
+pub const AUTHORIZATION_HEADER: &str = "authorization";
 
 /// gRPC metadata naming the leader on a redirect (DESIGN §4).
 pub const LEADER_ID_HEADER: &str = "x-switchboard-leader-id";
@@ -96,6 +100,38 @@ pub struct ClientConfig {
     /// configured endpoints and to every leader address a redirect names, like curl's
     /// `--resolve`. Addresses not listed are connected to as they are.
     pub resolve: Vec<(String, String)>,
+    /// The bearer token sent with every request (`authorization: Bearer <token>`): a JWT from
+    /// `switchboard token issue`. `None` only against a node started with `--insecure`.
+    pub token: Option<BearerToken>,
+}
+
+/// Longest bearer token the client sends, in bytes (the node's bound too).
+pub const TOKEN_BYTES_MAX: usize = 4096;
+
+/// A bearer token: a secret, so its `Debug` form never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BearerToken(String);
+
+impl BearerToken {
+    /// The token as given; [`ClientConfig::validate`] checks it.
+    pub fn new(token: impl Into<String>) -> Self {
+        Self(token.into().trim().to_owned())
+    }
+
+    /// The token itself (to hand on, e.g. to a child process); never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    fn header_value(&self) -> Option<MetadataValue<Ascii>> {
+        format!("Bearer {}", self.0).parse().ok()
+    }
+}
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BearerToken(..)")
+    }
 }
 
 impl Default for ClientConfig {
@@ -109,6 +145,7 @@ impl Default for ClientConfig {
             backoff_initial: Duration::from_millis(50),
             backoff_max: Duration::from_secs(1),
             resolve: Vec::new(),
+            token: None,
         }
     }
 }
@@ -163,6 +200,12 @@ pub enum ConfigError {
         /// The address as given.
         addr: String,
         /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// `token` is empty, too long or not a header value (visible ASCII, no spaces).
+    #[error("token is not usable: {reason}")]
+    BadToken {
+        /// What is wrong with it (never the token itself).
         reason: &'static str,
     },
     /// `retries_max` exceeds [`RETRIES_MAX_LIMIT`].
@@ -221,6 +264,20 @@ impl ClientConfig {
                 initial_ms: self.backoff_initial.as_millis(),
                 max_ms: self.backoff_max.as_millis(),
             });
+        }
+        if let Some(token) = &self.token {
+            let reason = if token.0.is_empty() {
+                Some("it is empty")
+            } else if token.0.len() > TOKEN_BYTES_MAX {
+                Some("it is longer than 4096 bytes")
+            } else if !token.0.bytes().all(|b| b.is_ascii_graphic()) {
+                Some("it holds a space or a character that is not visible ASCII")
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                return Err(ConfigError::BadToken { reason });
+            }
         }
         if self.retries_max > RETRIES_MAX_LIMIT {
             return Err(ConfigError::TooManyRetries {
@@ -389,6 +446,8 @@ pub struct Client {
 #[derive(Debug)]
 struct Inner {
     config: ClientConfig,
+    /// `authorization` metadata of every request, made once from `config.token`.
+    authorization: Option<MetadataValue<Ascii>>,
     peers: Mutex<Peers>,
     /// Round-robin cursor for reads any node may serve.
     next_any: AtomicUsize,
@@ -586,8 +645,15 @@ impl Client {
             });
         }
         let configured = list.len();
+        let authorization = match &config.token {
+            Some(token) => Some(token.header_value().ok_or(ConfigError::BadToken {
+                reason: "it is not a header value",
+            })?),
+            None => None,
+        };
         Ok(Self {
             inner: Arc::new(Inner {
+                authorization,
                 config,
                 peers: Mutex::new(Peers {
                     list,
@@ -782,6 +848,11 @@ impl Client {
             let attempt_timeout = config.request_timeout.min(remaining);
             let mut request = Request::new(request.clone());
             request.set_timeout(attempt_timeout);
+            if let Some(authorization) = &self.inner.authorization {
+                request
+                    .metadata_mut()
+                    .insert(AUTHORIZATION_HEADER, authorization.clone());
+            }
             debug!(
                 op,
                 attempt = state.count,
@@ -922,7 +993,7 @@ macro_rules! client_methods {
         $($_server:ident)::+, $client_module:ident :: $client_type:ident
     ) {
         $($(#[doc = $doc:literal])* $_rpc:ident $method:ident ($req:ident) -> $resp:ident
-            [$kind:ident, leader_from: $leader_from:ident])*
+            [$kind:ident, leader_from: $leader_from:ident, access: $_access:ident])*
     })*) => {
         impl Client {
             $($(
@@ -972,7 +1043,6 @@ fn make_endpoint(addr: &str, config: &ClientConfig) -> Result<Endpoint, tonic::t
 #[cfg(test)]
 mod tests {
     use proto::v1::{CreateCallRequest, EndCallRequest, GetCallRequest, StatusRequest};
-    use tonic::metadata::MetadataValue;
 
     use super::*;
 

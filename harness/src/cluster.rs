@@ -52,6 +52,11 @@ impl ProcNode {
 #[derive(Debug)]
 pub struct ProcessCluster {
     binary: PathBuf,
+    /// The token key set nodes verify with, when the cluster requires tokens
+    /// ([`ProcessCluster::start_authenticated`]); the signing key lies next to it.
+    tokens: Option<PathBuf>,
+    /// An admin token of the cluster's key (for its own status and leader waits).
+    admin_token: Option<String>,
     cluster_id: String,
     initial_cluster: String,
     pub nodes: BTreeMap<u64, ProcNode>,
@@ -84,9 +89,19 @@ impl ProcessCluster {
     /// the whole cluster start again on new ports, up to [`START_ATTEMPTS`] times: a cluster
     /// without its bootstrapping node would never elect a leader.
     pub fn start(binary: &Path, n: u64, extra_args: &[&str]) -> Result<Self, Error> {
+        Self::start_with(binary, n, extra_args, false)
+    }
+
+    /// [`ProcessCluster::start`], with nodes that require bearer tokens: a key set is made in
+    /// the cluster's directory, and [`ProcessCluster::token`] mints tokens for it.
+    pub fn start_authenticated(binary: &Path, n: u64, extra_args: &[&str]) -> Result<Self, Error> {
+        Self::start_with(binary, n, extra_args, true)
+    }
+
+    fn start_with(binary: &Path, n: u64, extra_args: &[&str], tokens: bool) -> Result<Self, Error> {
         let mut attempt = 1;
         loop {
-            let mut cluster = Self::start_once(binary, n, extra_args)?;
+            let mut cluster = Self::start_once(binary, n, extra_args, tokens)?;
             match cluster.wait_bound() {
                 None => return Ok(cluster),
                 Some(id) if attempt < START_ATTEMPTS => {
@@ -124,11 +139,21 @@ impl ProcessCluster {
         None
     }
 
-    fn start_once(binary: &Path, n: u64, extra_args: &[&str]) -> Result<Self, Error> {
+    fn start_once(binary: &Path, n: u64, extra_args: &[&str], tokens: bool) -> Result<Self, Error> {
         let root = tempfile::Builder::new()
             .prefix("switchboard-cluster-")
             .tempdir()
             .map_err(Error::TempDir)?;
+        let tokens = if tokens {
+            let dir = root.path().join("tokens");
+            run_tool(
+                binary,
+                &["token", "keygen", "--dir", &dir.to_string_lossy()],
+            )?;
+            Some(dir)
+        } else {
+            None
+        };
         let mut nodes = BTreeMap::new();
         for id in 1..=n {
             nodes.insert(
@@ -149,16 +174,57 @@ impl ProcessCluster {
             crate::initial_cluster(nodes.values().map(|n| (n.id, n.grpc.as_str())));
         let mut cluster = Self {
             binary: binary.to_path_buf(),
+            tokens,
+            admin_token: None,
             cluster_id: "harness".to_owned(),
             initial_cluster,
             nodes,
             root,
         };
+        if cluster.tokens.is_some() {
+            cluster.admin_token = Some(cluster.token("harness", "*", "admin")?);
+        }
         let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
         for id in ids {
             cluster.restart(id)?;
         }
         Ok(cluster)
+    }
+
+    /// A bearer token for `tenant` and `role` (`agent`, `viewer`, `admin`), signed with the
+    /// cluster's key, of the given subject; only for a cluster from
+    /// [`ProcessCluster::start_authenticated`].
+    pub fn token(&self, subject: &str, tenant: &str, role: &str) -> Result<String, Error> {
+        let dir = self.tokens.as_ref().ok_or(Error::NoTokens)?;
+        let key = dir.join("token-signing-k1.pem");
+        let out = run_tool(
+            &self.binary,
+            &[
+                "token",
+                "issue",
+                "--key",
+                &key.to_string_lossy(),
+                "--tenant",
+                tenant,
+                "--role",
+                role,
+                "--subject",
+                subject,
+                "--ttl",
+                "1h",
+            ],
+        )?;
+        Ok(out.trim().to_owned())
+    }
+
+    /// The admin token the cluster uses for its own status requests, when tokens are required.
+    pub fn admin_token(&self) -> Option<&str> {
+        self.admin_token.as_deref()
+    }
+
+    /// The directory of the token key set and signing key, when tokens are required.
+    pub fn token_dir(&self) -> Option<&Path> {
+        self.tokens.as_deref()
     }
 
     pub fn root(&self) -> &Path {
@@ -195,8 +261,12 @@ impl ProcessCluster {
         let mut serve = ServeCommand::new(id, &node.grpc, &node.data_dir)
             .http_listen(&node.http)
             .cluster_id(&self.cluster_id)
+            .insecure()
             .extra_args(&node.extra_args)
             .log_filter(crate::test_log_filter());
+        if let Some(dir) = &self.tokens {
+            serve = serve.token_keys(dir.join("token-keys.json"));
+        }
         if with_initial_cluster {
             serve = serve.initial_cluster(&self.initial_cluster);
         }
@@ -296,7 +366,7 @@ impl ProcessCluster {
     /// Cluster status as node `id` sees it.
     pub async fn status(&self, id: u64) -> Result<proto::v1::StatusResponse, Error> {
         let node = self.nodes.get(&id).ok_or(Error::NoNode(id))?;
-        crate::status(&node.grpc).await
+        crate::status_as(&node.grpc, self.admin_token.as_deref()).await
     }
 
     /// Waits until every running node agrees on one leader, a running node; returns its id.
@@ -306,9 +376,34 @@ impl ProcessCluster {
             .values_mut()
             .filter_map(|n| n.is_running().then(|| n.grpc.clone()))
             .collect();
-        let leader = crate::wait_for_leader(&running, within, Agreement::Unanimous).await?;
+        let leader = crate::wait_for_leader_as(
+            &running,
+            within,
+            Agreement::Unanimous,
+            self.admin_token.as_deref(),
+        )
+        .await?;
         Ok(leader.id)
     }
+}
+
+/// Runs `binary args...` to completion; its stdout, or an error with its stderr.
+fn run_tool(binary: &Path, args: &[&str]) -> Result<String, Error> {
+    let output = std::process::Command::new(binary)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| Error::Tool {
+            command: args.join(" "),
+            detail: source.to_string(),
+        })?;
+    if !output.status.success() {
+        return Err(Error::Tool {
+            command: args.join(" "),
+            detail: String::from_utf8_lossy(&output.stderr).into_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 impl Drop for ProcessCluster {

@@ -117,8 +117,22 @@ fn endpoint(addr: &str) -> Result<Endpoint, Error> {
         })
 }
 
+/// A `Status` request carrying `token` as its bearer token, when there is one.
+fn status_request(token: Option<&str>) -> tonic::Request<StatusRequest> {
+    let mut request = tonic::Request::new(StatusRequest {});
+    if let Some(value) = token.and_then(|t| format!("Bearer {t}").parse().ok()) {
+        request.metadata_mut().insert("authorization", value);
+    }
+    request
+}
+
 /// The cluster as the node at `addr` (`host:port`) sees it: one bounded attempt.
 pub async fn status(addr: &str) -> Result<StatusResponse, Error> {
+    status_as(addr, None).await
+}
+
+/// [`status`] asked with a bearer token (nodes that require tokens answer nothing without).
+pub async fn status_as(addr: &str, token: Option<&str>) -> Result<StatusResponse, Error> {
     let channel = endpoint(addr)?
         .connect()
         .await
@@ -127,7 +141,7 @@ pub async fn status(addr: &str) -> Result<StatusResponse, Error> {
             source,
         })?;
     ClusterServiceClient::new(channel)
-        .status(StatusRequest {})
+        .status(status_request(token))
         .await
         .map(tonic::Response::into_inner)
         .map_err(|source| Error::Status {
@@ -143,6 +157,16 @@ pub async fn wait_for_leader(
     within: Duration,
     agreement: Agreement,
 ) -> Result<Leader, Error> {
+    wait_for_leader_as(endpoints, within, agreement, None).await
+}
+
+/// [`wait_for_leader`] asking with a bearer token.
+pub async fn wait_for_leader_as(
+    endpoints: &[String],
+    within: Duration,
+    agreement: Agreement,
+    token: Option<&str>,
+) -> Result<Leader, Error> {
     if endpoints.is_empty() {
         return Err(Error::NoEndpoints);
     }
@@ -156,7 +180,8 @@ pub async fn wait_for_leader(
     loop {
         let asks = clients.iter().map(|client| {
             let mut client = client.clone();
-            async move { client.status(StatusRequest {}).await }
+            let request = status_request(token);
+            async move { client.status(request).await }
         });
         let answers = futures::future::join_all(asks).await;
         let mut seen = Vec::with_capacity(answers.len());

@@ -20,7 +20,9 @@ use std::time::Duration;
 #[cfg(feature = "process-cluster")]
 pub use cluster::{ProcNode, ProcessCluster, free_port};
 pub use duration::{DURATION_MAX, parse_duration, parse_duration_with_unit};
-pub use leader::{Agreement, LastSeen, Leader, status, wait_for_leader};
+pub use leader::{
+    Agreement, LastSeen, Leader, status, status_as, wait_for_leader, wait_for_leader_as,
+};
 pub use serve::{ServeCommand, initial_cluster, test_log_filter};
 
 /// Everything that can go wrong in this crate.
@@ -64,6 +66,10 @@ pub enum Error {
     },
     #[error("failed to create a temp directory")]
     TempDir(#[source] std::io::Error),
+    #[error("this cluster does not require tokens (start it with start_authenticated)")]
+    NoTokens,
+    #[error("`switchboard {command}` failed: {detail}")]
+    Tool { command: String, detail: String },
     #[error("failed to find a free port")]
     FreePort(#[source] std::io::Error),
     #[error("no node {0}")]

@@ -33,6 +33,8 @@ pub struct ServeCommand {
     cluster_id: Option<String>,
     initial_cluster: Option<String>,
     exit_with_parent: bool,
+    token_keys: Option<PathBuf>,
+    insecure: bool,
     extra_args: Vec<OsString>,
     log_filter: Option<String>,
     env: Vec<(OsString, OsString)>,
@@ -51,6 +53,8 @@ impl ServeCommand {
             cluster_id: None,
             initial_cluster: None,
             exit_with_parent: false,
+            token_keys: None,
+            insecure: false,
             extra_args: Vec::new(),
             log_filter: None,
             env: Vec::new(),
@@ -84,6 +88,18 @@ impl ServeCommand {
     /// `--exit-with-parent`: the node stops when the process that started it goes away.
     pub fn exit_with_parent(mut self) -> Self {
         self.exit_with_parent = true;
+        self
+    }
+
+    /// `--token-keys`: the key set that verifies clients' bearer tokens.
+    pub fn token_keys(mut self, path: impl Into<PathBuf>) -> Self {
+        self.token_keys = Some(path.into());
+        self
+    }
+
+    /// `--insecure`: plaintext, and no authentication unless `token_keys` is given too.
+    pub fn insecure(mut self) -> Self {
+        self.insecure = true;
         self
     }
 
@@ -132,6 +148,13 @@ impl ServeCommand {
         flag("--initial-cluster", &self.initial_cluster);
         args.push("--data-dir".into());
         args.push(self.data_dir.clone().into());
+        if let Some(path) = &self.token_keys {
+            args.push("--token-keys".into());
+            args.push(path.clone().into());
+        }
+        if self.insecure {
+            args.push("--insecure".into());
+        }
         if self.exit_with_parent {
             args.push("--exit-with-parent".into());
         }

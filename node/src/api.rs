@@ -33,6 +33,7 @@ use uuid::Uuid;
 
 use crate::Raft;
 use crate::admission::{Admission, AdmissionConfig, Class, Permit};
+use crate::auth::{Access, Auth, AuthError, Caller};
 use crate::convert::{self, WriteRequest};
 use crate::status::ApiError;
 
@@ -47,6 +48,8 @@ pub struct ApiConfig {
     pub write_timeout: Duration,
     pub read_wait_max: Duration,
     pub admission: AdmissionConfig,
+    /// How callers are authenticated.
+    pub auth: Auth,
 }
 
 /// The three public services share one `Api`; clones are cheap.
@@ -62,6 +65,8 @@ struct Inner {
     admission: Admission,
     /// One channel per leader address, for follower reads' `ReadIndex` calls.
     leader_channels: Mutex<HashMap<String, Channel>>,
+    /// The call audit events go to, once known ([`crate::audit`]).
+    audit_call: Mutex<Option<CallId>>,
 }
 
 impl std::fmt::Debug for Api {
@@ -83,8 +88,8 @@ fn millis(duration: Duration) -> u64 {
 }
 
 /// An accepted write, ready to be turned into a response.
-struct Written {
-    receipt: Receipt,
+pub(crate) struct Written {
+    pub(crate) receipt: Receipt,
     change: Option<Box<Change>>,
     meta: v1::WriteMeta,
 }
@@ -104,14 +109,28 @@ macro_rules! admission_class {
     };
 }
 
-/// One tonic service impl per service of the RPC table, each method admitting the request by its
+/// What the `access` column of an RPC table row needs ([`crate::auth`]).
+macro_rules! access {
+    (read) => {
+        Access::Read
+    };
+    (write) => {
+        Access::Write
+    };
+    (admin) => {
+        Access::Admin
+    };
+}
+
+/// One tonic service impl per service of the RPC table, each method authenticating the caller
+/// and checking its role against the row's `access`, admitting the request by its
 /// kind, handing it to the inherent handler of the same name, and its error to [`Api::reply`].
 macro_rules! serve_rpcs {
     (package $_package:literal ($_module:ident); $(service $_service:ident (
         $server_module:ident :: $server_trait:ident, $($_client:tt)*
     ) {
         $($(#[$_doc:meta])* $_rpc:ident $method:ident ($req:ident) -> $resp:ident
-            [$kind:ident, $($_how:tt)*])*
+            [$kind:ident, leader_from: $_leader_from:ident, access: $access:ident])*
     })*) => {
         $(
             #[tonic::async_trait]
@@ -121,10 +140,21 @@ macro_rules! serve_rpcs {
                         &self,
                         request: GrpcRequest<v1::$req>,
                     ) -> Result<GrpcResponse<v1::$resp>, Status> {
-                        let result = match self.admit(admission_class!($kind)).await {
-                            // The slot is held until the handler's answer is ready.
-                            // Inherent methods win over trait methods: this is the handler.
-                            Ok(_slot) => Api::$method(self, request.into_inner()).await,
+                        // Who is calling comes first: an unauthenticated flood takes no slot.
+                        let caller = self.authorize(
+                            request.metadata(),
+                            stringify!($method),
+                            access!($access),
+                        );
+                        let result = match caller {
+                            Ok(caller) => match self.admit(admission_class!($kind)).await {
+                                // The slot is held until the handler's answer is ready.
+                                // Inherent methods win over trait methods: this is the handler.
+                                Ok(_slot) => {
+                                    Api::$method(self, &caller, request.into_inner()).await
+                                }
+                                Err(error) => Err(error),
+                            },
                             Err(error) => Err(error),
                         };
                         self.reply(result)
@@ -146,8 +176,21 @@ impl Api {
                 admission: Admission::new(config.node_id, config.admission),
                 config,
                 leader_channels: Mutex::new(HashMap::new()),
+                audit_call: Mutex::new(None),
             }),
         }
+    }
+
+    /// The caller of a request, if it may call `rpc` (which needs `access`).
+    fn authorize(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        rpc: &'static str,
+        access: Access,
+    ) -> Result<Caller, ApiError> {
+        let caller = self.inner.config.auth.authenticate(metadata)?;
+        caller.allow(rpc, access)?;
+        Ok(caller)
     }
 
     /// A slot of `class` ([`crate::admission`]); RPCs of no class need none.
@@ -156,6 +199,26 @@ impl Api {
             Some(class) => Ok(Some(self.inner.admission.admit(class).await?)),
             None => Ok(None),
         }
+    }
+
+    pub(crate) fn is_leader(&self) -> bool {
+        self.raft().is_leader()
+    }
+
+    pub(crate) fn cached_audit_call(&self) -> Option<CallId> {
+        *self
+            .inner
+            .audit_call
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn cache_audit_call(&self, call_id: CallId) {
+        *self
+            .inner
+            .audit_call
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(call_id);
     }
 
     fn raft(&self) -> &Raft {
@@ -212,8 +275,9 @@ impl Api {
             .map_err(|error| Status::from(self.with_known_leader(error)))
     }
 
-    /// Stamps, proposes and waits for a write to apply.
-    async fn write(&self, write: WriteRequest) -> Result<Written, ApiError> {
+    /// Stamps, proposes and waits for a write to apply. `write` acts for the caller's tenant
+    /// ([`scoped`]).
+    pub(crate) async fn write(&self, write: WriteRequest) -> Result<Written, ApiError> {
         // The leader mints what a create needs: the call id (UUIDv7) and, for a request that
         // carries no trace id, one in W3C trace-id form (a UUIDv7's 32 hex digits, never zero).
         let creates = matches!(write.command, domain::Command::CreateCall { .. });
@@ -269,7 +333,12 @@ impl Api {
     }
 
     /// A write whose response is the call after it.
-    async fn call_write(&self, write: WriteRequest) -> Result<v1::CallResponse, ApiError> {
+    async fn call_write(
+        &self,
+        caller: &Caller,
+        write: WriteRequest,
+    ) -> Result<v1::CallResponse, ApiError> {
+        let write = scoped(caller, write)?;
         let tenant_id = write.tenant_id.clone();
         let written = self.write(write).await?;
         let call = self.call_after(&tenant_id, &written)?;
@@ -286,10 +355,11 @@ impl Api {
     /// wire form of what it read.
     async fn serve_read<T: Send + 'static>(
         &self,
+        caller: &Caller,
         options: Option<v1::ReadOptions>,
         read: impl FnOnce(&Reader) -> Result<At<T>, ReadError> + Send + 'static,
     ) -> Result<(T, Option<v1::ReadMeta>), ApiError> {
-        self.read_gate(options).await?;
+        self.read_gate(caller, options).await?;
         let at = self.off_runtime(read).await?;
         let meta = v1::ReadMeta {
             applied_index: at.applied_index,
@@ -301,12 +371,13 @@ impl Api {
     /// [`Api::serve_read`] of one call's data; a malformed call id is refused before any wait.
     async fn serve_call_read<T: Send + 'static>(
         &self,
+        caller: &Caller,
         call_id: &str,
         options: Option<v1::ReadOptions>,
         read: impl FnOnce(&Reader, &CallId) -> Result<At<T>, ReadError> + Send + 'static,
     ) -> Result<(T, Option<v1::ReadMeta>), ApiError> {
         let call_id = convert::call_id(call_id)?;
-        self.serve_read(options, move |reader| read(reader, &call_id))
+        self.serve_read(caller, options, move |reader| read(reader, &call_id))
             .await
     }
 
@@ -315,7 +386,7 @@ impl Api {
     /// threads (two on a 2-core machine), a flood of them kept openraft's core and the Raft
     /// service's heartbeat handlers waiting for a thread, long enough to cost the leader its
     /// lease. Admission bounds how many run at once, so the pool stays small.
-    async fn off_runtime<T: Send + 'static>(
+    pub(crate) async fn off_runtime<T: Send + 'static>(
         &self,
         read: impl FnOnce(&Reader) -> Result<T, ReadError> + Send + 'static,
     ) -> Result<T, ApiError> {
@@ -326,18 +397,24 @@ impl Api {
     }
 
     /// Waits until a read at the requested consistency may be served from local state.
-    async fn read_gate(&self, read: Option<v1::ReadOptions>) -> Result<(), ApiError> {
+    async fn read_gate(
+        &self,
+        caller: &Caller,
+        read: Option<v1::ReadOptions>,
+    ) -> Result<(), ApiError> {
         let read = read.unwrap_or_default();
         let started = Instant::now();
         let mut target = read.min_index;
         if read.consistency() == v1::Consistency::Linearizable {
-            target = target.max(self.confirmed_read_index().await?);
+            target = target.max(self.confirmed_read_index(caller).await?);
         }
         self.wait_applied(target, started).await
     }
 
-    /// A read index confirmed by a quorum: locally on the leader, else asked of the leader.
-    pub async fn confirmed_read_index(&self) -> Result<u64, ApiError> {
+    /// A read index confirmed by a quorum: locally on the leader, else asked of the leader on
+    /// the caller's behalf (with the caller's own token: a follower holds no credential of its
+    /// own to lend).
+    pub async fn confirmed_read_index(&self, caller: &Caller) -> Result<u64, ApiError> {
         let wait = self.inner.config.read_wait_max;
         let confirmed = self.raft().ensure_linearizable(ReadPolicy::ReadIndex);
         let error = match tokio::time::timeout(wait, confirmed).await {
@@ -361,6 +438,15 @@ impl Api {
         let mut client = v1::cluster_service_client::ClusterServiceClient::new(channel);
         let mut request = GrpcRequest::new(v1::ReadIndexRequest {});
         request.set_timeout(wait);
+        if let Some(token) = caller.token() {
+            let bearer = format!("Bearer {token}");
+            let value = bearer
+                .parse()
+                .map_err(|_| ApiError::Auth(AuthError::NotBearer))?;
+            request
+                .metadata_mut()
+                .insert(crate::auth::AUTHORIZATION_HEADER, value);
+        }
         match client.read_index(request).await {
             Ok(response) => Ok(response.into_inner().read_index),
             Err(status) => {
@@ -451,19 +537,28 @@ impl Api {
 
 /// `CallService` handlers.
 impl Api {
-    async fn create_call(&self, req: v1::CreateCallRequest) -> Result<v1::CallResponse, ApiError> {
-        self.call_write(convert::create_call(req)?).await
+    async fn create_call(
+        &self,
+        caller: &Caller,
+        req: v1::CreateCallRequest,
+    ) -> Result<v1::CallResponse, ApiError> {
+        self.call_write(caller, convert::create_call(req)?).await
     }
 
-    async fn start_call(&self, req: v1::StartCallRequest) -> Result<v1::CallResponse, ApiError> {
-        self.call_write(convert::start_call(req)?).await
+    async fn start_call(
+        &self,
+        caller: &Caller,
+        req: v1::StartCallRequest,
+    ) -> Result<v1::CallResponse, ApiError> {
+        self.call_write(caller, convert::start_call(req)?).await
     }
 
     async fn append_turn(
         &self,
+        caller: &Caller,
         req: v1::AppendTurnRequest,
     ) -> Result<v1::AppendTurnResponse, ApiError> {
-        let write = convert::append_turn(req)?;
+        let write = scoped(caller, convert::append_turn(req)?)?;
         let tenant_id = write.tenant_id.clone();
         let call_id = write.command.call_id();
         let written = self.write(write).await?;
@@ -486,13 +581,19 @@ impl Api {
         })
     }
 
-    async fn log_event(&self, req: v1::LogEventRequest) -> Result<v1::LogEventResponse, ApiError> {
-        let written = self.write(convert::log_event(req)?).await?;
+    async fn log_event(
+        &self,
+        caller: &Caller,
+        req: v1::LogEventRequest,
+    ) -> Result<v1::LogEventResponse, ApiError> {
+        let written = self
+            .write(scoped(caller, convert::log_event(req)?)?)
+            .await?;
         let event = match &written.change {
             Some(change) => change.events.first().cloned(),
             None => self
                 .reader()
-                .list_events(written.receipt.first_position, 1)?
+                .list_events(None, written.receipt.first_position, 1)?
                 .value
                 .items
                 .into_iter()
@@ -506,26 +607,37 @@ impl Api {
 
     async fn update_context(
         &self,
+        caller: &Caller,
         req: v1::UpdateContextRequest,
     ) -> Result<v1::CallResponse, ApiError> {
-        self.call_write(convert::update_context(req)?).await
+        self.call_write(caller, convert::update_context(req)?).await
     }
 
     async fn request_handoff(
         &self,
+        caller: &Caller,
         req: v1::RequestHandoffRequest,
     ) -> Result<v1::CallResponse, ApiError> {
-        self.call_write(convert::request_handoff(req)?).await
+        self.call_write(caller, convert::request_handoff(req)?)
+            .await
     }
 
-    async fn end_call(&self, req: v1::EndCallRequest) -> Result<v1::CallResponse, ApiError> {
-        self.call_write(convert::end_call(req)?).await
+    async fn end_call(
+        &self,
+        caller: &Caller,
+        req: v1::EndCallRequest,
+    ) -> Result<v1::CallResponse, ApiError> {
+        self.call_write(caller, convert::end_call(req)?).await
     }
 
-    async fn get_call(&self, req: v1::GetCallRequest) -> Result<v1::GetCallResponse, ApiError> {
-        let tenant_id = req.tenant_id;
+    async fn get_call(
+        &self,
+        caller: &Caller,
+        req: v1::GetCallRequest,
+    ) -> Result<v1::GetCallResponse, ApiError> {
+        let tenant_id = caller.tenant(&req.tenant_id)?;
         let (call, meta) = self
-            .serve_call_read(&req.call_id, req.read, move |reader, call_id| {
+            .serve_call_read(caller, &req.call_id, req.read, move |reader, call_id| {
                 let at = reader.get_call(&tenant_id, call_id)?;
                 Ok(at_map(at, |call| convert::wire_call(&call)))
             })
@@ -538,15 +650,16 @@ impl Api {
 
     async fn get_context(
         &self,
+        caller: &Caller,
         req: v1::GetContextRequest,
     ) -> Result<v1::GetContextResponse, ApiError> {
         let last_turns = match req.last_turns {
             0 => CONTEXT_TURNS_DEFAULT,
             n => n,
         };
-        let tenant_id = req.tenant_id;
+        let tenant_id = caller.tenant(&req.tenant_id)?;
         let (mut response, meta) = self
-            .serve_call_read(&req.call_id, req.read, move |reader, call_id| {
+            .serve_call_read(caller, &req.call_id, req.read, move |reader, call_id| {
                 let at = reader.get_context(&tenant_id, call_id, last_turns)?;
                 Ok(at_map(at, |context| v1::GetContextResponse {
                     summary: context.summary,
@@ -567,11 +680,13 @@ impl Api {
 
     async fn list_turns(
         &self,
+        caller: &Caller,
         req: v1::ListTurnsRequest,
     ) -> Result<v1::ListTurnsResponse, ApiError> {
-        let (tenant_id, from_index, limit) = (req.tenant_id, req.from_index, req.limit);
+        let tenant_id = caller.tenant(&req.tenant_id)?;
+        let (from_index, limit) = (req.from_index, req.limit);
         let (mut response, meta) = self
-            .serve_call_read(&req.call_id, req.read, move |reader, call_id| {
+            .serve_call_read(caller, &req.call_id, req.read, move |reader, call_id| {
                 let at = reader.list_turns(&tenant_id, call_id, from_index, limit)?;
                 Ok(at_map(at, |page| v1::ListTurnsResponse {
                     turns: page.items.iter().map(convert::wire_turn).collect(),
@@ -586,6 +701,7 @@ impl Api {
 
     async fn list_calls(
         &self,
+        caller: &Caller,
         req: v1::ListCallsRequest,
     ) -> Result<v1::ListCallsResponse, ApiError> {
         let state = convert::state_filter(req.state)?;
@@ -596,9 +712,10 @@ impl Api {
                     .map_err(|_| Invalid::new(Field::PageToken, Problem::Malformed))?,
             ),
         };
-        let (tenant_id, page_size) = (req.tenant_id, req.page_size);
+        let tenant_id = caller.tenant(&req.tenant_id)?;
+        let page_size = req.page_size;
         let (mut response, meta) = self
-            .serve_read(req.read, move |reader| {
+            .serve_read(caller, req.read, move |reader| {
                 let at = reader.list_calls(&tenant_id, state, after, page_size)?;
                 Ok(at_map(at, |page| v1::ListCallsResponse {
                     calls: page.items.iter().map(convert::wire_call).collect(),
@@ -616,11 +733,13 @@ impl Api {
 impl Api {
     async fn list_call_events(
         &self,
+        caller: &Caller,
         req: v1::ListCallEventsRequest,
     ) -> Result<v1::ListEventsResponse, ApiError> {
-        let (tenant_id, from_sequence, limit) = (req.tenant_id, req.from_sequence, req.limit);
+        let tenant_id = caller.tenant(&req.tenant_id)?;
+        let (from_sequence, limit) = (req.from_sequence, req.limit);
         let (mut response, meta) = self
-            .serve_call_read(&req.call_id, req.read, move |reader, call_id| {
+            .serve_call_read(caller, &req.call_id, req.read, move |reader, call_id| {
                 let at = reader.list_call_events(&tenant_id, call_id, from_sequence, limit)?;
                 Ok(at_map(at, wire_events))
             })
@@ -631,12 +750,15 @@ impl Api {
 
     async fn list_events(
         &self,
+        caller: &Caller,
         req: v1::ListEventsRequest,
     ) -> Result<v1::ListEventsResponse, ApiError> {
         let (from_position, limit) = (req.from_position, req.limit);
+        // The cluster-wide log, narrowed to the caller's tenant unless it is an admin.
+        let scope = caller.tenant_scope().map(str::to_owned);
         let (mut response, meta) = self
-            .serve_read(req.read, move |reader| {
-                let at = reader.list_events(from_position, limit)?;
+            .serve_read(caller, req.read, move |reader| {
+                let at = reader.list_events(scope.as_deref(), from_position, limit)?;
                 Ok(at_map(at, wire_events))
             })
             .await?;
@@ -647,7 +769,11 @@ impl Api {
 
 /// `ClusterService` handlers.
 impl Api {
-    async fn status(&self, _req: v1::StatusRequest) -> Result<v1::StatusResponse, ApiError> {
+    async fn status(
+        &self,
+        _caller: &Caller,
+        _req: v1::StatusRequest,
+    ) -> Result<v1::StatusResponse, ApiError> {
         let metrics = self.raft().metrics().borrow_watched().clone();
         let (leader_id, leader_addr) = self.leader();
         Ok(v1::StatusResponse {
@@ -667,6 +793,21 @@ impl Api {
 
     async fn add_learner(
         &self,
+        caller: &Caller,
+        req: v1::AddLearnerRequest,
+    ) -> Result<v1::MembershipResponse, ApiError> {
+        let input = serde_json::json!({
+            "node_id": req.node_id,
+            "addr": truncated(&req.addr),
+            "region": truncated(&req.region),
+        });
+        let result = self.add_learner_unaudited(req).await;
+        self.audit(caller, "add_learner", input, &result).await;
+        result
+    }
+
+    async fn add_learner_unaudited(
+        &self,
         req: v1::AddLearnerRequest,
     ) -> Result<v1::MembershipResponse, ApiError> {
         let (node_id, member) = convert::member(req.node_id, req.addr, req.region)?;
@@ -677,14 +818,50 @@ impl Api {
         })
     }
 
-    async fn promote(&self, req: v1::PromoteRequest) -> Result<v1::MembershipResponse, ApiError> {
+    async fn promote(
+        &self,
+        caller: &Caller,
+        req: v1::PromoteRequest,
+    ) -> Result<v1::MembershipResponse, ApiError> {
+        let input = serde_json::json!({ "node_ids": node_ids_bounded(&req.node_ids) });
+        let result = self.promote_unaudited(req).await;
+        self.audit(caller, "promote", input, &result).await;
+        result
+    }
+
+    async fn promote_unaudited(
+        &self,
+        req: v1::PromoteRequest,
+    ) -> Result<v1::MembershipResponse, ApiError> {
         let ids = convert::node_ids(req.node_ids)?;
+        let known: BTreeSet<u64> = self.members().iter().map(|m| m.node_id).collect();
+        if let Some(unknown) = ids.iter().find(|id| !known.contains(id)) {
+            return Err(convert::MemberInvalid::NotAMember { node_id: *unknown }.into());
+        }
         self.membership_change(ChangeMembers::AddVoterIds(ids))
             .await
     }
 
-    async fn remove(&self, req: v1::RemoveRequest) -> Result<v1::MembershipResponse, ApiError> {
+    async fn remove(
+        &self,
+        caller: &Caller,
+        req: v1::RemoveRequest,
+    ) -> Result<v1::MembershipResponse, ApiError> {
+        let input = serde_json::json!({ "node_ids": node_ids_bounded(&req.node_ids) });
+        let result = self.remove_unaudited(req).await;
+        self.audit(caller, "remove", input, &result).await;
+        result
+    }
+
+    async fn remove_unaudited(
+        &self,
+        req: v1::RemoveRequest,
+    ) -> Result<v1::MembershipResponse, ApiError> {
         let ids = convert::node_ids(req.node_ids)?;
+        let known: BTreeSet<u64> = self.members().iter().map(|m| m.node_id).collect();
+        if let Some(unknown) = ids.iter().find(|id| !known.contains(id)) {
+            return Err(convert::MemberInvalid::NotAMember { node_id: *unknown }.into());
+        }
         let voters: BTreeSet<u64> = self.raft().voter_ids().collect();
         let (remove_voters, remove_learners): (BTreeSet<u64>, BTreeSet<u64>) =
             ids.into_iter().partition(|id| voters.contains(id));
@@ -707,8 +884,16 @@ impl Api {
 
     async fn trigger_snapshot(
         &self,
+        caller: &Caller,
         _req: v1::TriggerSnapshotRequest,
     ) -> Result<v1::TriggerSnapshotResponse, ApiError> {
+        let result = self.trigger_snapshot_unaudited().await;
+        let input = serde_json::json!({ "node_id": self.node_id() });
+        self.audit(caller, "trigger_snapshot", input, &result).await;
+        result
+    }
+
+    async fn trigger_snapshot_unaudited(&self) -> Result<v1::TriggerSnapshotResponse, ApiError> {
         let applied = self.reader().applied().index();
         self.raft().trigger().snapshot().await?;
         let wait = self.inner.config.write_timeout;
@@ -731,6 +916,19 @@ impl Api {
 
     async fn initialize(
         &self,
+        caller: &Caller,
+        req: v1::InitializeRequest,
+    ) -> Result<v1::InitializeResponse, ApiError> {
+        let input = serde_json::json!({
+            "members": req.members.iter().take(16).map(|m| m.node_id).collect::<Vec<_>>(),
+        });
+        let result = self.initialize_unaudited(req).await;
+        self.audit(caller, "initialize", input, &result).await;
+        result
+    }
+
+    async fn initialize_unaudited(
+        &self,
         req: v1::InitializeRequest,
     ) -> Result<v1::InitializeResponse, ApiError> {
         if req.members.is_empty() {
@@ -747,6 +945,7 @@ impl Api {
 
     async fn read_index(
         &self,
+        caller: &Caller,
         _req: v1::ReadIndexRequest,
     ) -> Result<v1::ReadIndexResponse, ApiError> {
         // Only the leader answers, so that a follower asking never asks another follower.
@@ -757,12 +956,16 @@ impl Api {
             });
         }
         Ok(v1::ReadIndexResponse {
-            read_index: self.confirmed_read_index().await?,
+            read_index: self.confirmed_read_index(caller).await?,
             leader_id: self.node_id(),
         })
     }
 
-    async fn digest(&self, _req: v1::DigestRequest) -> Result<v1::DigestResponse, ApiError> {
+    async fn digest(
+        &self,
+        _caller: &Caller,
+        _req: v1::DigestRequest,
+    ) -> Result<v1::DigestResponse, ApiError> {
         // The whole state machine: never on the runtime.
         let at = self
             .off_runtime(|reader| reader.digest().map_err(ReadError::from))
@@ -773,6 +976,33 @@ impl Api {
             sha256: at.value.to_vec(),
         })
     }
+}
+
+/// `write` acting for the caller's tenant: the token's, never a different one from the body.
+fn scoped(caller: &Caller, mut write: WriteRequest) -> Result<WriteRequest, ApiError> {
+    write.tenant_id = caller.tenant(&write.tenant_id)?;
+    if write.tenant_id == crate::audit::AUDIT_TENANT {
+        return Err(AuthError::ReservedTenant {
+            tenant: crate::audit::AUDIT_TENANT,
+        }
+        .into());
+    }
+    Ok(write)
+}
+
+/// At most 16 node ids of a request, for the audit trail (the request itself is validated
+/// separately; this only bounds what is recorded of it).
+fn node_ids_bounded(ids: &[u64]) -> Vec<u64> {
+    ids.iter().take(16).copied().collect()
+}
+
+/// Text of a request as the audit trail records it: at most 256 bytes.
+fn truncated(text: &str) -> String {
+    let mut end = text.len().min(256);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
 }
 
 /// A value read at an index, converted (to its wire form) at the same index.

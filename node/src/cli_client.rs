@@ -13,6 +13,7 @@ use std::{
     collections::HashMap,
     fmt::Write as _,
     io::Write as _,
+    path::PathBuf,
     process::ExitCode,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -31,7 +32,7 @@ use proto::v1::{
 use serde::Serialize;
 use tonic::Code;
 
-use client::{Client, ClientConfig, ClientError, ConfigError, GiveUp};
+use client::{BearerToken, Client, ClientConfig, ClientError, ConfigError, GiveUp};
 
 /// Exit code for bad arguments or a request the server rejected as invalid (clap uses it too).
 pub const EXIT_USAGE: u8 = 2;
@@ -42,6 +43,9 @@ pub const EXIT_FAILED_PRECONDITION: u8 = 4;
 /// Exit code when no node could serve the request in time (no leader, nodes down, nodes
 /// shedding load, timeout): trying again later may succeed.
 pub const EXIT_UNAVAILABLE: u8 = 5;
+/// Exit code when the cluster does not know the caller (no, bad or expired token) or its
+/// token's role or tenant does not allow the request.
+pub const EXIT_DENIED: u8 = 6;
 /// Exit code for anything else.
 pub const EXIT_OTHER: u8 = 1;
 
@@ -90,14 +94,18 @@ pub struct ClientOpts {
         value_parser = parse_resolve
     )]
     pub resolve: Vec<(String, String)>,
-    /// Tenant that owns the calls.
-    #[arg(
-        long,
-        global = true,
-        env = "SWITCHBOARD_TENANT",
-        default_value = "default"
-    )]
-    pub tenant: String,
+    /// Tenant that owns the calls (default: the token's tenant; only an admin token may name
+    /// another).
+    #[arg(long, global = true, env = "SWITCHBOARD_TENANT")]
+    pub tenant: Option<String>,
+    /// Bearer token (a JWT from `switchboard token issue`) sent with every request.
+    #[arg(long, global = true, env = "SWITCHBOARD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// File holding the bearer token (read when --token is not given). Without either, commands
+    /// aimed at the dev cluster's default endpoints use `.switchboard-dev/tokens/admin.jwt` when
+    /// it exists (written by `switchboard dev`).
+    #[arg(long, global = true, env = "SWITCHBOARD_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
     /// Idempotency key for a write; reuse one to retry a write safely (default: a fresh
     /// UUIDv7).
     #[arg(long, global = true)]
@@ -446,6 +454,7 @@ pub fn exit_code_for(code: Code) -> u8 {
         Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::ResourceExhausted => {
             EXIT_UNAVAILABLE
         }
+        Code::Unauthenticated | Code::PermissionDenied => EXIT_DENIED,
         _ => EXIT_OTHER,
     }
 }
@@ -520,10 +529,46 @@ fn parse_resolve(text: &str) -> Result<(String, String), String> {
     }
 }
 
+/// Longest token file read, in bytes.
+pub const TOKEN_FILE_BYTES_MAX: u64 = 8 * 1024;
+
+/// The bearer token the options name: `--token`, else the contents of `--token-file`.
+fn token(opts: &ClientOpts) -> Result<Option<BearerToken>, CliError> {
+    if let Some(token) = &opts.token {
+        return Ok(Some(BearerToken::new(token.as_str())));
+    }
+    let dev_token = std::path::Path::new(crate::dev::DEV_DATA_DIR)
+        .join(crate::dev::DEV_TOKEN_DIR)
+        .join(crate::dev::DEV_ADMIN_TOKEN);
+    let path = match &opts.token_file {
+        Some(path) => path,
+        // The dev cluster's own admin token, for commands aimed at the dev cluster from the
+        // directory `switchboard dev` runs in (README "Tour").
+        None if opts.endpoints.join(",") == DEFAULT_ENDPOINTS && dev_token.exists() => &dev_token,
+        None => return Ok(None),
+    };
+    let read = || -> std::io::Result<String> {
+        let len = std::fs::metadata(path)?.len();
+        if len > TOKEN_FILE_BYTES_MAX {
+            return Err(std::io::Error::other(format!(
+                "{len} bytes, over the bound of {TOKEN_FILE_BYTES_MAX}"
+            )));
+        }
+        std::fs::read_to_string(path)
+    };
+    let text = read().map_err(|e| {
+        CliError::Usage(format!(
+            "failed to read the token file {}: {e}",
+            path.display()
+        ))
+    })?;
+    Ok(Some(BearerToken::new(text)))
+}
+
 /// The client configuration the options describe.
-pub fn client_config(opts: &ClientOpts) -> ClientConfig {
+pub fn client_config(opts: &ClientOpts) -> Result<ClientConfig, CliError> {
     let defaults = ClientConfig::default();
-    ClientConfig {
+    Ok(ClientConfig {
         endpoints: opts
             .endpoints
             .iter()
@@ -533,12 +578,18 @@ pub fn client_config(opts: &ClientOpts) -> ClientConfig {
         resolve: opts.resolve.clone(),
         request_timeout: defaults.request_timeout.min(opts.timeout),
         call_deadline: opts.timeout,
+        token: token(opts)?,
         ..defaults
-    }
+    })
 }
 
 fn connect(opts: &ClientOpts) -> Result<Client, CliError> {
-    Ok(Client::new(client_config(opts))?)
+    Ok(Client::new(client_config(opts)?)?)
+}
+
+/// The tenant a request names: `--tenant`, or empty for the token's own.
+fn tenant(opts: &ClientOpts) -> String {
+    opts.tenant.clone().unwrap_or_default()
 }
 
 fn read_options(opts: &ClientOpts) -> Option<ReadOptions> {
@@ -593,7 +644,7 @@ async fn cluster(opts: &ClientOpts, command: ClusterCommand) -> Result<(), CliEr
 }
 
 async fn call(opts: &ClientOpts, command: CallCommand) -> Result<(), CliError> {
-    let tenant_id = opts.tenant.clone();
+    let tenant_id = tenant(opts);
     let client = connect(opts)?;
     match command {
         CallCommand::Create {
@@ -798,7 +849,7 @@ async fn events(opts: &ClientOpts, command: EventsCommand) -> Result<(), CliErro
         } => {
             let response = client
                 .list_call_events(ListCallEventsRequest {
-                    tenant_id: opts.tenant.clone(),
+                    tenant_id: tenant(opts),
                     call_id,
                     from_sequence: from.unwrap_or(0),
                     limit,
@@ -1266,7 +1317,7 @@ mod tests {
             );
         }
         if std::env::var_os("SWITCHBOARD_TENANT").is_none() {
-            assert_eq!(args.opts.tenant, "default");
+            assert_eq!(args.opts.tenant, None);
         }
         assert_eq!(args.opts.timeout, Duration::from_secs(5));
         assert_eq!(args.opts.output, OutputFormat::Text);
@@ -1299,7 +1350,7 @@ mod tests {
         ]) else {
             panic!("call expected");
         };
-        assert_eq!(args.opts.tenant, "acme");
+        assert_eq!(args.opts.tenant.as_deref(), Some("acme"));
         assert_eq!(args.opts.endpoints, vec!["10.0.0.1:7101", "10.0.0.2:7101"]);
         assert_eq!(args.opts.output, OutputFormat::Json);
         assert_eq!(args.opts.timeout, Duration::from_millis(750));

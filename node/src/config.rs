@@ -95,6 +95,15 @@ pub struct ServeArgs {
     /// RESOURCE_EXHAUSTED [default: 1000].
     #[arg(long, env = "SWITCHBOARD_ADMISSION_QUEUE_WAIT_MS_MAX")]
     pub admission_queue_wait_ms_max: Option<u64>,
+    /// Public keys that verify clients' bearer tokens: a JWKS file (`switchboard token keygen`
+    /// writes one), re-read on SIGHUP. Required unless --insecure.
+    #[arg(long, env = "SWITCHBOARD_TOKEN_KEYS")]
+    pub token_keys: Option<PathBuf>,
+    /// Development only: serve without TLS, and without authentication when no --token-keys is
+    /// given (every caller is then the anonymous admin). Logged as a warning at start.
+    #[arg(long, env = "SWITCHBOARD_INSECURE")]
+    #[serde(default)]
+    pub insecure: bool,
     /// Stop when the parent process goes away (used by `switchboard dev`).
     #[arg(long, hide = true)]
     #[serde(skip)]
@@ -122,12 +131,20 @@ pub struct NodeConfig {
     pub grpc_message_bytes_max: usize,
     pub grpc_concurrency_max: usize,
     pub admission: AdmissionConfig,
+    /// The token key set (JWKS); `None` only with `insecure`.
+    pub token_keys: Option<PathBuf>,
+    /// Plaintext and (without `token_keys`) no authentication.
+    pub insecure: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("--{0} is required")]
     Missing(&'static str),
+    #[error(
+        "--token-keys is required: the JWKS file of `switchboard token keygen`, or --insecure to serve without authentication"
+    )]
+    NoTokenKeys,
     #[error("--{option} {value:?} is invalid: {reason}")]
     Invalid {
         option: &'static str,
@@ -279,6 +296,8 @@ impl ServeArgs {
                         .unwrap_or(admission::ADMISSION_QUEUE_WAIT_MS_MAX),
                 ),
             },
+            token_keys: pick!(token_keys),
+            insecure: self.insecure || file.insecure,
         };
         config.validate()?;
         Ok(config)
@@ -325,6 +344,9 @@ pub fn parse_initial_cluster(text: &str) -> Result<BTreeMap<u64, String>, Config
 
 impl NodeConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.token_keys.is_none() && !self.insecure {
+            return Err(ConfigError::NoTokenKeys);
+        }
         if self.node_id == 0 {
             return Err(invalid(
                 "node-id",
@@ -455,8 +477,29 @@ mod tests {
             node_id: Some(1),
             listen: Some("127.0.0.1:7101".parse().expect("addr")),
             data_dir: Some("/tmp/x".into()),
+            token_keys: Some("/tmp/x/token-keys.json".into()),
             ..ServeArgs::default()
         }
+    }
+
+    #[test]
+    fn serving_without_token_keys_needs_insecure() {
+        let err = ServeArgs {
+            token_keys: None,
+            ..args()
+        }
+        .resolve()
+        .expect_err("no token keys");
+        assert!(err.to_string().contains("--token-keys"), "{err}");
+        assert!(err.to_string().contains("--insecure"), "{err}");
+        let config = ServeArgs {
+            token_keys: None,
+            insecure: true,
+            ..args()
+        }
+        .resolve()
+        .expect("insecure");
+        assert!(config.insecure);
     }
 
     #[test]

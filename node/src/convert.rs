@@ -184,6 +184,8 @@ pub enum MemberInvalid {
     AddrNotHostPort { addr: String },
     #[error("region is {bytes} bytes, over the bound of {bytes_max} bytes")]
     RegionBytesOver { bytes: usize, bytes_max: usize },
+    #[error("node_ids: node {node_id} is not a member of the cluster")]
+    NotAMember { node_id: u64 },
 }
 
 /// True for `host:port` with a non-empty host and a port in 1..=65535 that is also a plain URI

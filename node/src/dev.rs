@@ -14,6 +14,12 @@ use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
 pub const DEV_NODES_MAX: u16 = 9;
+/// Where `dev` keeps its token key set and admin token, inside its data directory.
+pub const DEV_TOKEN_DIR: &str = "tokens";
+/// The admin token `dev` writes for client commands (tenant `default`, role admin).
+pub const DEV_ADMIN_TOKEN: &str = "admin.jwt";
+/// The dev cluster's default data directory (`--data-dir`).
+pub const DEV_DATA_DIR: &str = ".switchboard-dev";
 const READY_WAIT: Duration = Duration::from_secs(60);
 const STOP_WAIT: Duration = Duration::from_secs(10);
 const RESTART_PAUSE: Duration = Duration::from_secs(3);
@@ -27,7 +33,7 @@ pub struct DevArgs {
     #[arg(long, default_value_t = 7101)]
     pub base_port: u16,
     /// Directory holding one data directory per node.
-    #[arg(long, default_value = ".switchboard-dev")]
+    #[arg(long, default_value = DEV_DATA_DIR)]
     pub data_dir: PathBuf,
     /// Delete the data directories first (start a new cluster).
     #[arg(long)]
@@ -60,6 +66,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("failed to create {}", args.data_dir.display()))?;
     let exe = std::env::current_exe().context("cannot find the switchboard binary")?;
+    let (key_set, admin_token) = dev_tokens(&args.data_dir)?;
     let addr = |i: u16| format!("127.0.0.1:{}", args.base_port + i - 1);
     let initial_cluster =
         harness::initial_cluster((1..=args.nodes).map(|i| (u64::from(i), addr(i))));
@@ -72,6 +79,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         )
         .initial_cluster(&initial_cluster)
         .cluster_id("switchboard-dev")
+        .token_keys(&key_set)
+        .insecure()
         .exit_with_parent();
         Command::from(serve.command(&exe))
             .kill_on_drop(true)
@@ -90,7 +99,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     let endpoints: Vec<String> = nodes.iter().map(|n| n.grpc.clone()).collect();
     // The first node that says it leads will do: data directories outlive a dev run, and a
     // node removed from the membership in an earlier run may never agree with the others.
-    let ready = harness::wait_for_leader(&endpoints, READY_WAIT, Agreement::LeaderOnly);
+    let token = std::fs::read_to_string(&admin_token)
+        .with_context(|| format!("failed to read {}", admin_token.display()))?;
+    let ready = harness::wait_for_leader_as(
+        &endpoints,
+        READY_WAIT,
+        Agreement::LeaderOnly,
+        Some(token.trim()),
+    );
     let outcome = tokio::select! {
         ready = ready => match ready {
             Ok(harness::Leader { id: leader, .. }) => {
@@ -99,6 +115,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
                     println!("  node {}: grpc {}  http http://127.0.0.1:{}/metrics", node.id, node.grpc, args.base_port + node.id - 1 + 1000);
                 }
                 println!("  endpoints: {}", endpoints.join(","));
+                println!(
+                    "  admin token: {} (client commands run from this directory use it; elsewhere set SWITCHBOARD_TOKEN_FILE)",
+                    admin_token.display()
+                );
                 println!("  try: switchboard call create --tenant demo");
                 println!("press Ctrl-C to stop every node");
                 supervise(&mut nodes, &spawn).await
@@ -109,6 +129,28 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     };
     stop_all(&mut nodes).await;
     outcome
+}
+
+/// The dev cluster's token key set (made on first start, kept across runs) and a fresh admin
+/// token for the `default` tenant, valid 30 days: `(key set, token file)`.
+fn dev_tokens(data_dir: &std::path::Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let dir = data_dir.join(DEV_TOKEN_DIR);
+    let key_set = dir.join(crate::auth::files::KEY_SET);
+    let signing_key = dir.join(crate::auth::files::signing_key("dev"));
+    if !key_set.exists() || !signing_key.exists() {
+        crate::auth::keygen(&dir, "dev", true)?;
+    }
+    let key = crate::auth::SigningKey::read_pem(&signing_key, None)?;
+    let claims = crate::auth::SigningKey::claims(
+        "dev",
+        "default",
+        crate::auth::Role::Admin,
+        Duration::from_secs(30 * 24 * 3600),
+    );
+    let token_file = dir.join(DEV_ADMIN_TOKEN);
+    std::fs::write(&token_file, key.sign(&claims)?)
+        .with_context(|| format!("failed to write {}", token_file.display()))?;
+    Ok((key_set, token_file))
 }
 
 async fn stop_requested() -> anyhow::Result<()> {

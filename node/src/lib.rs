@@ -5,6 +5,8 @@
 
 pub mod admission;
 pub mod api;
+pub mod audit;
+pub mod auth;
 pub mod cli_client;
 pub mod config;
 pub mod convert;
@@ -14,6 +16,7 @@ pub mod probe;
 pub mod reset;
 pub mod server;
 pub mod status;
+pub mod token;
 pub mod transport;
 
 /// The Raft instance every node runs.

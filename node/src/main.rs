@@ -30,6 +30,9 @@ enum Command {
     /// Operate on one node's data directory (reset a damaged node).
     #[command(subcommand)]
     Node(node::reset::NodeCommand),
+    /// Make token signing keys and mint bearer tokens.
+    #[command(subcommand)]
+    Token(node::token::TokenCommand),
     #[command(flatten)]
     Client(node::cli_client::ClientCommand),
 }
@@ -110,6 +113,9 @@ async fn main() -> ExitCode {
         }),
         Command::Client(cmd) => return node::cli_client::run(cmd).await,
         Command::Node(cmd) => return node::reset::run(cmd).await,
+        Command::Token(cmd) => node::token::run(cmd)
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(anyhow::Error::from),
     };
     match result {
         Ok(code) => code,

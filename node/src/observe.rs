@@ -35,6 +35,13 @@ pub mod names {
     pub const ADMISSION_IN_FLIGHT: &str = "switchboard_admission_in_flight";
     /// Client requests waiting for a slot, by `class`.
     pub const ADMISSION_QUEUED: &str = "switchboard_admission_queued";
+    /// Requests refused by authentication or authorization, by `reason` (`missing`,
+    /// `expired`, `role`, `tenant`, ...: [`crate::auth::AuthError::reason`]).
+    pub const AUTH_REFUSED: &str = "switchboard_auth_refused_total";
+    /// Admin actions, by `action` and `outcome` (`ok`, `error`).
+    pub const ADMIN_ACTIONS: &str = "switchboard_admin_actions_total";
+    /// Token key set reloads, by `outcome` (`ok`, `error`).
+    pub const TOKEN_KEYS_RELOADS: &str = "switchboard_token_keys_reloads_total";
 }
 
 /// How often gauges are refreshed besides on every Raft metrics change.

@@ -18,6 +18,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{Api, ApiConfig};
+use crate::auth::{Auth, Verifier};
 use crate::config::NodeConfig;
 use crate::transport::{self, NetworkFactory, TransportConfig};
 use crate::{Raft, observe};
@@ -58,6 +59,7 @@ pub async fn serve(
     http_listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let auth = authentication(&config)?;
     let identity = Identity::new(config.cluster_id.clone(), config.node_id);
     let store = raft_store::open(&config.data_dir, &identity).with_context(|| {
         format!(
@@ -121,6 +123,7 @@ pub async fn serve(
             write_timeout: config.write_timeout,
             read_wait_max: config.read_wait_max,
             admission: config.admission,
+            auth: auth.clone(),
         },
     );
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -139,6 +142,7 @@ pub async fn serve(
     let raft_stopped = tokio::spawn(watch_raft(raft.clone(), shutdown.clone()));
     let mut tasks = JoinSet::new();
     tasks.spawn(observe::publish(raft.clone(), reader, shutdown.clone()));
+    tasks.spawn(reload_on_hangup(auth, shutdown.clone()));
     if let Some(prometheus) = prometheus {
         tasks.spawn({
             let (raft, shutdown) = (raft.clone(), shutdown.clone());
@@ -204,6 +208,56 @@ pub async fn serve(
     }
     tracing::info!(node_id = config.node_id, "node stopped");
     Ok(())
+}
+
+/// How this node authenticates callers: the key set of `--token-keys`, or nobody with
+/// `--insecure` (said loudly: every caller is then an administrator).
+fn authentication(config: &NodeConfig) -> anyhow::Result<Auth> {
+    match &config.token_keys {
+        Some(path) => {
+            let verifier = Verifier::load(path)?;
+            tracing::info!(key_set = %path.display(), "bearer tokens required");
+            Ok(Auth::Tokens(Arc::new(verifier)))
+        }
+        None => {
+            tracing::warn!(
+                "--insecure without --token-keys: no authentication, every caller is an anonymous admin of every tenant; never use this outside development"
+            );
+            Ok(Auth::Off)
+        }
+    }
+}
+
+/// Re-reads the token key set on every SIGHUP until shutdown; a key set that does not load is
+/// logged and the keys in use stay.
+async fn reload_on_hangup(auth: Auth, shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(e) => {
+            tracing::error!(error = %e, "failed to listen for SIGHUP; keys reload only on restart");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            received = hangups.recv() => if received.is_none() { return },
+        }
+        match auth.reload() {
+            Ok(Some(kids)) => {
+                metrics::counter!(observe::names::TOKEN_KEYS_RELOADS, "outcome" => "ok")
+                    .increment(1);
+                tracing::info!(keys = ?kids, "token key set reloaded");
+            }
+            Ok(None) => {}
+            Err(e) => {
+                metrics::counter!(observe::names::TOKEN_KEYS_RELOADS, "outcome" => "error")
+                    .increment(1);
+                tracing::error!(error = %e, "failed to reload the token key set; the keys in use stay");
+            }
+        }
+    }
 }
 
 /// Waits for Raft to stop on its own (openraft stops a node on a storage error) and then shuts

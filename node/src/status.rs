@@ -15,6 +15,7 @@ use tonic::{Code, Status};
 pub use client::{LEADER_ADDR_HEADER, LEADER_ID_HEADER, OVERLOADED_HEADER, REJECTION_HEADER};
 
 use crate::admission::Overloaded;
+use crate::auth::AuthError;
 use crate::convert::MemberInvalid;
 
 /// A membership change openraft refused.
@@ -72,6 +73,10 @@ pub enum ApiError {
     Overloaded(#[from] Overloaded),
     #[error("a read of applied state did not complete: {0}")]
     ReadTask(String),
+    #[error("{0}")]
+    Auth(#[from] AuthError),
+    #[error("the audit trail could not be written")]
+    AuditTrail,
 }
 
 /// The one conversion of openraft's API errors: a fatal error stops Raft, every other error is
@@ -193,6 +198,16 @@ impl From<ApiError> for Status {
                 status
             }
             ApiError::Timeout { .. } => Status::deadline_exceeded(message),
+            // Counted here, the one place every refusal passes; the label is bounded.
+            ApiError::Auth(error) => {
+                metrics::counter!(crate::observe::names::AUTH_REFUSED, "reason" => error.reason())
+                    .increment(1);
+                if error.is_denied() {
+                    Status::permission_denied(message)
+                } else {
+                    Status::unauthenticated(message)
+                }
+            }
             // Not a rejection: nothing was done, so it is not final and names no
             // `RejectionKind` (those are replicated verdicts). The header tells the client it
             // is this node's load, not a message over the size bound, and that backing off helps.
@@ -229,6 +244,7 @@ impl From<ApiError> for Status {
             | ApiError::Fatal(_)
             | ApiError::NoOutcome { .. }
             | ApiError::ReadTask(_)
+            | ApiError::AuditTrail
             | ApiError::LeaderAddr { .. } => internal(message),
         }
     }

@@ -58,6 +58,7 @@ async fn a_bad_learner_is_invalid_argument_naming_the_field_and_nothing_is_propo
             Some(REGION_BYTES_MAX.to_string()),
         ),
     ];
+    let cases_len = cases.len();
     for (request, field, bound) in cases {
         let status = client
             .add_learner(request.clone())
@@ -83,10 +84,42 @@ async fn a_bad_learner_is_invalid_argument_naming_the_field_and_nothing_is_propo
     }
 
     let after = cluster.status(leader).await.expect("status");
-    assert_eq!(after.members, before.members, "no member was added");
-    assert_eq!(
-        after.last_log_index, before.last_log_index,
-        "nothing was proposed"
+    let members = |status: &v1::StatusResponse| {
+        status
+            .members
+            .iter()
+            .map(|m| (m.node_id, m.addr.clone(), m.region.clone(), m.voter))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(members(&after), members(&before), "no member was added");
+    // Nothing was proposed but the audit trail's record of each refusal (and the audit call
+    // that holds them): no membership entry.
+    let mut events = v1::event_service_client::EventServiceClient::connect(format!(
+        "http://{}",
+        cluster.grpc(leader)
+    ))
+    .await
+    .expect("connect to the leader");
+    let listed = events
+        .list_events(v1::ListEventsRequest::default())
+        .await
+        .expect("list events")
+        .into_inner()
+        .events;
+    let refusals: Vec<&v1::Event> = listed
+        .iter()
+        .filter(|e| e.event_type == "admin.add_learner")
+        .collect();
+    assert_eq!(refusals.len(), cases_len, "one audit event per refusal");
+    assert!(
+        refusals
+            .iter()
+            .all(|e| e.metadata.get("outcome").map(String::as_str) == Some("error")),
+        "{refusals:?}"
+    );
+    assert!(
+        listed.iter().all(|e| e.tenant_id == "_cluster"),
+        "only the audit trail was written: {listed:?}"
     );
 }
 

@@ -283,6 +283,7 @@ async fn a_node_refuses_another_nodes_data_directory_and_leaves_it_untouched() {
     let output = ServeCommand::new(2, format!("127.0.0.1:{}", port()), &dir)
         .http_listen(format!("127.0.0.1:{}", port()))
         .cluster_id(cluster.cluster_id())
+        .insecure()
         .command(binary())
         .output()
         .expect("run serve");

@@ -10,7 +10,8 @@
 //! package "switchboard.v1" (v1);
 //! service CallService (call_service_server::CallService, call_service_client::CallServiceClient) {
 //!     /// Docs of the client method.
-//!     CreateCall create_call(CreateCallRequest) -> CallResponse [write, leader_from: write_meta]
+//!     CreateCall create_call(CreateCallRequest) -> CallResponse
+//!         [write, leader_from: write_meta, access: write]
 //!     ...
 //! }
 //! ```
@@ -19,7 +20,9 @@
 //! response message names (in the package's module of this crate, named after the package line,
 //! e.g. `v1`), then in brackets the kind and how a successful response names the leader. The
 //! brackets and the service's parenthesized modules are delimited groups, so that a callback can
-//! skip what it does not use (`[$($_:tt)*]`). Kinds:
+//! skip what it does not use (`[$($_:tt)*]`). The last item in the brackets, `access:`, says
+//! who may call it: `read` (any role: viewer, agent, admin), `write` (agent, admin), `admin`
+//! (admin), `member` (only a node of the cluster, proven by its certificate). Kinds:
 //! - `write`: changes state; carries an idempotency key (`request_id`) and goes to the leader;
 //! - `read`: served by any node; routed by the request's `read` options (linearizable reads go to
 //!   the leader first, local reads to any node);
@@ -49,38 +52,38 @@ macro_rules! switchboard_rpcs {
             ) {
                 /// Creates a call (a write: leader, same `request_id` on every retry).
                 CreateCall create_call(CreateCallRequest) -> CallResponse
-                    [write, leader_from: write_meta]
+                    [write, leader_from: write_meta, access: write]
                 /// Starts a CREATED call.
                 StartCall start_call(StartCallRequest) -> CallResponse
-                    [write, leader_from: write_meta]
+                    [write, leader_from: write_meta, access: write]
                 /// Appends a turn.
                 AppendTurn append_turn(AppendTurnRequest) -> AppendTurnResponse
-                    [write, leader_from: write_meta]
+                    [write, leader_from: write_meta, access: write]
                 /// Logs a semantic event.
                 LogEvent log_event(LogEventRequest) -> LogEventResponse
-                    [write, leader_from: write_meta]
+                    [write, leader_from: write_meta, access: write]
                 /// Updates a call's summary and entities.
                 UpdateContext update_context(UpdateContextRequest) -> CallResponse
-                    [write, leader_from: write_meta]
+                    [write, leader_from: write_meta, access: write]
                 /// Hands a call off (at most once per call; a retry gets the original outcome).
                 RequestHandoff request_handoff(RequestHandoffRequest) -> CallResponse
-                    [write, leader_from: write_meta]
+                    [write, leader_from: write_meta, access: write]
                 /// Ends a call.
                 EndCall end_call(EndCallRequest) -> CallResponse
-                    [write, leader_from: write_meta]
+                    [write, leader_from: write_meta, access: write]
                 /// Reads one call; routed by `req.read` (linearizable: leader first; local: any
                 /// node).
                 GetCall get_call(GetCallRequest) -> GetCallResponse
-                    [read, leader_from: no]
+                    [read, leader_from: no, access: read]
                 /// Reads a call's context; routed by `req.read`.
                 GetContext get_context(GetContextRequest) -> GetContextResponse
-                    [read, leader_from: no]
+                    [read, leader_from: no, access: read]
                 /// Lists a call's turns; routed by `req.read`.
                 ListTurns list_turns(ListTurnsRequest) -> ListTurnsResponse
-                    [read, leader_from: no]
+                    [read, leader_from: no, access: read]
                 /// Lists a tenant's calls; routed by `req.read`.
                 ListCalls list_calls(ListCallsRequest) -> ListCallsResponse
-                    [read, leader_from: no]
+                    [read, leader_from: no, access: read]
             }
             service EventService (
                 event_service_server::EventService,
@@ -88,10 +91,10 @@ macro_rules! switchboard_rpcs {
             ) {
                 /// Lists one call's events; routed by `req.read`.
                 ListCallEvents list_call_events(ListCallEventsRequest) -> ListEventsResponse
-                    [read, leader_from: no]
+                    [read, leader_from: no, access: read]
                 /// Lists the cluster-wide event log; routed by `req.read`.
                 ListEvents list_events(ListEventsRequest) -> ListEventsResponse
-                    [read, leader_from: no]
+                    [read, leader_from: no, access: read]
             }
             service ClusterService (
                 cluster_service_server::ClusterService,
@@ -100,30 +103,30 @@ macro_rules! switchboard_rpcs {
                 /// A node's view of the cluster, asked of the cached leader first (only it knows
                 /// `matched_index`), else the configured endpoints in order.
                 Status status(StatusRequest) -> StatusResponse
-                    [leader, leader_from: self_reported]
+                    [leader, leader_from: self_reported, access: read]
                 /// Adds a learner (leader; membership changes are idempotent in effect).
                 AddLearner add_learner(AddLearnerRequest) -> MembershipResponse
-                    [leader, leader_from: responder]
+                    [leader, leader_from: responder, access: admin]
                 /// Promotes learners to voters (leader).
                 Promote promote(PromoteRequest) -> MembershipResponse
-                    [leader, leader_from: responder]
+                    [leader, leader_from: responder, access: admin]
                 /// Removes members (leader).
                 Remove remove(RemoveRequest) -> MembershipResponse
-                    [leader, leader_from: responder]
+                    [leader, leader_from: responder, access: admin]
                 /// Asks the first configured endpoint (and only it) to build a snapshot now.
                 TriggerSnapshot trigger_snapshot(TriggerSnapshotRequest) -> TriggerSnapshotResponse
-                    [pinned, leader_from: no]
+                    [pinned, leader_from: no, access: admin]
                 /// Asks the first configured endpoint (and only it) to initialize a fresh
                 /// cluster.
                 Initialize initialize(InitializeRequest) -> InitializeResponse
-                    [pinned, leader_from: no]
+                    [pinned, leader_from: no, access: admin]
                 /// Asks the leader for a read index (redirects followed); a read that waits until
                 /// this index is applied is linearizable.
                 ReadIndex read_index(ReadIndexRequest) -> ReadIndexResponse
-                    [leader, leader_from: leader_id]
+                    [leader, leader_from: leader_id, access: read]
                 /// Asks the first configured endpoint (and only it) for its state-machine digest.
                 Digest digest(DigestRequest) -> DigestResponse
-                    [pinned, leader_from: no]
+                    [pinned, leader_from: no, access: admin]
             }
         }
     };
@@ -142,19 +145,19 @@ macro_rules! switchboard_raft_rpcs {
             ) {
                 /// Carries an openraft AppendEntries request and its response.
                 AppendEntries append_entries(RaftPayload) -> RaftPayload
-                    [peer, leader_from: no]
+                    [peer, leader_from: no, access: member]
                 /// Carries an openraft Vote request and its response.
                 Vote vote(RaftPayload) -> RaftPayload
-                    [peer, leader_from: no]
+                    [peer, leader_from: no, access: member]
                 /// Carries an openraft Pre-Vote request and its response.
                 PreVote pre_vote(RaftPayload) -> RaftPayload
-                    [peer, leader_from: no]
+                    [peer, leader_from: no, access: member]
                 /// Carries an openraft TransferLeader request and its response.
                 TransferLeader transfer_leader(RaftPayload) -> RaftPayload
-                    [peer, leader_from: no]
+                    [peer, leader_from: no, access: member]
                 /// Streams a full snapshot to a lagging node.
                 InstallSnapshot install_snapshot(SnapshotChunk) -> RaftPayload
-                    [peer_stream, leader_from: no]
+                    [peer_stream, leader_from: no, access: member]
             }
         }
     };
@@ -198,10 +201,21 @@ mod tests {
     macro_rules! declared {
         (package $package:literal ($module:ident); $(service $service:ident ($($_modules:tt)*) {
             $($(#[$_doc:meta])* $rpc:ident $method:ident ($req:ident) -> $resp:ident
-                [$kind:ident, leader_from: $_leader_from:ident])*
+                [$kind:ident, leader_from: $_leader_from:ident, access: $access:ident])*
         })*) => {{
             let mut rows: Vec<(String, Declared)> = Vec::new();
             $($(
+                // Who may call it follows from what it does: node-to-node RPCs only members,
+                // writes at least `write`; `read` and `admin` are the table's choice.
+                let (kind, access) = (stringify!($kind), stringify!($access));
+                let peer = kind.starts_with("peer");
+                assert_eq!(peer, access == "member", "{}: kind {kind}, access {access}", stringify!($rpc));
+                assert!(kind != "write" || access == "write", "{}: a write needs access write", stringify!($rpc));
+                assert!(
+                    ["read", "write", "admin", "member"].contains(&access),
+                    "{}: unknown access {access}",
+                    stringify!($rpc)
+                );
                 let _ = (
                     std::any::type_name::<crate::$module::$req>(),
                     std::any::type_name::<crate::$module::$resp>(),

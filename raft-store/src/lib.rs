@@ -26,7 +26,7 @@ use std::sync::Arc;
 pub use error::Error;
 pub use identity::{Claim, Identity, IdentityError};
 pub use log_store::LogStore;
-pub use reader::{At, Context, Page, ReadError, Reader};
+pub use reader::{At, Context, EVENTS_SCANNED_MAX, Page, ReadError, Reader};
 pub use snapshot::SnapshotFile;
 pub use state_machine::{Applied, StateMachine};
 pub use types::{

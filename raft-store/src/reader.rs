@@ -74,6 +74,9 @@ type Row = (Box<[u8]>, Box<[u8]>);
 
 /// What a page may still take: a count and [`limits::PAGE_BYTES_MAX`] stored bytes. The first
 /// item is always taken, so a page is never empty while items remain.
+/// Most events one page of a single tenant's events looks at in the cluster-wide log.
+pub const EVENTS_SCANNED_MAX: usize = 4096;
+
 struct PageBudget {
     items_left: usize,
     bytes_left: usize,
@@ -317,24 +320,64 @@ impl Reader {
     }
 
     /// The cluster-wide event log from position `from` (0 means from the first).
-    pub fn list_events(&self, from: u64, limit: u32) -> Result<At<Page<Event, u64>>, ReadError> {
+    pub fn list_events(
+        &self,
+        tenant_id: Option<&str>,
+        from: u64,
+        limit: u32,
+    ) -> Result<At<Page<Event, u64>>, ReadError> {
         let limit = limits::page_size(limit)?;
         let view = self.view();
-        let rows = view.scan(
-            &keys::event(from.max(1)),
-            &[keys::table::EVENT + 1],
-            limit as usize + 1,
-        )?;
+        let Some(tenant_id) = tenant_id else {
+            let rows = view.scan(
+                &keys::event(from.max(1)),
+                &[keys::table::EVENT + 1],
+                limit as usize + 1,
+            )?;
+            let mut budget = PageBudget::new(limit);
+            let items = rows
+                .iter()
+                .take_while(|(k, v)| budget.take(k.len() + v.len()))
+                .map(|(k, v)| decode("event", k, v))
+                .collect::<Result<Vec<Event>, _>>()?;
+            // Positions are gap-free: the next page starts right after the last event taken.
+            let next = (rows.len() > items.len())
+                .then(|| items.last().map(|e| e.position + 1))
+                .flatten();
+            return Self::at(&view, Page { items, next });
+        };
+        // One tenant's events out of the cluster-wide log: every event is looked at, at most
+        // `EVENTS_SCANNED_MAX` per page, so a page costs bounded work however sparse the
+        // tenant's events are; `next` resumes after the last event looked at (a page may be
+        // empty and still have a next one).
         let mut budget = PageBudget::new(limit);
-        let items = rows
-            .iter()
-            .take_while(|(k, v)| budget.take(k.len() + v.len()))
-            .map(|(k, v)| decode("event", k, v))
-            .collect::<Result<Vec<Event>, _>>()?;
-        // Positions are gap-free: the next page starts right after the last event taken.
-        let next = (rows.len() > items.len())
-            .then(|| items.last().map(|e| e.position + 1))
-            .flatten();
+        let mut items = Vec::new();
+        let mut next = None;
+        let mut position = from.max(1);
+        let rows = view.snap.iterator_cf(
+            view.cf(),
+            IteratorMode::From(&keys::event(position), Direction::Forward),
+        );
+        for (scanned, item) in rows.enumerate() {
+            let (key, value) = item.map_err(Error::rocks("scan state machine"))?;
+            if key.first() != Some(&keys::table::EVENT) {
+                break;
+            }
+            if scanned == EVENTS_SCANNED_MAX {
+                next = Some(position);
+                break;
+            }
+            let event: Event = decode("event", &key, &value)?;
+            let after = event.position + 1;
+            if event.tenant_id == tenant_id {
+                if !budget.take(key.len() + value.len()) {
+                    next = Some(event.position);
+                    break;
+                }
+                items.push(event);
+            }
+            position = after;
+        }
         Self::at(&view, Page { items, next })
     }
 

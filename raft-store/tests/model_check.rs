@@ -270,7 +270,10 @@ fn check_invariants(sm: &StateMachine, model: &Model) {
     let mut handoffs: BTreeMap<CallId, u64> = BTreeMap::new();
     let mut ended: BTreeMap<CallId, bool> = BTreeMap::new();
     loop {
-        let page = reader.list_events(from, 7).expect("list events").value;
+        let page = reader
+            .list_events(None, from, 7)
+            .expect("list events")
+            .value;
         for event in &page.items {
             assert_eq!(event.position, position, "event positions are gap-free");
             assert_eq!(event.event_id, event_id(position));

@@ -125,7 +125,12 @@ fn a_call_with_many_large_events_is_listed_in_pages_bounded_in_bytes() {
     let sequences: Vec<u64> = pages.iter().flatten().map(|e| e.sequence_number).collect();
     assert_eq!(sequences, (1..=BIG_EVENTS + 2).collect::<Vec<_>>());
 
-    let pages = all_pages(|from| reader.list_events(from, 0).expect("list events").value);
+    let pages = all_pages(|from| {
+        reader
+            .list_events(None, from, 0)
+            .expect("list events")
+            .value
+    });
     assert!(pages.len() > 1);
     for page in &pages {
         assert!(
@@ -135,4 +140,158 @@ fn a_call_with_many_large_events_is_listed_in_pages_bounded_in_bytes() {
     }
     let positions: Vec<u64> = pages.iter().flatten().map(|e| e.position).collect();
     assert_eq!(positions, (1..=BIG_EVENTS + 2).collect::<Vec<_>>());
+}
+
+/// A store where tenant `acme` logs `sparse` events after `foreign` events of tenant `globex`,
+/// interleaved at the start with `mixed` events of each.
+fn store_with_two_tenants(
+    dir: &std::path::Path,
+    mixed: u64,
+    foreign: u64,
+    sparse: u64,
+) -> raft_store::Store {
+    let mut store = support::open(dir);
+    let stamp = |at_ms, minted_call_id| Stamp {
+        at_ms,
+        minted_call_id,
+        minted_trace_id: None,
+    };
+    let calls = [
+        ("acme", CallId::from_u128(1)),
+        ("globex", CallId::from_u128(2)),
+    ];
+    let mut entries = vec![support::blank(1, 0)];
+    let mut index = 0;
+    let mut next = |entries: &mut Vec<_>, tenant: &str, id: String, command: Command, minted| {
+        index += 1;
+        entries.push(support::normal(
+            1,
+            index,
+            support::request(tenant, &id, command, stamp(index, minted)),
+        ));
+    };
+    for (tenant, call_id) in calls {
+        next(
+            &mut entries,
+            tenant,
+            format!("create-{tenant}"),
+            Command::CreateCall {
+                source: "web".into(),
+                channel: Channel::Voice,
+                metadata: Labels::new(),
+                trace_id: None,
+            },
+            Some(call_id),
+        );
+    }
+    for (tenant, call_id) in calls {
+        next(
+            &mut entries,
+            tenant,
+            format!("start-{tenant}"),
+            Command::StartCall { call_id },
+            None,
+        );
+    }
+    let event = |call_id| Command::LogEvent {
+        call_id,
+        event_type: "agent.note".into(),
+        payload: Payload::Json("{}".into()),
+        metadata: Labels::new(),
+    };
+    for n in 0..mixed {
+        for (tenant, call_id) in calls {
+            next(
+                &mut entries,
+                tenant,
+                format!("mixed-{tenant}-{n}"),
+                event(call_id),
+                None,
+            );
+        }
+    }
+    for n in 0..foreign {
+        next(
+            &mut entries,
+            "globex",
+            format!("foreign-{n}"),
+            event(calls[1].1),
+            None,
+        );
+    }
+    for n in 0..sparse {
+        next(
+            &mut entries,
+            "acme",
+            format!("sparse-{n}"),
+            event(calls[0].1),
+            None,
+        );
+    }
+    for chunk in entries.chunks(512) {
+        let responses = store
+            .state_machine
+            .apply_batch(chunk.to_vec())
+            .expect("apply entries");
+        for response in &responses {
+            if let Some(outcome) = &response.outcome {
+                assert!(outcome.result.is_ok(), "{outcome:?}");
+            }
+        }
+    }
+    store
+}
+
+#[test]
+fn one_tenants_events_are_listed_alone_and_completely_in_bounded_pages() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let foreign = raft_store::EVENTS_SCANNED_MAX as u64 + 10;
+    let store = store_with_two_tenants(dir.path(), 20, foreign, 5);
+    let reader: Reader = store.state_machine.reader();
+    let everything = |tenant: Option<&str>| {
+        let mut events = Vec::new();
+        let mut pages = 0;
+        let mut from = 0;
+        loop {
+            let page = reader
+                .list_events(tenant, from, 7)
+                .expect("list events")
+                .value;
+            pages += 1;
+            events.extend(page.items);
+            match page.next {
+                Some(next) => from = next,
+                None => return (events, pages),
+            }
+        }
+    };
+    let (all, _) = everything(None);
+    let (acme, pages) = everything(Some("acme"));
+    let expected: Vec<u64> = all
+        .iter()
+        .filter(|e| e.tenant_id == "acme")
+        .map(|e| e.position)
+        .collect();
+    assert_eq!(
+        acme.iter().map(|e| e.position).collect::<Vec<_>>(),
+        expected
+    );
+    assert!(acme.iter().all(|e| e.tenant_id == "acme"));
+    assert_eq!(
+        expected.len(),
+        2 + 20 + 5,
+        "created, started + mixed + sparse"
+    );
+    // The run of globex events between acme's takes more than one scan bound: a page that
+    // looked at `EVENTS_SCANNED_MAX` events and found none of acme's says where to go on.
+    let first_sparse = reader
+        .list_events(Some("acme"), expected[21] + 1, 7)
+        .expect("list events")
+        .value;
+    assert!(first_sparse.items.is_empty(), "{:?}", first_sparse.items);
+    assert!(first_sparse.next.is_some());
+    assert!(pages > (2 + 20 + 5) / 7 + 1, "an empty page in between");
+    let (globex, _) = everything(Some("globex"));
+    assert!(globex.iter().all(|e| e.tenant_id == "globex"));
+    assert_eq!(globex.len() + acme.len(), all.len());
 }

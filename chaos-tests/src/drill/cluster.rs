@@ -117,6 +117,7 @@ pub fn single_node_client(endpoint: &str) -> anyhow::Result<Client> {
         backoff_initial: Duration::from_millis(20),
         backoff_max: Duration::from_millis(100),
         resolve: Vec::new(),
+        token: None,
     })?)
 }
 
@@ -348,6 +349,7 @@ impl DrillCluster {
             .advertise(&node.advertise)
             .http_listen(&node.http)
             .cluster_id(&self.cluster_id)
+            .insecure()
             .exit_with_parent()
             .extra_args(&self.node_args)
             .log_filter(harness::test_log_filter());

@@ -127,6 +127,7 @@ pub fn write_client(reach: &Reach) -> anyhow::Result<Client> {
         retries_max: 8,
         backoff_initial: Duration::from_millis(50),
         backoff_max: Duration::from_millis(500),
+        token: None,
     })?)
 }
 
