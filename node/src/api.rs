@@ -37,6 +37,9 @@ use crate::auth::{Access, Auth, AuthError, Caller};
 use crate::convert::{self, WriteRequest};
 use crate::status::ApiError;
 
+/// Most log entries a learner may be behind the leader and still be promoted.
+pub const PROMOTE_LAG_ENTRIES_MAX: u64 = 10_000;
+
 /// Turns returned by `GetContext` when the request asks for 0 (the server default).
 const CONTEXT_TURNS_DEFAULT: u32 = 10;
 
@@ -834,9 +837,32 @@ impl Api {
         req: v1::PromoteRequest,
     ) -> Result<v1::MembershipResponse, ApiError> {
         let ids = convert::node_ids(req.node_ids)?;
-        let known: BTreeSet<u64> = self.members().iter().map(|m| m.node_id).collect();
-        if let Some(unknown) = ids.iter().find(|id| !known.contains(id)) {
-            return Err(convert::MemberInvalid::NotAMember { node_id: *unknown }.into());
+        let members = self.members();
+        let last_log_index = self
+            .raft()
+            .metrics()
+            .borrow_watched()
+            .last_log_index
+            .unwrap_or(0);
+        for id in &ids {
+            let Some(member) = members.iter().find(|m| m.node_id == *id) else {
+                return Err(convert::MemberInvalid::NotAMember { node_id: *id }.into());
+            };
+            // A voter that is not there weakens every quorum from the moment it counts: only a
+            // learner that has been replicating (it acknowledged recent entries) is promoted.
+            // 0: the learner has acknowledged nothing (openraft's replication metric is empty).
+            let matched = member.matched_index.filter(|index| *index > 0);
+            let behind = match matched {
+                Some(matched) => last_log_index.saturating_sub(matched) > PROMOTE_LAG_ENTRIES_MAX,
+                None => true,
+            };
+            if !member.voter && behind {
+                return Err(ApiError::LearnerBehind {
+                    node_id: *id,
+                    matched_index: matched.unwrap_or(0),
+                    last_log_index,
+                });
+            }
         }
         self.membership_change(ChangeMembers::AddVoterIds(ids))
             .await

@@ -28,6 +28,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use ring::signature::KeyPair as _;
 use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
 use tonic::metadata::MetadataMap;
 
 /// The metadata key of the bearer token (HTTP's `Authorization` header).
@@ -408,10 +409,17 @@ impl Keys {
     }
 }
 
+/// Most verified tokens remembered; past it the memory is cleared and refilled.
+pub const VERIFIED_TOKENS_MAX: usize = 4096;
+
 /// Verifies bearer tokens against a key set that can be reloaded.
 pub struct Verifier {
     path: PathBuf,
     keys: RwLock<Arc<Keys>>,
+    /// Tokens already verified (by SHA-256), with their caller and expiry: a worker sends the
+    /// same token with every request, and a signature check costs far more than a hash. Cleared
+    /// on every reload, so a key removed from the set stops working at once.
+    verified: std::sync::Mutex<std::collections::HashMap<[u8; 32], (Caller, u64)>>,
 }
 
 impl fmt::Debug for Verifier {
@@ -429,6 +437,7 @@ impl Verifier {
         Ok(Self {
             path: path.to_owned(),
             keys: RwLock::new(Arc::new(keys)),
+            verified: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -441,6 +450,10 @@ impl Verifier {
             .keys
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(keys);
+        self.verified
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
         Ok(kids)
     }
 
@@ -462,6 +475,35 @@ impl Verifier {
                 max: TOKEN_BYTES_MAX,
             });
         }
+        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        let now = unix_seconds();
+        let remembered = self
+            .verified
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&digest)
+            .cloned();
+        if let Some((caller, exp)) = remembered {
+            return if now <= exp.saturating_add(EXP_LEEWAY_S) {
+                Ok(caller)
+            } else {
+                Err(AuthError::Expired)
+            };
+        }
+        let (caller, exp) = self.verify_signed(token)?;
+        let mut verified = self
+            .verified
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if verified.len() >= VERIFIED_TOKENS_MAX {
+            verified.clear();
+        }
+        verified.insert(digest, (caller.clone(), exp));
+        Ok(caller)
+    }
+
+    /// Checks the signature and claims of `token`: its caller and expiry.
+    fn verify_signed(&self, token: &str) -> Result<(Caller, u64), AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Invalid {
             reason: "not a JWT",
         })?;
@@ -495,13 +537,22 @@ impl Verifier {
                 reason: "only an admin token may name every tenant (*)",
             });
         }
-        Ok(Caller {
-            subject: claims.sub,
-            tenant,
-            role: claims.role,
-            token: Some(token.to_owned()),
-        })
+        Ok((
+            Caller {
+                subject: claims.sub,
+                tenant,
+                role: claims.role,
+                token: Some(token.to_owned()),
+            },
+            claims.exp,
+        ))
     }
+}
+
+fn unix_seconds() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn check_claims(claims: &Claims) -> Result<(), AuthError> {
@@ -690,9 +741,7 @@ impl SigningKey {
 
     /// Claims for a token of `ttl` from now.
     pub fn claims(subject: &str, tenant: &str, role: Role, ttl: Duration) -> Claims {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = unix_seconds();
         Claims {
             sub: subject.to_owned(),
             tenant: tenant.to_owned(),
@@ -938,6 +987,19 @@ mod tests {
         verifier
             .verify(&token(&old_key, "acme", Role::Agent))
             .expect("old key still verifies during the rotation");
+        // A key removed from the set stops working at the reload, though its token was verified.
+        let set_path = dir.path().join(files::KEY_SET);
+        let mut set: KeySetFile =
+            serde_json::from_slice(&std::fs::read(&set_path).expect("read")).expect("parse");
+        set.keys.retain(|jwk| jwk.kid != "k1");
+        std::fs::write(&set_path, serde_json::to_vec(&set).expect("encode")).expect("write");
+        verifier.reload().expect("reload without k1");
+        assert_eq!(
+            verifier
+                .verify(&token(&old_key, "acme", Role::Agent))
+                .expect_err("k1 is gone"),
+            AuthError::UnknownKey
+        );
         // A broken file keeps the keys in use.
         std::fs::write(dir.path().join(files::KEY_SET), b"{not json").expect("write");
         assert!(verifier.reload().is_err());

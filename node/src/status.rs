@@ -77,6 +77,14 @@ pub enum ApiError {
     Auth(#[from] AuthError),
     #[error("the audit trail could not be written")]
     AuditTrail,
+    #[error(
+        "node {node_id} has acknowledged log index {matched_index} of the leader's {last_log_index}: a learner is promoted once it has caught up"
+    )]
+    LearnerBehind {
+        node_id: u64,
+        matched_index: u64,
+        last_log_index: u64,
+    },
 }
 
 /// The one conversion of openraft's API errors: a fatal error stops Raft, every other error is
@@ -235,6 +243,7 @@ impl From<ApiError> for Status {
                 Status::invalid_argument(message)
             }
             ApiError::Membership(_)
+            | ApiError::LearnerBehind { .. }
             | ApiError::Initialize(InitializeError::NotAllowed(_))
             | ApiError::Precondition(_) => Status::failed_precondition(message),
             ApiError::ShuttingDown | ApiError::Fatal(Fatal::Stopped) => {

@@ -189,3 +189,44 @@ async fn malformed_protobuf_and_non_utf8_strings_are_invalid_argument() {
         assert!(status.message().contains("malformed"), "{what}: {status:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_that_never_replicated_is_not_promoted_and_a_non_member_is_not_removed() {
+    let mut cluster = ProcessCluster::start(binary(), 1, &[]).expect("start cluster");
+    let leader = cluster.wait_for_leader(LEADER_WAIT).await.expect("leader");
+    let mut client = ClusterServiceClient::connect(format!("http://{}", cluster.grpc(leader)))
+        .await
+        .expect("connect to the leader");
+    // Nothing listens there: the learner is added to the membership but never catches up (the
+    // request waits for it; its answer does not matter here).
+    let dead = format!("127.0.0.1:{}", harness::free_port().expect("port"));
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        client.add_learner(learner(2, &dead, "")),
+    )
+    .await;
+    let status = cluster.status(leader).await.expect("status");
+    assert!(
+        status.members.iter().any(|m| m.node_id == 2 && !m.voter),
+        "{status:?}"
+    );
+
+    let refused = client
+        .promote(v1::PromoteRequest { node_ids: vec![2] })
+        .await
+        .expect_err("a learner that never replicated");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("node 2"), "{refused:?}");
+    let status = cluster.status(leader).await.expect("status");
+    assert!(
+        status.members.iter().any(|m| m.node_id == 2 && !m.voter),
+        "node 2 is still a learner: {status:?}"
+    );
+
+    let refused = client
+        .remove(v1::RemoveRequest { node_ids: vec![9] })
+        .await
+        .expect_err("node 9 is not a member");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("node 9"), "{refused:?}");
+}
