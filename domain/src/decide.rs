@@ -213,8 +213,15 @@ fn recent_turns<R: StateReader>(state: &R, call: &Call, max: usize) -> Result<Ve
 fn check_continues(before: &Head, call_before: Option<&Call>, change: &apply::Change) {
     if change.events.is_empty() {
         // Only a repeated erase emits nothing, and it changes nothing.
-        assert!(change.call.erased.is_some(), "an applied command emits events");
-        assert_eq!(call_before, Some(&change.call), "a repeated erase changes nothing");
+        assert!(
+            change.call.erased.is_some(),
+            "an applied command emits events"
+        );
+        assert_eq!(
+            call_before,
+            Some(&change.call),
+            "a repeated erase changes nothing"
+        );
         assert_eq!(change.head.next_position, before.next_position);
         assert!(change.erase.is_none(), "a repeated erase erases nothing");
         return;

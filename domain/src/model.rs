@@ -249,7 +249,12 @@ impl Handoff {
             snapshot: ContextSnapshot {
                 summary: String::new(),
                 entities: Labels::new(),
-                recent_turns: self.snapshot.recent_turns.iter().map(Turn::erased).collect(),
+                recent_turns: self
+                    .snapshot
+                    .recent_turns
+                    .iter()
+                    .map(Turn::erased)
+                    .collect(),
             },
         }
     }

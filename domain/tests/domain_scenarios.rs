@@ -2434,10 +2434,7 @@ mod erasure {
         assert_eq!(outcome.result, first.result, "same receipt");
         assert_eq!(s.stored(), before);
         // The same request id is a replay of the first outcome.
-        assert_eq!(
-            s.send(ACME, "erase-1", erase(id)),
-            Decision::Replay(first)
-        );
+        assert_eq!(s.send(ACME, "erase-1", erase(id)), Decision::Replay(first));
     }
 
     #[test]

@@ -263,7 +263,6 @@ impl<'de> Deserialize<'de> for Proposal {
 mod tests {
     use domain::{Channel, Command, Labels, Stamp};
 
-
     use super::*;
 
     fn request() -> Request {
@@ -343,7 +342,11 @@ mod tests {
             )
         );
         assert_eq!(Proposal::from_bytes(&bytes).ok(), Some(Proposal(erase)));
-        assert_eq!(Proposal(request()).to_bytes()[0], 1, "older commands stay format 1");
+        assert_eq!(
+            Proposal(request()).to_bytes()[0],
+            1,
+            "older commands stay format 1"
+        );
     }
 
     #[test]
@@ -490,7 +493,10 @@ mod tests {
         let mut call = handed_off_call();
         let bytes = encode(&call);
         assert_eq!(hex(&bytes), format!("02{CALL_BODY_FORMAT_1}00"));
-        assert_eq!(decode::<Call>("call", b"k", &bytes).ok(), Some(call.clone()));
+        assert_eq!(
+            decode::<Call>("call", b"k", &bytes).ok(),
+            Some(call.clone())
+        );
         call.erased = Some(domain::Erasure {
             at_ms: 8,
             position: 5,

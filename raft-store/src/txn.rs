@@ -44,11 +44,7 @@ impl<'db> Txn<'db> {
             .map_err(Error::rocks("read state machine"))
     }
 
-    pub fn get<T: Record>(
-        &self,
-        what: &'static str,
-        key: &[u8],
-    ) -> Result<Option<T>, Error> {
+    pub fn get<T: Record>(&self, what: &'static str, key: &[u8]) -> Result<Option<T>, Error> {
         self.get_raw(key)?
             .map(|bytes| decode(what, key, &bytes))
             .transpose()

@@ -183,7 +183,9 @@ impl Model {
         };
         // Erasure is allowed in every state, once; an erased call takes nothing else.
         match (&request.command, call.erased) {
-            (Command::EraseCall { .. }, true) => return (Expect::Applied(call.state), Some(call_id)),
+            (Command::EraseCall { .. }, true) => {
+                return (Expect::Applied(call.state), Some(call_id));
+            }
             (_, true) => return (Expect::CallErased, None),
             (Command::EraseCall { .. }, false) => {
                 call.erased = true;
@@ -364,8 +366,16 @@ fn check_invariants(sm: &StateMachine, model: &Model, memory: &Memory) {
             "events of {call_id}"
         );
         assert_eq!(call.lifecycle.handoff().is_some(), expected.handoffs == 1);
-        assert_eq!(call.erased.is_some(), expected.erased, "erased mark of {call_id}");
-        assert_eq!(Some(&call), memory.calls.get(call_id), "call as memory holds it");
+        assert_eq!(
+            call.erased.is_some(),
+            expected.erased,
+            "erased mark of {call_id}"
+        );
+        assert_eq!(
+            Some(&call),
+            memory.calls.get(call_id),
+            "call as memory holds it"
+        );
         let turns = reader
             .list_turns(&expected.tenant, call_id, 0, 1000)
             .expect("list turns")
@@ -462,7 +472,8 @@ async fn run(ops: Vec<Op>, splits: Vec<usize>) {
                 };
                 let request = support::request(tenant, &format!("rid-{rid}"), command, stamp);
                 let (expected, replay, expected_call) = model.step(&request, clock_ms, minted);
-                let step = domain::decide(&memory, &request, index).expect("memory holds its turns");
+                let step =
+                    domain::decide(&memory, &request, index).expect("memory holds its turns");
                 memory.write(&request, &step);
                 let entry = support::normal(1, index, request);
                 log.push(entry.clone());
