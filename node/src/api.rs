@@ -36,6 +36,9 @@ use crate::admission::{Admission, AdmissionConfig, Class, Permit};
 use crate::convert::{self, WriteRequest};
 use crate::status::ApiError;
 
+/// The actor an erase records until requests carry an authenticated token subject.
+const ERASE_ACTOR_ANONYMOUS: &str = "anonymous";
+
 /// Turns returned by `GetContext` when the request asks for 0 (the server default).
 const CONTEXT_TURNS_DEFAULT: u32 = 10;
 
@@ -520,6 +523,29 @@ impl Api {
 
     async fn end_call(&self, req: v1::EndCallRequest) -> Result<v1::CallResponse, ApiError> {
         self.call_write(convert::end_call(req)?).await
+    }
+
+    /// Erases a call's content. The disk side (snapshot, log purge, compaction on every node)
+    /// follows the applied erase in [`crate::erasure`].
+    async fn erase_call(
+        &self,
+        req: v1::EraseCallRequest,
+    ) -> Result<v1::EraseCallResponse, ApiError> {
+        // The actor is the subject of the caller's token once authentication (issue 11, the
+        // JWT auth and roles work) fills it in; until then every erase is asked anonymously.
+        let actor = ERASE_ACTOR_ANONYMOUS;
+        let write = convert::erase_call(req, actor)?;
+        let tenant_id = write.tenant_id.clone();
+        let written = self.write(write).await?;
+        let call = self.call_after(&tenant_id, &written)?;
+        let erasure = call.erased.unwrap_or_default();
+        Ok(v1::EraseCallResponse {
+            call: Some(convert::wire_call(&call)),
+            meta: Some(written.meta),
+            turns_erased: erasure.turns,
+            events_erased: erasure.events,
+            entities_erased: erasure.entities,
+        })
     }
 
     async fn get_call(&self, req: v1::GetCallRequest) -> Result<v1::GetCallResponse, ApiError> {

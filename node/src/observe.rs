@@ -35,6 +35,12 @@ pub mod names {
     pub const ADMISSION_IN_FLIGHT: &str = "switchboard_admission_in_flight";
     /// Client requests waiting for a slot, by `class`.
     pub const ADMISSION_QUEUED: &str = "switchboard_admission_queued";
+    /// Erasure passes completed on this node (`crate::erasure`).
+    pub const ERASURE_PASSES: &str = "switchboard_erasure_passes_total";
+    /// Erasure passes that failed and are retried.
+    pub const ERASURE_PASS_FAILURES: &str = "switchboard_erasure_pass_failures_total";
+    /// Duration of each completed erasure pass.
+    pub const ERASURE_PASS_SECONDS: &str = "switchboard_erasure_pass_duration_seconds";
 }
 
 /// How often gauges are refreshed besides on every Raft metrics change.
