@@ -2104,6 +2104,25 @@ mod call_limits {
         s.ok(ACME, end(id));
         assert_eq!(s.state(id), CallState::Ended);
         assert_eq!(s.call(id).last_sequence_number, CALL_EVENTS_MAX + 1);
+        // A call at its event limit, ended, can still be erased: `call.erased` is exempt too,
+        // and the erase reaches every one of its events.
+        let change = s.ok(
+            ACME,
+            Command::EraseCall {
+                call_id: id,
+                reason: "full".into(),
+                actor: "ops".into(),
+            },
+        );
+        assert_eq!(change.erase.map(|e| e.events), Some(CALL_EVENTS_MAX + 1));
+        assert_eq!(s.call(id).last_sequence_number, CALL_EVENTS_MAX + 2);
+        assert!(
+            s.events_of(id)
+                .iter()
+                .rev()
+                .skip(1)
+                .all(|e| e.payload == Payload::Json(domain::ERASED_PAYLOAD.into()))
+        );
     }
 }
 
