@@ -46,8 +46,12 @@ const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Why a pass did not complete.
 #[derive(Debug, thiserror::Error)]
 pub enum PassError {
-    #[error("raft refused to {what}: {reason}")]
-    Raft { what: &'static str, reason: String },
+    #[error("raft refused to {what}: {source}")]
+    Raft {
+        what: &'static str,
+        #[source]
+        source: openraft::error::Fatal<raft_store::TypeConfig>,
+    },
     #[error("no snapshot covering index {index} within {waited_ms} ms")]
     SnapshotTimeout { index: u64, waited_ms: u64 },
     #[error("the raft log was not purged through index {index} within {waited_ms} ms")]
@@ -55,7 +59,7 @@ pub enum PassError {
     #[error("store: {0}")]
     Store(#[from] raft_store::Error),
     #[error("the disk pass task failed: {0}")]
-    Task(String),
+    Task(#[source] tokio::task::JoinError),
     #[error("the node is shutting down")]
     ShuttingDown,
 }
@@ -87,7 +91,7 @@ pub async fn run(raft: Raft, eraser: Eraser, shutdown: CancellationToken) {
             },
             Ok(Ok(None)) => None,
             Ok(Err(error)) => Some(PassError::Store(error)),
-            Err(error) => Some(PassError::Task(error.to_string())),
+            Err(error) => Some(PassError::Task(error)),
         };
         if let Some(error) = failed {
             tracing::warn!(%error, retry_in_ms = millis(backoff), "erasure pass failed; retrying");
@@ -117,9 +121,9 @@ async fn pass(
 ) -> Result<(), PassError> {
     let started = Instant::now();
     let refused = |what: &'static str| {
-        move |e: openraft::error::Fatal<raft_store::TypeConfig>| PassError::Raft {
+        move |source: openraft::error::Fatal<raft_store::TypeConfig>| PassError::Raft {
             what,
-            reason: e.to_string(),
+            source,
         }
     };
 
@@ -179,7 +183,7 @@ async fn pass(
             Ok::<_, raft_store::Error>(disk)
         })
         .await
-        .map_err(|e| PassError::Task(e.to_string()))??
+        .map_err(PassError::Task)??
     };
     let elapsed = started.elapsed();
     metrics::counter!(names::ERASURE_PASSES).increment(1);
