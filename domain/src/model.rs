@@ -202,7 +202,8 @@ pub struct Erasure {
     pub turns: u64,
     /// Events of the call (before `call.erased`) whose payload and metadata were replaced.
     pub events: u64,
-    /// Entities removed from the call's context (the handoff snapshot's included).
+    /// Entities removed from the call's current context (those copied into a handoff snapshot
+    /// are removed too, not counted again).
     pub entities: u64,
 }
 
