@@ -8,8 +8,8 @@ use serde_json::json;
 use super::command::{CallLimit, Command, Rejection, Request};
 use super::decide::advance_clock;
 use super::model::{
-    Call, CallState, ContextSnapshot, Event, Handoff, Head, Labels, Lifecycle, Payload, Turn,
-    event_id, event_type,
+    Call, CallState, ContextSnapshot, Erasure, Event, Handoff, Head, Labels, Lifecycle, Payload,
+    Turn, event_id, event_type,
 };
 use crate::limits::{CALL_EVENTS_MAX, CALL_TURNS_MAX, ENTITIES_MAX, HANDOFF_TURNS_MAX};
 
@@ -33,8 +33,13 @@ pub struct Change {
     pub call: Call,
     /// A turn to store, for `AppendTurn`.
     pub turn: Option<Turn>,
-    /// Events appended, in position order; never empty.
+    /// Events appended, in position order; empty only for a repeated erase, which changes
+    /// nothing.
     pub events: Vec<Event>,
+    /// Set by an erase: the call's turns `1..=turns` and its events of sequence numbers
+    /// `1..=events` are to be replaced by their tombstones ([`Turn::erased`],
+    /// [`Event::erased`]), wherever they are stored.
+    pub erase: Option<Erasure>,
 }
 
 impl Command {
@@ -96,6 +101,7 @@ pub fn apply(head: Head, view: View<'_>, request: &Request) -> Result<Change, Re
                 last_position: 0,
                 summary: String::new(),
                 entities: Labels::new(),
+                erased: None,
             };
             let payload = json!({
                 "source": call.source,
@@ -108,6 +114,7 @@ pub fn apply(head: Head, view: View<'_>, request: &Request) -> Result<Change, Re
                 call,
                 turn: None,
                 events: Vec::new(),
+                erase: None,
             };
             change.emit(
                 event_type::CALL_CREATED,
@@ -135,8 +142,25 @@ pub fn apply(head: Head, view: View<'_>, request: &Request) -> Result<Change, Re
         call: call.clone(),
         turn: None,
         events: Vec::new(),
+        erase: None,
     };
     let call_id = call.call_id;
+    // Erasure comes before the lifecycle: it is allowed in every state, and an erased call
+    // takes no write but a repeated erase, which answers as the first did and changes nothing.
+    match (&call.erased, &request.command) {
+        (Some(_), Command::EraseCall { .. }) => return Ok(change),
+        (Some(_), command) => {
+            return Err(Rejection::CallErased {
+                call_id,
+                command: command.kind(),
+            });
+        }
+        (None, Command::EraseCall { reason, actor, .. }) => {
+            change.erase_content(reason, actor);
+            return Ok(change);
+        }
+        (None, _) => {}
+    }
     match (&call.lifecycle, &request.command) {
         (Lifecycle::Ended { .. }, command) => {
             return Err(Rejection::CallEnded {
@@ -317,6 +341,54 @@ pub fn apply(head: Head, view: View<'_>, request: &Request) -> Result<Change, Re
 }
 
 impl Change {
+    /// Replaces the call's content with tombstones and records the `call.erased` event; the
+    /// turns and earlier events are named in `erase` for the store to replace.
+    fn erase_content(&mut self, reason: &str, actor: &str) {
+        let call = &mut self.call;
+        let turns = call.turn_count;
+        let events = call.last_sequence_number;
+        let entities = call.entities.len() as u64;
+        call.summary.clear();
+        call.entities.clear();
+        call.metadata.clear();
+        // The source may be the caller's phone number.
+        call.source.clear();
+        call.lifecycle = call.lifecycle.erased();
+        let payload = json!({
+            "actor": actor,
+            "reason": reason,
+            "turns": turns,
+            "events": events,
+            "entities": entities,
+        });
+        let position = self
+            .emit(
+                event_type::CALL_ERASED,
+                Payload::Json(payload.to_string()),
+                Labels::new(),
+            )
+            .expect("call.erased is exempt from the per-call event limit");
+        let erasure = Erasure {
+            at_ms: self.head.clock_ms,
+            position,
+            turns,
+            events,
+            entities,
+        };
+        self.call.erased = Some(erasure);
+        self.erase = Some(erasure);
+    }
+
+    /// The positions of the events the change appended, or for a repeated erase those of the
+    /// first erase's event: `(first, last)`.
+    pub fn positions(&self) -> (u64, u64) {
+        match (self.events.first(), self.events.last(), &self.call.erased) {
+            (Some(first), Some(last), _) => (first.position, last.position),
+            (_, _, Some(erasure)) => (erasure.position, erasure.position),
+            _ => (0, 0),
+        }
+    }
+
     /// Appends the call's next event at the cluster's next position; returns the position.
     fn emit(
         &mut self,
@@ -324,8 +396,11 @@ impl Change {
         payload: Payload,
         metadata: Labels,
     ) -> Result<u64, Rejection> {
-        // `call.ended` is exempt so that a call at its event limit can still be ended.
-        if self.call.last_sequence_number >= CALL_EVENTS_MAX && event_type != event_type::CALL_ENDED
+        // `call.ended` and `call.erased` are exempt so that a call at its event limit can still
+        // be ended and erased.
+        if self.call.last_sequence_number >= CALL_EVENTS_MAX
+            && event_type != event_type::CALL_ENDED
+            && event_type != event_type::CALL_ERASED
         {
             return Err(Rejection::CallLimitReached {
                 call_id: self.call.call_id,

@@ -5,8 +5,8 @@ use sha2::{Digest, Sha256};
 
 use super::model::{CallId, CallState, Channel, Labels, Payload, Urgency, event_type};
 use crate::limits::{
-    self, ENTITY_BOUNDS, EVENT_PAYLOAD_BYTES_MAX, EVENT_TYPE_BYTES_MAX, Field, Invalid,
-    LANGUAGE_BYTES_MAX, METADATA_BOUNDS, Problem, REASON_BYTES_MAX, REQUEST_ID_BYTES_MAX,
+    self, ACTOR_BYTES_MAX, ENTITY_BOUNDS, EVENT_PAYLOAD_BYTES_MAX, EVENT_TYPE_BYTES_MAX, Field,
+    Invalid, LANGUAGE_BYTES_MAX, METADATA_BOUNDS, Problem, REASON_BYTES_MAX, REQUEST_ID_BYTES_MAX,
     RESOLUTION_BYTES_MAX, SOURCE_BYTES_MAX, SPEAKER_BYTES_MAX, SUMMARY_BYTES_MAX, TARGET_BYTES_MAX,
     TENANT_ID_BYTES_MAX, TRACE_ID_BYTES_MAX, TURN_TEXT_BYTES_MAX,
 };
@@ -52,6 +52,15 @@ pub enum Command {
         reason: String,
         resolution: String,
     },
+    /// Replaces the call's content with tombstones, keeping its lifecycle skeleton. Entry
+    /// format 2.
+    EraseCall {
+        call_id: CallId,
+        /// Why, as the operator states it; kept in the `call.erased` audit event.
+        reason: String,
+        /// Who asked: the subject of the caller's token.
+        actor: String,
+    },
 }
 
 /// The kind of a command, for rejections and metrics.
@@ -64,6 +73,7 @@ pub enum CommandKind {
     UpdateContext,
     RequestHandoff,
     EndCall,
+    EraseCall,
 }
 
 impl CommandKind {
@@ -76,6 +86,7 @@ impl CommandKind {
             CommandKind::UpdateContext => "UpdateContext",
             CommandKind::RequestHandoff => "RequestHandoff",
             CommandKind::EndCall => "EndCall",
+            CommandKind::EraseCall => "EraseCall",
         }
     }
 }
@@ -96,6 +107,7 @@ impl Command {
             Command::UpdateContext { .. } => CommandKind::UpdateContext,
             Command::RequestHandoff { .. } => CommandKind::RequestHandoff,
             Command::EndCall { .. } => CommandKind::EndCall,
+            Command::EraseCall { .. } => CommandKind::EraseCall,
         }
     }
 
@@ -108,7 +120,8 @@ impl Command {
             | Command::LogEvent { call_id, .. }
             | Command::UpdateContext { call_id, .. }
             | Command::RequestHandoff { call_id, .. }
-            | Command::EndCall { call_id, .. } => Some(*call_id),
+            | Command::EndCall { call_id, .. }
+            | Command::EraseCall { call_id, .. } => Some(*call_id),
         }
     }
 
@@ -190,6 +203,10 @@ impl Command {
                 limits::check_required(Field::Reason, reason, REASON_BYTES_MAX)?;
                 limits::check_bytes(Field::Resolution, resolution, RESOLUTION_BYTES_MAX)
             }
+            Command::EraseCall { reason, actor, .. } => {
+                limits::check_bytes(Field::Reason, reason, REASON_BYTES_MAX)?;
+                limits::check_required(Field::Actor, actor, ACTOR_BYTES_MAX)
+            }
         }
     }
 
@@ -269,6 +286,15 @@ impl Command {
                 c.id(call_id);
                 c.str(reason);
                 c.str(resolution);
+            }
+            Command::EraseCall {
+                call_id,
+                reason,
+                actor,
+            } => {
+                c.id(call_id);
+                c.str(reason);
+                c.str(actor);
             }
         }
         c.finish()
@@ -397,6 +423,11 @@ pub enum Rejection {
     RequestIdReused { request_id: String },
     #[error("create call request carries no minted call id")]
     MissingStamp,
+    #[error("call {call_id} was erased: {command} is not allowed on an erased call")]
+    CallErased {
+        call_id: CallId,
+        command: CommandKind,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

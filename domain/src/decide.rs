@@ -151,8 +151,8 @@ fn decide_request<R: StateReader>(
                     call_id: change.call.call_id,
                     state: change.call.state(),
                     turn_index: change.turn.as_ref().map(|turn| turn.index),
-                    first_position: change.events.first().map_or(0, |e| e.position),
-                    last_position: change.events.last().map_or(0, |e| e.position),
+                    first_position: change.positions().0,
+                    last_position: change.positions().1,
                 }),
             };
             (
@@ -211,7 +211,21 @@ fn recent_turns<R: StateReader>(state: &R, call: &Call, max: usize) -> Result<Ve
 /// call's sequence numbers without a gap, and the head and the call point past them. A breach is
 /// a bug that would make replicas' logs disagree with their numbering: stop rather than write.
 fn check_continues(before: &Head, call_before: Option<&Call>, change: &apply::Change) {
-    assert!(!change.events.is_empty(), "an applied command emits events");
+    if change.events.is_empty() {
+        // Only a repeated erase emits nothing, and it changes nothing.
+        assert!(
+            change.call.erased.is_some(),
+            "an applied command emits events"
+        );
+        assert_eq!(
+            call_before,
+            Some(&change.call),
+            "a repeated erase changes nothing"
+        );
+        assert_eq!(change.head.next_position, before.next_position);
+        assert!(change.erase.is_none(), "a repeated erase erases nothing");
+        return;
+    }
     let last_sequence = call_before.map_or(0, |call| call.last_sequence_number);
     for (offset, event) in (0u64..).zip(&change.events) {
         assert_eq!(

@@ -21,6 +21,6 @@ pub use command::{CallLimit, Command, CommandKind, Rejection, Request, Stamp};
 pub use decide::{Expired, RequestKey, StateReader, Step, decide};
 pub use idempotency::{Decision, Outcome, Receipt, Remembered};
 pub use model::{
-    Call, CallId, CallState, Channel, ContextSnapshot, Event, Handoff, Head, Labels, Lifecycle,
-    Payload, Turn, Urgency, event_id, event_type,
+    Call, CallId, CallState, Channel, ContextSnapshot, ERASED_PAYLOAD, Erasure, Event, Handoff,
+    Head, Labels, Lifecycle, Payload, Turn, Urgency, event_id, event_type,
 };

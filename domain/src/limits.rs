@@ -26,13 +26,15 @@ pub const ENTITY_VALUE_BYTES_MAX: usize = 1024;
 pub const REASON_BYTES_MAX: usize = 512;
 pub const RESOLUTION_BYTES_MAX: usize = 512;
 pub const TARGET_BYTES_MAX: usize = 256;
+/// The subject of the token that asked for an erase, as the audit event records it.
+pub const ACTOR_BYTES_MAX: usize = 256;
 
 /// Turns copied into a handoff's immutable context snapshot.
 pub const HANDOFF_TURNS_MAX: usize = 20;
 /// Turns one call may hold; past it `AppendTurn` is rejected.
 pub const CALL_TURNS_MAX: u64 = 10_000;
-/// Events one call may hold; past it every command but `EndCall` is rejected (so a call can
-/// always end: it then holds `CALL_EVENTS_MAX + 1` events).
+/// Events one call may hold; past it every command but `EndCall` and `EraseCall` is rejected
+/// (so a call can always end and be erased: it then holds up to `CALL_EVENTS_MAX + 2` events).
 pub const CALL_EVENTS_MAX: u64 = 100_000;
 
 /// How long, in leader-stamped time, a `(tenant, request_id)` outcome is remembered.
@@ -82,6 +84,7 @@ pub enum Field {
     PageToken,
     LastTurns,
     State,
+    Actor,
 }
 
 impl Field {
@@ -114,6 +117,7 @@ impl Field {
             Field::PageToken => "page_token",
             Field::LastTurns => "last_turns",
             Field::State => "state",
+            Field::Actor => "actor",
         }
     }
 }

@@ -70,6 +70,19 @@ impl Memory {
                     self.turns
                         .insert((change.call.call_id, turn.index), turn.clone());
                 }
+                if let Some(erasure) = &change.erase {
+                    let call_id = change.call.call_id;
+                    for index in 1..=erasure.turns {
+                        if let Some(turn) = self.turns.get_mut(&(call_id, index)) {
+                            *turn = turn.erased();
+                        }
+                    }
+                    for event in &mut self.log {
+                        if event.call_id == call_id && event.sequence_number <= erasure.events {
+                            *event = event.erased();
+                        }
+                    }
+                }
                 self.log.extend(change.events.iter().cloned());
                 Some(remember)
             }

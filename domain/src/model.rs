@@ -186,6 +186,110 @@ pub struct Call {
     pub last_position: u64,
     pub summary: String,
     pub entities: Labels,
+    /// Set once the call's content was erased ([`Erasure`]); never cleared.
+    pub erased: Option<Erasure>,
+}
+
+/// The record that a call's content was erased: what stays of the erase in the call's
+/// skeleton (the `call.erased` event holds the same and the actor and reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Erasure {
+    /// Leader-stamped time of the erase.
+    pub at_ms: u64,
+    /// Position of the `call.erased` event.
+    pub position: u64,
+    /// Turns whose content was replaced by tombstones.
+    pub turns: u64,
+    /// Events of the call (before `call.erased`) whose payload and metadata were replaced.
+    pub events: u64,
+    /// Entities removed from the call's current context (those copied into a handoff snapshot
+    /// are removed too, not counted again).
+    pub entities: u64,
+}
+
+/// The payload every erased event carries instead of its own.
+pub const ERASED_PAYLOAD: &str = r#"{"erased":true}"#;
+
+impl Turn {
+    /// The turn with its content removed: index, times and position stay.
+    pub fn erased(&self) -> Turn {
+        Turn {
+            index: self.index,
+            speaker: String::new(),
+            text: String::new(),
+            confidence: 0.0,
+            language: String::new(),
+            spoken_at_ms: self.spoken_at_ms,
+            appended_at_ms: self.appended_at_ms,
+            position: self.position,
+        }
+    }
+}
+
+impl Event {
+    /// The event with its payload and metadata replaced by the erased tombstone: position,
+    /// id, type, call, tenant, trace, sequence number and time stay.
+    pub fn erased(&self) -> Event {
+        Event {
+            payload: Payload::Json(ERASED_PAYLOAD.to_owned()),
+            metadata: Labels::new(),
+            ..self.clone()
+        }
+    }
+}
+
+impl Handoff {
+    /// The handoff record without content: urgency, time and position stay.
+    pub fn erased(&self) -> Handoff {
+        Handoff {
+            reason: String::new(),
+            urgency: self.urgency,
+            target: None,
+            at_ms: self.at_ms,
+            position: self.position,
+            snapshot: ContextSnapshot {
+                summary: String::new(),
+                entities: Labels::new(),
+                recent_turns: self
+                    .snapshot
+                    .recent_turns
+                    .iter()
+                    .map(Turn::erased)
+                    .collect(),
+            },
+        }
+    }
+}
+
+impl Lifecycle {
+    /// The same state with its times and positions, without free text.
+    pub fn erased(&self) -> Lifecycle {
+        match self {
+            Lifecycle::Created => Lifecycle::Created,
+            Lifecycle::Active { started_at_ms } => Lifecycle::Active {
+                started_at_ms: *started_at_ms,
+            },
+            Lifecycle::HandedOff {
+                started_at_ms,
+                handoff,
+            } => Lifecycle::HandedOff {
+                started_at_ms: *started_at_ms,
+                handoff: handoff.erased(),
+            },
+            Lifecycle::Ended {
+                started_at_ms,
+                handoff,
+                ended_at_ms,
+                ..
+            } => Lifecycle::Ended {
+                started_at_ms: *started_at_ms,
+                handoff: handoff.as_ref().map(Handoff::erased),
+                ended_at_ms: *ended_at_ms,
+                reason: String::new(),
+                resolution: String::new(),
+            },
+        }
+    }
 }
 
 impl Call {
@@ -246,14 +350,16 @@ pub mod event_type {
     pub const CONTEXT_UPDATED: &str = "context.updated";
     pub const CALL_HANDED_OFF: &str = "call.handed_off";
     pub const CALL_ENDED: &str = "call.ended";
+    pub const CALL_ERASED: &str = "call.erased";
 
-    pub const RESERVED: [&str; 6] = [
+    pub const RESERVED: [&str; 7] = [
         CALL_CREATED,
         CALL_STARTED,
         TURN_APPENDED,
         CONTEXT_UPDATED,
         CALL_HANDED_OFF,
         CALL_ENDED,
+        CALL_ERASED,
     ];
 }
 

@@ -2104,6 +2104,25 @@ mod call_limits {
         s.ok(ACME, end(id));
         assert_eq!(s.state(id), CallState::Ended);
         assert_eq!(s.call(id).last_sequence_number, CALL_EVENTS_MAX + 1);
+        // A call at its event limit, ended, can still be erased: `call.erased` is exempt too,
+        // and the erase reaches every one of its events.
+        let change = s.ok(
+            ACME,
+            Command::EraseCall {
+                call_id: id,
+                reason: "full".into(),
+                actor: "ops".into(),
+            },
+        );
+        assert_eq!(change.erase.map(|e| e.events), Some(CALL_EVENTS_MAX + 1));
+        assert_eq!(s.call(id).last_sequence_number, CALL_EVENTS_MAX + 2);
+        assert!(
+            s.events_of(id)
+                .iter()
+                .rev()
+                .skip(1)
+                .all(|e| e.payload == Payload::Json(domain::ERASED_PAYLOAD.into()))
+        );
     }
 }
 
@@ -2216,5 +2235,286 @@ mod determinism {
         assert_eq!(change.state(), CallState::HandedOff);
         // The stored call is untouched: apply returns the change, the caller writes it.
         assert_eq!(s.state(id), CallState::Active);
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Erasure
+// ------------------------------------------------------------------------------------------------
+
+mod erasure {
+    use super::*;
+    use domain::ERASED_PAYLOAD;
+
+    const ACTOR: &str = "ops@acme";
+
+    fn erase(call_id: CallId) -> Command {
+        Command::EraseCall {
+            call_id,
+            reason: "data subject request 42".into(),
+            actor: ACTOR.into(),
+        }
+    }
+
+    /// A handed-off call holding content everywhere it can: turns, summary, entities, a semantic
+    /// event with metadata, the handoff's reason, target and snapshot.
+    fn call_with_content(s: &mut Scenario) -> CallId {
+        let id = s.active(ACME);
+        s.ok(ACME, turn(id, "my card is 4111 1111 1111 1111"));
+        s.ok(ACME, turn(id, "and my phone is 0412 345 678"));
+        s.ok(
+            ACME,
+            context(id, Some("caller disputes a charge"), &[("card", "4111")]),
+        );
+        s.ok(ACME, semantic(id, "intent.detected"));
+        s.ok(ACME, handoff(id));
+        id
+    }
+
+    #[test]
+    fn erase_replaces_turns_context_handoff_and_event_payloads_with_tombstones() {
+        let mut s = Scenario::new();
+        let id = call_with_content(&mut s);
+        let before = s.call(id).clone();
+        let events_before: Vec<Event> = s.events_of(id).into_iter().cloned().collect();
+
+        let change = s.ok(ACME, erase(id));
+
+        let call = s.call(id);
+        assert_eq!(call.summary, "");
+        assert!(call.entities.is_empty());
+        assert!(call.metadata.is_empty());
+        assert_eq!(call.source, "", "the source may be the caller's number");
+        let handoff = s.handoff_of(id);
+        assert_eq!(handoff.reason, "");
+        assert_eq!(handoff.target, None);
+        assert_eq!(handoff.snapshot.summary, "");
+        assert!(handoff.snapshot.entities.is_empty());
+        assert_eq!(handoff.snapshot.recent_turns.len(), 2);
+        for turn in handoff.snapshot.recent_turns.iter().chain(&s.turns_of(id)) {
+            assert_eq!(turn.text, "");
+            assert_eq!(turn.speaker, "");
+            assert_eq!(turn.language, "");
+        }
+        let events = s.events_of(id);
+        assert_eq!(events.len(), events_before.len() + 1);
+        for (erased, original) in events.iter().zip(&events_before) {
+            assert_eq!(erased.payload, Payload::Json(ERASED_PAYLOAD.into()));
+            assert!(erased.metadata.is_empty());
+            assert_eq!(erased.position, original.position);
+            assert_eq!(erased.event_id, original.event_id);
+            assert_eq!(erased.event_type, original.event_type);
+            assert_eq!(erased.sequence_number, original.sequence_number);
+            assert_eq!(erased.at_ms, original.at_ms);
+        }
+        let erasure = call.erased.expect("the call is marked erased");
+        assert_eq!(change.erase, Some(erasure));
+        assert_eq!(erasure.turns, 2);
+        assert_eq!(erasure.events, before.last_sequence_number);
+        assert_eq!(erasure.entities, 1);
+        assert_eq!(erasure.position, change.events[0].position);
+        assert!(
+            format!("{:?}", s.stored()).find("4111").is_none(),
+            "no trace of the content is left in the state"
+        );
+    }
+
+    #[test]
+    fn erase_keeps_the_lifecycle_skeleton() {
+        let mut s = Scenario::new();
+        let id = call_with_content(&mut s);
+        s.ok(ACME, end(id));
+        let before = s.call(id).clone();
+        s.ok(ACME, erase(id));
+        let call = s.call(id);
+        assert_eq!(call.call_id, before.call_id);
+        assert_eq!(call.tenant_id, before.tenant_id);
+        assert_eq!(call.state(), CallState::Ended);
+        assert_eq!(call.channel, before.channel);
+        assert_eq!(call.trace_id, before.trace_id);
+        assert_eq!(call.room_name, before.room_name);
+        assert_eq!(call.created_at_ms, before.created_at_ms);
+        assert_eq!(
+            call.lifecycle.started_at_ms(),
+            before.lifecycle.started_at_ms()
+        );
+        assert_eq!(call.turn_count, before.turn_count);
+        assert_eq!(call.last_sequence_number, before.last_sequence_number + 1);
+        let Lifecycle::Ended {
+            ended_at_ms,
+            reason,
+            resolution,
+            handoff,
+            ..
+        } = &call.lifecycle
+        else {
+            panic!("still ended");
+        };
+        let Lifecycle::Ended {
+            ended_at_ms: ended_before,
+            handoff: handoff_before,
+            ..
+        } = &before.lifecycle
+        else {
+            panic!("was ended");
+        };
+        assert_eq!(ended_at_ms, ended_before);
+        assert_eq!((reason.as_str(), resolution.as_str()), ("", ""));
+        let (handoff, handoff_before) = (handoff.as_ref(), handoff_before.as_ref());
+        assert_eq!(
+            handoff.map(|h| (h.at_ms, h.position, h.urgency)),
+            handoff_before.map(|h| (h.at_ms, h.position, h.urgency))
+        );
+        assert_eq!(
+            s.turns_of(id)
+                .iter()
+                .map(|t| (t.index, t.position, t.appended_at_ms))
+                .collect::<Vec<_>>(),
+            vec![(1, 3, T0_MS + 2 * TICK_MS), (2, 4, T0_MS + 3 * TICK_MS)]
+        );
+    }
+
+    #[test]
+    fn erase_records_a_call_erased_event_with_the_actor_reason_and_counts() {
+        let mut s = Scenario::new();
+        let id = call_with_content(&mut s);
+        let change = s.ok(ACME, erase(id));
+        let call = s.call(id).clone();
+        let event = s.log.last().expect("an event").clone();
+        assert_eq!(change.events, vec![event.clone()]);
+        assert_event(
+            &event,
+            &call,
+            event_type::CALL_ERASED,
+            call.last_position,
+            call.last_sequence_number,
+            event.at_ms,
+        );
+        assert_eq!(
+            payload_json(&event),
+            serde_json::json!({
+                "actor": ACTOR,
+                "reason": "data subject request 42",
+                "turns": 2,
+                "events": 7,
+                "entities": 1,
+            })
+        );
+    }
+
+    #[test]
+    fn erase_is_allowed_in_every_state_and_keeps_the_state() {
+        for state in CallState::ALL {
+            let mut s = Scenario::new();
+            let id = s.call_in(ACME, state);
+            s.ok(ACME, erase(id));
+            assert_eq!(s.state(id), state, "erase from {state}");
+            assert!(s.call(id).erased.is_some());
+        }
+    }
+
+    #[test]
+    fn every_other_command_on_an_erased_call_is_rejected_as_call_erased() {
+        for state in CallState::ALL {
+            let mut s = Scenario::new();
+            let id = s.call_in(ACME, state);
+            s.ok(ACME, erase(id));
+            let before = s.stored();
+            for command in every_call_command(id) {
+                let kind = command.kind();
+                assert_eq!(
+                    s.rejected(ACME, command),
+                    Rejection::CallErased {
+                        call_id: id,
+                        command: kind
+                    },
+                    "{kind} on a call erased in {state}"
+                );
+            }
+            assert_eq!(s.stored(), before, "an erased call takes no content");
+        }
+    }
+
+    #[test]
+    fn a_second_erase_answers_like_the_first_and_changes_nothing() {
+        let mut s = Scenario::new();
+        let id = call_with_content(&mut s);
+        let first = outcome_of_applied(s.send(ACME, "erase-1", erase(id)));
+        let before = s.stored();
+        let second = s.send(ACME, "erase-2", erase(id));
+        let Decision::Applied {
+            change, outcome, ..
+        } = second
+        else {
+            panic!("a second erase is applied, got {second:?}");
+        };
+        assert!(change.events.is_empty(), "no second call.erased event");
+        assert_eq!(change.erase, None, "nothing left to erase");
+        assert_eq!(outcome.result, first.result, "same receipt");
+        assert_eq!(s.stored(), before);
+        // The same request id is a replay of the first outcome.
+        assert_eq!(s.send(ACME, "erase-1", erase(id)), Decision::Replay(first));
+    }
+
+    #[test]
+    fn erase_leaves_other_calls_untouched() {
+        let mut s = Scenario::new();
+        let other = call_with_content(&mut s);
+        let id = call_with_content(&mut s);
+        let other_call = s.call(other).clone();
+        let other_turns = s.turns_of(other);
+        let other_events: Vec<Event> = s.events_of(other).into_iter().cloned().collect();
+        s.ok(ACME, erase(id));
+        assert_eq!(s.call(other), &other_call);
+        assert_eq!(s.turns_of(other), other_turns);
+        assert_eq!(
+            s.events_of(other).into_iter().cloned().collect::<Vec<_>>(),
+            other_events
+        );
+    }
+
+    #[test]
+    fn erase_of_another_tenants_call_is_unknown_and_erases_nothing() {
+        let mut s = Scenario::new();
+        let id = call_with_content(&mut s);
+        let before = s.stored();
+        assert_eq!(
+            s.rejected(GLOBEX, erase(id)),
+            Rejection::UnknownCall { call_id: id }
+        );
+        assert_eq!(s.stored(), before);
+    }
+
+    #[test]
+    fn erase_needs_an_actor_and_bounds_the_reason() {
+        let mut s = Scenario::new();
+        let id = s.active(ACME);
+        let invalid = s.invalid(
+            ACME,
+            Command::EraseCall {
+                call_id: id,
+                reason: String::new(),
+                actor: String::new(),
+            },
+        );
+        assert_eq!(invalid, Invalid::new(Field::Actor, Problem::Empty));
+        let invalid = s.invalid(
+            ACME,
+            Command::EraseCall {
+                call_id: id,
+                reason: "x".repeat(domain::limits::REASON_BYTES_MAX + 1),
+                actor: ACTOR.into(),
+            },
+        );
+        assert_eq!(invalid.field, Field::Reason);
+        assert!(s.call(id).erased.is_none());
+    }
+
+    #[test]
+    fn clients_may_not_log_a_call_erased_event() {
+        let mut s = Scenario::new();
+        let id = s.active(ACME);
+        let invalid = s.invalid(ACME, semantic(id, event_type::CALL_ERASED));
+        assert_eq!(invalid, Invalid::new(Field::EventType, Problem::Reserved));
     }
 }

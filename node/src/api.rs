@@ -40,6 +40,9 @@ use crate::status::ApiError;
 /// Most log entries a learner may be behind the leader and still be promoted.
 pub const PROMOTE_LAG_ENTRIES_MAX: u64 = 10_000;
 
+/// Longest wait of a `Promote` for its learners to catch up before it is refused.
+pub const PROMOTE_CATCH_UP_WAIT: Duration = Duration::from_secs(5);
+
 /// Turns returned by `GetContext` when the request asks for 0 (the server default).
 const CONTEXT_TURNS_DEFAULT: u32 = 10;
 
@@ -201,6 +204,57 @@ impl Api {
         match class {
             Some(class) => Ok(Some(self.inner.admission.admit(class).await?)),
             None => Ok(None),
+        }
+    }
+
+    /// Waits (at most [`PROMOTE_CATCH_UP_WAIT`]) until learner `id` has acknowledged the log to
+    /// within [`PROMOTE_LAG_ENTRIES_MAX`] of the leader's last entry. Why: a voter that is not
+    /// there weakens every quorum from the moment it counts, and a membership change waiting
+    /// for a dead voter never ends.
+    async fn wait_caught_up(&self, id: u64) -> Result<(), ApiError> {
+        let caught_up = |m: &openraft::RaftMetrics<raft_store::TypeConfig>| {
+            let last = m.last_log_index.unwrap_or(0);
+            m.replication
+                .as_ref()
+                .and_then(|r| r.get(&id))
+                .and_then(|matched| matched.as_ref())
+                .is_some_and(|matched| {
+                    last.saturating_sub(matched.index) <= PROMOTE_LAG_ENTRIES_MAX
+                })
+        };
+        let waited = self
+            .raft()
+            .wait(Some(PROMOTE_CATCH_UP_WAIT))
+            .metrics(caught_up, "learner caught up")
+            .await;
+        match waited {
+            Ok(_) => Ok(()),
+            Err(_) => {
+                let metrics = self.raft().metrics().borrow_watched().clone();
+                let matched_index = metrics
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&id))
+                    .and_then(|matched| matched.as_ref())
+                    .map_or(0, |matched| matched.index);
+                Err(ApiError::LearnerBehind {
+                    node_id: id,
+                    matched_index,
+                    last_log_index: metrics.last_log_index.unwrap_or(0),
+                })
+            }
+        }
+    }
+
+    /// A redirect to the leader unless this node leads.
+    fn ensure_leader(&self) -> Result<(), ApiError> {
+        if self.is_leader() {
+            Ok(())
+        } else {
+            Err(ApiError::NotLeader {
+                leader_id: None,
+                leader_addr: None,
+            })
         }
     }
 
@@ -633,6 +687,29 @@ impl Api {
         self.call_write(caller, convert::end_call(req)?).await
     }
 
+    /// Erases a call's content. The disk side (snapshot, log purge, compaction on every node)
+    /// follows the applied erase in [`crate::erasure`].
+    async fn erase_call(
+        &self,
+        caller: &Caller,
+        req: v1::EraseCallRequest,
+    ) -> Result<v1::EraseCallResponse, ApiError> {
+        // The actor an erase records is the subject of the caller's token (an agent of the
+        // owning tenant, or an admin).
+        let write = scoped(caller, convert::erase_call(req, caller.subject())?)?;
+        let tenant_id = write.tenant_id.clone();
+        let written = self.write(write).await?;
+        let call = self.call_after(&tenant_id, &written)?;
+        let erasure = call.erased.unwrap_or_default();
+        Ok(v1::EraseCallResponse {
+            call: Some(convert::wire_call(&call)),
+            meta: Some(written.meta),
+            turns_erased: erasure.turns,
+            events_erased: erasure.events,
+            entities_erased: erasure.entities,
+        })
+    }
+
     async fn get_call(
         &self,
         caller: &Caller,
@@ -804,6 +881,8 @@ impl Api {
             "addr": truncated(&req.addr),
             "region": truncated(&req.region),
         });
+        // Answered by the leader only, so that a refusal is recorded in the trail too.
+        self.ensure_leader()?;
         let result = self.add_learner_unaudited(req).await;
         self.audit(caller, "add_learner", input, &result).await;
         result
@@ -827,6 +906,8 @@ impl Api {
         req: v1::PromoteRequest,
     ) -> Result<v1::MembershipResponse, ApiError> {
         let input = serde_json::json!({ "node_ids": node_ids_bounded(&req.node_ids) });
+        // Answered by the leader only, so that a refusal is recorded in the trail too.
+        self.ensure_leader()?;
         let result = self.promote_unaudited(req).await;
         self.audit(caller, "promote", input, &result).await;
         result
@@ -838,30 +919,12 @@ impl Api {
     ) -> Result<v1::MembershipResponse, ApiError> {
         let ids = convert::node_ids(req.node_ids)?;
         let members = self.members();
-        let last_log_index = self
-            .raft()
-            .metrics()
-            .borrow_watched()
-            .last_log_index
-            .unwrap_or(0);
         for id in &ids {
             let Some(member) = members.iter().find(|m| m.node_id == *id) else {
                 return Err(convert::MemberInvalid::NotAMember { node_id: *id }.into());
             };
-            // A voter that is not there weakens every quorum from the moment it counts: only a
-            // learner that has been replicating (it acknowledged recent entries) is promoted.
-            // 0: the learner has acknowledged nothing (openraft's replication metric is empty).
-            let matched = member.matched_index.filter(|index| *index > 0);
-            let behind = match matched {
-                Some(matched) => last_log_index.saturating_sub(matched) > PROMOTE_LAG_ENTRIES_MAX,
-                None => true,
-            };
-            if !member.voter && behind {
-                return Err(ApiError::LearnerBehind {
-                    node_id: *id,
-                    matched_index: matched.unwrap_or(0),
-                    last_log_index,
-                });
+            if !member.voter {
+                self.wait_caught_up(*id).await?;
             }
         }
         self.membership_change(ChangeMembers::AddVoterIds(ids))
@@ -874,6 +937,8 @@ impl Api {
         req: v1::RemoveRequest,
     ) -> Result<v1::MembershipResponse, ApiError> {
         let input = serde_json::json!({ "node_ids": node_ids_bounded(&req.node_ids) });
+        // Answered by the leader only, so that a refusal is recorded in the trail too.
+        self.ensure_leader()?;
         let result = self.remove_unaudited(req).await;
         self.audit(caller, "remove", input, &result).await;
         result

@@ -21,13 +21,13 @@ use std::{
 use clap::{Args, Subcommand, ValueEnum};
 use proto::v1::{
     AddLearnerRequest, AppendTurnRequest, AppendTurnResponse, Call, CallResponse, CallState,
-    Channel, Consistency, CreateCallRequest, EndCallRequest, GetCallRequest, GetCallResponse,
-    GetContextRequest, GetContextResponse, Handoff, ListCallEventsRequest, ListCallsRequest,
-    ListCallsResponse, ListEventsRequest, ListEventsResponse, ListTurnsRequest, ListTurnsResponse,
-    LogEventRequest, LogEventResponse, Member, MembershipResponse, PromoteRequest, ReadMeta,
-    ReadOptions, RemoveRequest, RequestHandoffRequest, StartCallRequest, StatusRequest,
-    StatusResponse, TriggerSnapshotRequest, TriggerSnapshotResponse, Turn, UpdateContextRequest,
-    Urgency, WriteMeta, log_event_request,
+    Channel, Consistency, CreateCallRequest, EndCallRequest, EraseCallRequest, EraseCallResponse,
+    GetCallRequest, GetCallResponse, GetContextRequest, GetContextResponse, Handoff,
+    ListCallEventsRequest, ListCallsRequest, ListCallsResponse, ListEventsRequest,
+    ListEventsResponse, ListTurnsRequest, ListTurnsResponse, LogEventRequest, LogEventResponse,
+    Member, MembershipResponse, PromoteRequest, ReadMeta, ReadOptions, RemoveRequest,
+    RequestHandoffRequest, StartCallRequest, StatusRequest, StatusResponse, TriggerSnapshotRequest,
+    TriggerSnapshotResponse, Turn, UpdateContextRequest, Urgency, WriteMeta, log_event_request,
 };
 use serde::Serialize;
 use tonic::Code;
@@ -368,6 +368,15 @@ pub enum CallCommand {
         /// How the call was resolved.
         #[arg(long, default_value = "")]
         resolution: String,
+    },
+    /// Erase a call's content (right to erasure), keeping its lifecycle skeleton; every node
+    /// then removes the erased bytes from its disk.
+    Erase {
+        /// Call id.
+        call_id: String,
+        /// Why the call is erased (kept in the call.erased audit event).
+        #[arg(long, default_value = "")]
+        reason: String,
     },
     /// List the tenant's calls.
     List {
@@ -816,6 +825,17 @@ async fn call(opts: &ClientOpts, command: CallCommand) -> Result<(), CliError> {
                 .await?;
             emit(opts.output, &response, call_response_text)
         }
+        CallCommand::Erase { call_id, reason } => {
+            let response = client
+                .erase_call(EraseCallRequest {
+                    tenant_id,
+                    request_id: request_id(opts),
+                    call_id,
+                    reason,
+                })
+                .await?;
+            emit(opts.output, &response, erase_call_text)
+        }
         CallCommand::List {
             state,
             page_token,
@@ -1032,6 +1052,17 @@ fn call_response_text(response: &CallResponse) -> String {
     format!(
         "{}{}",
         call_line(response.call.as_ref()),
+        write_meta_suffix(response.meta.as_ref())
+    )
+}
+
+fn erase_call_text(response: &EraseCallResponse) -> String {
+    let call_id = response.call.as_ref().map_or("", |c| c.call_id.as_str());
+    format!(
+        "erased call {call_id}: {} turns, {} events, {} entities{}",
+        response.turns_erased,
+        response.events_erased,
+        response.entities_erased,
         write_meta_suffix(response.meta.as_ref())
     )
 }
@@ -1548,6 +1579,24 @@ mod tests {
         assert_eq!(
             call_response_text(&replayed),
             "call 0192 ACTIVE (index 42, replayed)"
+        );
+        let erased = EraseCallResponse {
+            call: Some(Call {
+                call_id: "0192".to_owned(),
+                ..Default::default()
+            }),
+            meta: Some(WriteMeta {
+                index: 43,
+                replayed: false,
+                leader_id: 1,
+            }),
+            turns_erased: 2,
+            events_erased: 7,
+            entities_erased: 1,
+        };
+        assert_eq!(
+            erase_call_text(&erased),
+            "erased call 0192: 2 turns, 7 events, 1 entities (index 43)"
         );
     }
 

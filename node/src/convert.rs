@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use domain::limits::{Field, Invalid, Problem};
 use domain::{
-    Call, CallId, CallState, Channel, Command, ContextSnapshot, Event, Handoff, Labels, Lifecycle,
-    Payload, Rejection, Turn, Urgency,
+    Call, CallId, CallState, Channel, Command, ContextSnapshot, Erasure, Event, Handoff, Labels,
+    Lifecycle, Payload, Rejection, Turn, Urgency,
 };
 use proto::v1;
 use raft_store::Member;
@@ -165,6 +165,19 @@ pub fn end_call(req: v1::EndCallRequest) -> Result<WriteRequest, Invalid> {
     })
 }
 
+/// An erase asked by `actor` (the subject of the caller's token).
+pub fn erase_call(req: v1::EraseCallRequest, actor: &str) -> Result<WriteRequest, Invalid> {
+    Ok(WriteRequest {
+        command: Command::EraseCall {
+            call_id: call_id(&req.call_id)?,
+            reason: req.reason,
+            actor: actor.to_owned(),
+        },
+        tenant_id: req.tenant_id,
+        request_id: req.request_id,
+    })
+}
+
 /// A cluster member given to `AddLearner` or `Initialize` that cannot be one. Not a domain
 /// [`Invalid`]: members are Raft membership, which the domain never sees. Messages name the field
 /// and the bound it breaks.
@@ -251,6 +264,7 @@ pub fn wire_rejection(rejection: &Rejection) -> v1::RejectionKind {
         Rejection::Invalid(_) => v1::RejectionKind::Invalid,
         Rejection::RequestIdReused { .. } => v1::RejectionKind::RequestIdReused,
         Rejection::MissingStamp => v1::RejectionKind::MissingStamp,
+        Rejection::CallErased { .. } => v1::RejectionKind::CallErased,
     }
 }
 
@@ -338,6 +352,17 @@ pub fn wire_call(call: &Call) -> v1::Call {
         entities: wire_labels(&call.entities),
         handoff: call.lifecycle.handoff().map(wire_handoff),
         last_position: call.last_position,
+        erasure: call.erased.as_ref().map(wire_erasure),
+    }
+}
+
+pub fn wire_erasure(erasure: &Erasure) -> v1::Erasure {
+    v1::Erasure {
+        at_ms: erasure.at_ms,
+        position: erasure.position,
+        turns: erasure.turns,
+        events: erasure.events,
+        entities: erasure.entities,
     }
 }
 
@@ -394,6 +419,10 @@ mod tests {
                 request_id: "r".into(),
             },
             Rejection::MissingStamp,
+            Rejection::CallErased {
+                call_id: id,
+                command: CommandKind::AppendTurn,
+            },
         ];
         let kinds: Vec<v1::RejectionKind> = all.iter().map(wire_rejection).collect();
         assert_eq!(kinds, v1::RejectionKind::ALL);

@@ -11,6 +11,7 @@ pub mod cli_client;
 pub mod config;
 pub mod convert;
 pub mod dev;
+pub mod erasure;
 pub mod observe;
 pub mod probe;
 pub mod reset;

@@ -42,6 +42,12 @@ pub mod names {
     pub const ADMIN_ACTIONS: &str = "switchboard_admin_actions_total";
     /// Token key set reloads, by `outcome` (`ok`, `error`).
     pub const TOKEN_KEYS_RELOADS: &str = "switchboard_token_keys_reloads_total";
+    /// Erasure passes completed on this node (`crate::erasure`).
+    pub const ERASURE_PASSES: &str = "switchboard_erasure_passes_total";
+    /// Erasure passes that failed and are retried.
+    pub const ERASURE_PASS_FAILURES: &str = "switchboard_erasure_pass_failures_total";
+    /// Duration of each completed erasure pass.
+    pub const ERASURE_PASS_SECONDS: &str = "switchboard_erasure_pass_duration_seconds";
 }
 
 /// How often gauges are refreshed besides on every Raft metrics change.

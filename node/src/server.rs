@@ -70,6 +70,7 @@ pub async fn serve(
     let claim = store.claim;
     let reader = store.state_machine.reader();
     let snapshots = store.state_machine.snapshot_dir().clone();
+    let eraser = store.state_machine.eraser();
     let log = store.log.clone();
 
     let transport_config = TransportConfig {
@@ -143,6 +144,7 @@ pub async fn serve(
     let mut tasks = JoinSet::new();
     tasks.spawn(observe::publish(raft.clone(), reader, shutdown.clone()));
     tasks.spawn(reload_on_hangup(auth, shutdown.clone()));
+    tasks.spawn(crate::erasure::run(raft.clone(), eraser, shutdown.clone()));
     if let Some(prometheus) = prometheus {
         tasks.spawn({
             let (raft, shutdown) = (raft.clone(), shutdown.clone());

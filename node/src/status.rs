@@ -161,6 +161,7 @@ fn rejection_code(rejection: &Rejection) -> Code {
         | Rejection::AlreadyHandedOff { .. }
         | Rejection::CallEnded { .. }
         | Rejection::CallLimitReached { .. }
+        | Rejection::CallErased { .. }
         | Rejection::RequestIdReused { .. } => Code::FailedPrecondition,
         Rejection::MissingStamp => Code::Internal,
     }

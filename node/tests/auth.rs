@@ -272,6 +272,19 @@ fn cases(call_id: &str) -> BTreeMap<&'static str, Case> {
     );
     let c = id.clone();
     cases.insert(
+        "/switchboard.v1.CallService/EraseCall",
+        case(Needs::Write, true, true, move |tenant| {
+            v1::EraseCallRequest {
+                tenant_id: tenant.to_owned(),
+                request_id: rid(),
+                call_id: c(),
+                reason: "right to erasure".to_owned(),
+            }
+            .encode_to_vec()
+        }),
+    );
+    let c = id.clone();
+    cases.insert(
         "/switchboard.v1.CallService/GetCall",
         case(Needs::Read, true, true, move |tenant| {
             v1::GetCallRequest {

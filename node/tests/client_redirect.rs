@@ -242,6 +242,13 @@ impl CallService for Fake {
     ) -> Result<Response<ListCallsResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
+
+    async fn erase_call(
+        &self,
+        _request: Request<proto::v1::EraseCallRequest>,
+    ) -> Result<Response<proto::v1::EraseCallResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
 }
 
 /// Fake nodes of one test; dropping it aborts their servers.

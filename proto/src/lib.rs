@@ -47,7 +47,7 @@ pub mod raft_v1 {
 /// The wire names of rejection kinds: the `x-switchboard-rejection` metadata value.
 impl v1::RejectionKind {
     /// Every kind but `Unspecified`, in declaration order.
-    pub const ALL: [v1::RejectionKind; 9] = [
+    pub const ALL: [v1::RejectionKind; 10] = [
         v1::RejectionKind::UnknownCall,
         v1::RejectionKind::CallExists,
         v1::RejectionKind::IllegalTransition,
@@ -57,6 +57,7 @@ impl v1::RejectionKind {
         v1::RejectionKind::Invalid,
         v1::RejectionKind::RequestIdReused,
         v1::RejectionKind::MissingStamp,
+        v1::RejectionKind::CallErased,
     ];
 
     /// The metadata value naming this kind, e.g. `AlreadyHandedOff`; empty for `Unspecified`.
@@ -72,6 +73,7 @@ impl v1::RejectionKind {
             v1::RejectionKind::Invalid => "Invalid",
             v1::RejectionKind::RequestIdReused => "RequestIdReused",
             v1::RejectionKind::MissingStamp => "MissingStamp",
+            v1::RejectionKind::CallErased => "CallErased",
         }
     }
 

@@ -84,6 +84,9 @@ macro_rules! switchboard_rpcs {
                 /// Lists a tenant's calls; routed by `req.read`.
                 ListCalls list_calls(ListCallsRequest) -> ListCallsResponse
                     [read, leader_from: no, access: read]
+                /// Erases a call's content, keeping its lifecycle skeleton (a write).
+                EraseCall erase_call(EraseCallRequest) -> EraseCallResponse
+                    [write, leader_from: write_meta, access: write]
             }
             service EventService (
                 event_service_server::EventService,

@@ -18,48 +18,129 @@ use std::fmt;
 use serde::de::{DeserializeOwned, Error as _, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use domain::Request;
+use domain::{Call, Command, Request};
 
 use crate::error::Error;
 
-/// Format of stored records written by this binary.
+/// Format of stored records written by this binary, for every type whose layout never changed
+/// (a type whose layout changed writes its own [`Record::FORMAT`]).
 pub const RECORD_FORMAT: u8 = 1;
-/// Newest log-entry format this binary reads and writes.
-pub const ENTRY_FORMAT: u8 = 1;
+/// Newest log-entry format this binary reads and writes: format 2 adds `EraseCall`.
+pub const ENTRY_FORMAT: u8 = 2;
 /// Oldest log-entry format this binary still reads.
 pub const ENTRY_FORMAT_MIN: u8 = 1;
 
-pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    let mut out = vec![RECORD_FORMAT];
+/// A type stored as a record: its current format and how to read each older one.
+///
+/// A type whose layout changes raises its own `FORMAT` and overrides [`Record::decode_older`]
+/// to read the layouts it had before, so that records written by an older release (in RocksDB
+/// or inside a snapshot) stay readable and are never misread with the new layout.
+pub trait Record: Serialize + DeserializeOwned {
+    /// The format this binary writes for the type.
+    const FORMAT: u8 = RECORD_FORMAT;
+
+    /// Reads the body of a record of an older `format` (below [`Record::FORMAT`]).
+    fn decode_older(format: u8, body: &[u8]) -> Result<Self, postcard::Error> {
+        let _ = (format, body);
+        Err(postcard::Error::DeserializeBadEncoding)
+    }
+}
+
+macro_rules! records_of_first_format {
+    ($($ty:ty),* $(,)?) => { $(impl Record for $ty {})* };
+}
+
+records_of_first_format!(
+    u64,
+    [u64; 4],
+    domain::Head,
+    domain::Turn,
+    domain::Event,
+    domain::Remembered,
+    crate::types::Entry,
+    crate::types::LogId,
+    crate::types::Vote,
+    crate::types::StoredMembership,
+);
+
+/// A call record: format 2 added [`Call::erased`] as its last field.
+impl Record for Call {
+    const FORMAT: u8 = 2;
+
+    fn decode_older(format: u8, body: &[u8]) -> Result<Self, postcard::Error> {
+        match format {
+            1 => postcard::from_bytes::<CallFormat1>(body).map(Call::from),
+            _ => Err(postcard::Error::DeserializeBadEncoding),
+        }
+    }
+}
+
+/// The layout of a call record of format 1: [`Call`] before erasure existed.
+#[derive(Deserialize)]
+struct CallFormat1 {
+    call_id: domain::CallId,
+    tenant_id: String,
+    source: String,
+    channel: domain::Channel,
+    metadata: domain::Labels,
+    trace_id: String,
+    room_name: String,
+    created_at_ms: u64,
+    lifecycle: domain::Lifecycle,
+    turn_count: u64,
+    last_sequence_number: u64,
+    last_position: u64,
+    summary: String,
+    entities: domain::Labels,
+}
+
+impl From<CallFormat1> for Call {
+    fn from(call: CallFormat1) -> Self {
+        Call {
+            call_id: call.call_id,
+            tenant_id: call.tenant_id,
+            source: call.source,
+            channel: call.channel,
+            metadata: call.metadata,
+            trace_id: call.trace_id,
+            room_name: call.room_name,
+            created_at_ms: call.created_at_ms,
+            lifecycle: call.lifecycle,
+            turn_count: call.turn_count,
+            last_sequence_number: call.last_sequence_number,
+            last_position: call.last_position,
+            summary: call.summary,
+            entities: call.entities,
+            erased: None,
+        }
+    }
+}
+
+pub fn encode<T: Record>(value: &T) -> Vec<u8> {
+    let mut out = vec![T::FORMAT];
     // Every stored type is plain data with serde derives: encoding into memory cannot fail.
     postcard::to_io(value, &mut out).expect("stored values serialize to memory");
     out
 }
 
-pub fn decode<T: DeserializeOwned>(
-    what: &'static str,
-    key: &[u8],
-    bytes: &[u8],
-) -> Result<T, Error> {
+pub fn decode<T: Record>(what: &'static str, key: &[u8], bytes: &[u8]) -> Result<T, Error> {
+    let corrupt = |source| Error::Corrupt {
+        what,
+        key: hex(key),
+        source,
+    };
     match bytes.split_first() {
-        Some((&RECORD_FORMAT, body)) => {
-            postcard::from_bytes(body).map_err(|source| Error::Corrupt {
-                what,
-                key: hex(key),
-                source,
-            })
+        Some((&format, body)) if format == T::FORMAT => postcard::from_bytes(body).map_err(corrupt),
+        Some((&format, body)) if (RECORD_FORMAT..T::FORMAT).contains(&format) => {
+            T::decode_older(format, body).map_err(corrupt)
         }
         Some((&found, _)) => Err(Error::UnknownFormat {
             what,
             key: hex(key),
             found,
-            known: RECORD_FORMAT,
+            known: T::FORMAT,
         }),
-        None => Err(Error::Corrupt {
-            what,
-            key: hex(key),
-            source: postcard::Error::DeserializeUnexpectedEnd,
-        }),
+        None => Err(corrupt(postcard::Error::DeserializeUnexpectedEnd)),
     }
 }
 
@@ -78,11 +159,20 @@ pub fn hex(bytes: &[u8]) -> String {
 pub struct Proposal(pub Request);
 
 impl Proposal {
-    /// The entry format a request needs. Every command of this release is format 1; a command
-    /// added later gets the next format, so that a node that does not know it refuses the entry
-    /// instead of misreading it.
+    /// The entry format a request needs: the commands of the first release are format 1, and a
+    /// command added later gets the format that added it, so that a node that does not know it
+    /// refuses the entry instead of misreading it while the others keep agreeing on the rest.
     pub fn format(&self) -> u8 {
-        ENTRY_FORMAT
+        match self.0.command {
+            Command::EraseCall { .. } => 2,
+            Command::CreateCall { .. }
+            | Command::StartCall { .. }
+            | Command::AppendTurn { .. }
+            | Command::LogEvent { .. }
+            | Command::UpdateContext { .. }
+            | Command::RequestHandoff { .. }
+            | Command::EndCall { .. } => 1,
+        }
     }
 
     /// The envelope: format byte, then postcard of the request.
@@ -218,12 +308,54 @@ mod tests {
         assert_eq!(Proposal::from_bytes(&bytes).ok(), Some(Proposal(request())));
     }
 
+    /// The byte layout of entry format 2: `EraseCall`, the eighth command. Format 1 requests keep
+    /// their format byte, so nodes of the first release still read them.
+    #[test]
+    fn entry_format_2_layout_is_pinned() {
+        let erase = Request {
+            command: Command::EraseCall {
+                call_id: uuid::Uuid::from_u128(7),
+                reason: "dsr".into(),
+                actor: "ops".into(),
+            },
+            stamp: Stamp {
+                at_ms: 1_750_000_000_000,
+                minted_call_id: None,
+                minted_trace_id: None,
+            },
+            ..request()
+        };
+        let bytes = Proposal(erase.clone()).to_bytes();
+        assert_eq!(
+            hex(&bytes),
+            concat!(
+                "02", // entry format 2
+                "0461636d65",
+                "03722d31", // tenant "acme", request id "r-1"
+                "07",       // EraseCall
+                "1000000000000000000000000000000007",
+                "03647372",
+                "036f7073",     // call id, reason "dsr", actor "ops"
+                "80b883a1f732", // stamp: at_ms (varint)
+                "00",
+                "00", // no minted ids
+            )
+        );
+        assert_eq!(Proposal::from_bytes(&bytes).ok(), Some(Proposal(erase)));
+        assert_eq!(
+            Proposal(request()).to_bytes()[0],
+            1,
+            "older commands stay format 1"
+        );
+    }
+
     #[test]
     fn an_entry_of_an_unknown_format_is_refused_naming_it() {
         let mut bytes = Proposal(request()).to_bytes();
         bytes[0] = ENTRY_FORMAT + 1;
         let error = Proposal::from_bytes(&bytes).expect_err("newer format");
-        assert!(error.to_string().contains("format 2"), "{error}");
+        let named = format!("format {}", ENTRY_FORMAT + 1);
+        assert!(error.to_string().contains(&named), "{error}");
         // Through serde (how openraft entries are decoded), the refusal survives.
         let wrapped = postcard::to_stdvec(&SerBytes(&bytes)).expect("encode");
         assert!(postcard::from_bytes::<Proposal>(&wrapped).is_err());
@@ -255,12 +387,9 @@ mod tests {
         assert_eq!(serde_json::from_str::<Proposal>(&json).ok(), Some(proposal));
     }
 
-    /// The byte layout of record format 1 for the largest stored record, a call with a handoff.
-    /// If this fails, a stored type changed its encoding: keep format 1 readable and add
-    /// format 2 (ARCHITECTURE.md, "Upgrade rule").
-    #[test]
-    fn record_format_1_layout_is_pinned() {
-        use domain::{Call, ContextSnapshot, Handoff, Lifecycle, Turn, Urgency};
+    /// The largest stored record, a call with a handoff.
+    fn handed_off_call() -> Call {
+        use domain::{ContextSnapshot, Handoff, Lifecycle, Turn, Urgency};
         let turn = Turn {
             index: 1,
             speaker: "caller".into(),
@@ -271,7 +400,7 @@ mod tests {
             appended_at_ms: 2,
             position: 3,
         };
-        let call = Call {
+        Call {
             call_id: uuid::Uuid::from_u128(7),
             tenant_id: "acme".into(),
             source: "web".into(),
@@ -300,46 +429,94 @@ mod tests {
             last_position: 4,
             summary: "s".into(),
             entities: Labels::new(),
-        };
+            erased: None,
+        }
+    }
+
+    /// The body of [`handed_off_call`] up to its last field of format 1.
+    const CALL_BODY_FORMAT_1: &str = concat!(
+        "1000000000000000000000000000000007", // call id
+        "0461636d65",
+        "03776562",
+        "00",
+        "00", // tenant, source, Voice, metadata
+        "0174",
+        "0172",
+        "05", // trace id, room name, created_at_ms
+        "02",
+        "06", // HandedOff, started_at_ms
+        "0178",
+        "02",
+        "00",
+        "07",
+        "04", // reason, High, no target, at_ms, position
+        "0173",
+        "00", // snapshot summary, entities
+        "01",
+        "01",
+        "0663616c6c6572",
+        "026869", // one turn: index, speaker, text
+        "0000003f",
+        "02656e",
+        "01",
+        "02",
+        "03", // confidence, language, times, position
+        "01",
+        "04",
+        "04",
+        "0173",
+        "00", // counts, summary, entities
+    );
+
+    fn unhex(text: &str) -> Vec<u8> {
+        (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex"))
+            .collect()
+    }
+
+    /// Call records written before erasure existed (format 1, in RocksDB or inside a snapshot)
+    /// stay readable: a call of format 1 reads as a call that was never erased. If this fails,
+    /// a type inside `Call` changed its encoding: add a format (ARCHITECTURE.md, "Upgrade rule").
+    #[test]
+    fn call_record_format_1_layout_is_still_read() {
+        let bytes = unhex(&format!("01{CALL_BODY_FORMAT_1}"));
+        assert_eq!(
+            decode::<Call>("call", b"k", &bytes).ok(),
+            Some(handed_off_call())
+        );
+    }
+
+    /// The byte layout of call record format 2: format 1's, then the erasure.
+    #[test]
+    fn call_record_format_2_layout_is_pinned() {
+        let mut call = handed_off_call();
+        let bytes = encode(&call);
+        assert_eq!(hex(&bytes), format!("02{CALL_BODY_FORMAT_1}00"));
+        assert_eq!(
+            decode::<Call>("call", b"k", &bytes).ok(),
+            Some(call.clone())
+        );
+        call.erased = Some(domain::Erasure {
+            at_ms: 8,
+            position: 5,
+            turns: 1,
+            events: 4,
+            entities: 0,
+        });
         let bytes = encode(&call);
         assert_eq!(
             hex(&bytes),
-            concat!(
-                "01",                                 // record format 1
-                "1000000000000000000000000000000007", // call id
-                "0461636d65",
-                "03776562",
-                "00",
-                "00", // tenant, source, Voice, metadata
-                "0174",
-                "0172",
-                "05", // trace id, room name, created_at_ms
-                "02",
-                "06", // HandedOff, started_at_ms
-                "0178",
-                "02",
-                "00",
-                "07",
-                "04", // reason, High, no target, at_ms, position
-                "0173",
-                "00", // snapshot summary, entities
-                "01",
-                "01",
-                "0663616c6c6572",
-                "026869", // one turn: index, speaker, text
-                "0000003f",
-                "02656e",
-                "01",
-                "02",
-                "03", // confidence, language, times, position
-                "01",
-                "04",
-                "04",
-                "0173",
-                "00", // counts, summary, entities
-            )
+            format!("02{CALL_BODY_FORMAT_1}01{}", "0805010400")
         );
         assert_eq!(decode::<Call>("call", b"k", &bytes).ok(), Some(call));
+    }
+
+    /// Every other record is still format 1: its layout did not change.
+    #[test]
+    fn records_other_than_calls_stay_format_1() {
+        assert_eq!(encode(&42u64)[0], 1);
+        assert_eq!(encode(&domain::Head::new())[0], 1);
     }
 
     #[test]
@@ -349,5 +526,9 @@ mod tests {
         bytes[0] = RECORD_FORMAT + 1;
         let error = decode::<u64>("answer", b"k", &bytes).expect_err("newer format");
         assert!(error.to_string().contains("format 2"), "{error}");
+        let mut bytes = encode(&handed_off_call());
+        bytes[0] = <Call as Record>::FORMAT + 1;
+        let error = decode::<Call>("call", b"k", &bytes).expect_err("newer format");
+        assert!(error.to_string().contains("format 3"), "{error}");
     }
 }

@@ -110,7 +110,7 @@ pub fn open_failed(dir: &Path, rocks: &Path, error: rocksdb::Error) -> Error {
     Error::damaged(dir, what)
 }
 
-fn decoded<T: serde::de::DeserializeOwned>(
+fn decoded<T: crate::codec::Record>(
     dir: &Path,
     rocks: &Path,
     what: &'static str,

@@ -7,6 +7,7 @@
 //! `domain::decide` returns), touch the network or decide consistency levels.
 
 pub mod codec;
+pub mod erasure;
 pub mod error;
 pub mod identity;
 pub mod inspect;
@@ -23,6 +24,7 @@ mod wal_scan;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use erasure::{DiskPass, Eraser};
 pub use error::Error;
 pub use identity::{Claim, Identity, IdentityError};
 pub use log_store::LogStore;
@@ -108,6 +110,12 @@ fn rocksdb_options(claim: Claim) -> rocksdb::Options {
     options.set_max_background_jobs(2);
     options.set_keep_log_file_num(4);
     options.set_max_total_wal_size(256 << 20);
+    // Erasure relies on these (RocksDB's defaults, stated so nobody changes them unawares): a
+    // write-ahead log file whose column families were all flushed is deleted, never archived
+    // or recycled with old records inside (see `erasure`).
+    options.set_wal_ttl_seconds(0);
+    options.set_wal_size_limit_mb(0);
+    options.set_recycle_log_file_num(0);
     options
 }
 

@@ -128,7 +128,7 @@ impl LogStore {
             .expect("column families are checked when the store opens")
     }
 
-    fn get_meta<T: serde::de::DeserializeOwned>(
+    fn get_meta<T: crate::codec::Record>(
         &self,
         what: &'static str,
         key: &[u8],

@@ -44,6 +44,8 @@ pub struct MarkValue {
     pub last_log_id: Option<LogId>,
 }
 
+impl crate::codec::Record for MarkValue {}
+
 #[derive(Debug)]
 struct State {
     sequence: u64,

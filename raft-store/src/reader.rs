@@ -116,7 +116,7 @@ impl View<'_> {
             .expect("column families are checked when the store opens")
     }
 
-    fn get<T: serde::de::DeserializeOwned>(
+    fn get<T: crate::codec::Record>(
         &self,
         what: &'static str,
         key: &[u8],
@@ -130,7 +130,7 @@ impl View<'_> {
 
     /// The record an index row points at, if the page has room for it (`None`: the page is
     /// full). The row promises the record: its absence is a damaged store.
-    fn take_indexed<T: serde::de::DeserializeOwned>(
+    fn take_indexed<T: crate::codec::Record>(
         &self,
         what: &'static str,
         key: &[u8],

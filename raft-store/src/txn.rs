@@ -10,7 +10,7 @@ use std::ops::Bound;
 
 use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
 
-use crate::codec::{decode, encode};
+use crate::codec::{Record, decode, encode};
 use crate::error::Error;
 use crate::keys::CF_SM;
 
@@ -44,17 +44,13 @@ impl<'db> Txn<'db> {
             .map_err(Error::rocks("read state machine"))
     }
 
-    pub fn get<T: serde::de::DeserializeOwned>(
-        &self,
-        what: &'static str,
-        key: &[u8],
-    ) -> Result<Option<T>, Error> {
+    pub fn get<T: Record>(&self, what: &'static str, key: &[u8]) -> Result<Option<T>, Error> {
         self.get_raw(key)?
             .map(|bytes| decode(what, key, &bytes))
             .transpose()
     }
 
-    pub fn put<T: serde::Serialize>(&mut self, key: Vec<u8>, value: &T) {
+    pub fn put<T: Record>(&mut self, key: Vec<u8>, value: &T) {
         self.overlay.insert(key, Some(encode(value)));
     }
 

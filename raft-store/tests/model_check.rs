@@ -9,9 +9,10 @@
 use std::collections::BTreeMap;
 
 use domain::limits::IDEMPOTENCY_WINDOW_MS;
+use domain::memory::Memory;
 use domain::{
-    CallId, CallState, Channel, Command, Payload, Rejection, Request, Stamp, Urgency, event_id,
-    event_type,
+    CallId, CallState, Channel, Command, ERASED_PAYLOAD, Payload, Rejection, Request, Stamp,
+    Urgency, event_id, event_type,
 };
 use openraft::storage::{IOFlushed, RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::type_config::TypeConfigExt;
@@ -38,6 +39,7 @@ enum Cmd {
     Context(CallRef, u8),
     Handoff(CallRef),
     End(CallRef),
+    Erase(CallRef),
 }
 
 #[derive(Debug, Clone)]
@@ -61,6 +63,7 @@ fn cmd() -> impl Strategy<Value = Cmd> {
         2 => (call_ref(), 0u8..6).prop_map(|(c, e)| Cmd::Context(c, e)),
         3 => call_ref().prop_map(Cmd::Handoff),
         2 => call_ref().prop_map(Cmd::End),
+        1 => call_ref().prop_map(Cmd::Erase),
     ]
 }
 
@@ -83,6 +86,7 @@ enum Expect {
     IllegalTransition,
     AlreadyHandedOff,
     CallEnded,
+    CallErased,
     RequestIdReused,
 }
 
@@ -93,6 +97,7 @@ struct ModelCall {
     turns: u64,
     events: u64,
     handoffs: u64,
+    erased: bool,
 }
 
 /// The model's idempotency record: the command, when, what it answered, which call.
@@ -161,6 +166,7 @@ impl Model {
                     turns: 0,
                     events: 1,
                     handoffs: 0,
+                    erased: false,
                 },
             );
             self.created.push((request.tenant_id.clone(), minted));
@@ -175,6 +181,20 @@ impl Model {
         else {
             return (Expect::UnknownCall, None);
         };
+        // Erasure is allowed in every state, once; an erased call takes nothing else.
+        match (&request.command, call.erased) {
+            (Command::EraseCall { .. }, true) => {
+                return (Expect::Applied(call.state), Some(call_id));
+            }
+            (_, true) => return (Expect::CallErased, None),
+            (Command::EraseCall { .. }, false) => {
+                call.erased = true;
+                call.events += 1;
+                self.events += 1;
+                return (Expect::Applied(call.state), Some(call_id));
+            }
+            (_, false) => {}
+        }
         let next = match (&request.command, call.state) {
             (_, Ended) => return (Expect::CallEnded, None),
             (Command::StartCall { .. }, Created) => Active,
@@ -239,6 +259,11 @@ fn command_of(model: &Model, tenant: &str, cmd: &Cmd) -> Command {
             reason: "hangup".into(),
             resolution: "resolved".into(),
         },
+        Cmd::Erase(c) => Command::EraseCall {
+            call_id: id(c),
+            reason: "data subject request".into(),
+            actor: "ops".into(),
+        },
     }
 }
 
@@ -253,6 +278,7 @@ fn actual(response: &Response) -> Expect {
         Err(Rejection::IllegalTransition { .. }) => Expect::IllegalTransition,
         Err(Rejection::AlreadyHandedOff { .. }) => Expect::AlreadyHandedOff,
         Err(Rejection::CallEnded { .. }) => Expect::CallEnded,
+        Err(Rejection::CallErased { .. }) => Expect::CallErased,
         Err(Rejection::RequestIdReused { .. }) => Expect::RequestIdReused,
         Err(other) => panic!("unexpected rejection {other:?}"),
     }
@@ -261,7 +287,7 @@ fn actual(response: &Response) -> Expect {
 // ---------------------------------------------------------------------------------------------
 // Invariants, read back from the store.
 
-fn check_invariants(sm: &StateMachine, model: &Model) {
+fn check_invariants(sm: &StateMachine, model: &Model, memory: &Memory) {
     let reader = sm.reader();
     // The event log: positions gap-free from 1, ids derived from positions, calls exist.
     let mut position = 1;
@@ -278,9 +304,25 @@ fn check_invariants(sm: &StateMachine, model: &Model) {
             assert_eq!(event.position, position, "event positions are gap-free");
             assert_eq!(event.event_id, event_id(position));
             assert!(
-                !ended.get(&event.call_id).copied().unwrap_or(false),
-                "no event after call.ended"
+                !ended.get(&event.call_id).copied().unwrap_or(false)
+                    || event.event_type == event_type::CALL_ERASED,
+                "no event after call.ended but call.erased"
             );
+            // The store and the domain's memory model interpret every step alike, erasure
+            // included.
+            assert_eq!(
+                Some(event),
+                memory.log.get((position - 1) as usize),
+                "event {position} as the memory model holds it"
+            );
+            let erased = model.calls.get(&event.call_id).is_some_and(|c| c.erased);
+            if erased && event.event_type != event_type::CALL_ERASED {
+                assert_eq!(
+                    event.payload,
+                    Payload::Json(ERASED_PAYLOAD.into()),
+                    "an erased call's events are tombstones"
+                );
+            }
             let seq = per_call.entry(event.call_id).or_insert(0);
             *seq += 1;
             assert_eq!(
@@ -327,11 +369,31 @@ fn check_invariants(sm: &StateMachine, model: &Model) {
             "events of {call_id}"
         );
         assert_eq!(call.lifecycle.handoff().is_some(), expected.handoffs == 1);
+        assert_eq!(
+            call.erased.is_some(),
+            expected.erased,
+            "erased mark of {call_id}"
+        );
+        assert_eq!(
+            Some(&call),
+            memory.calls.get(call_id),
+            "call as memory holds it"
+        );
         let turns = reader
             .list_turns(&expected.tenant, call_id, 0, 1000)
             .expect("list turns")
             .value;
         assert_eq!(turns.items.len() as u64, expected.turns);
+        for turn in &turns.items {
+            assert_eq!(Some(turn), memory.turns.get(&(*call_id, turn.index)));
+            if expected.erased {
+                assert_eq!(turn.text, "", "an erased call's turns are tombstones");
+            }
+        }
+        if expected.erased {
+            assert_eq!(call.summary, "");
+            assert!(call.entities.is_empty());
+        }
         // Listing by tenant and state finds the call exactly under its current state.
         let listed = reader
             .list_calls(&expected.tenant, Some(expected.state), None, 1000)
@@ -393,6 +455,7 @@ fn digest(sm: &StateMachine) -> [u8; 32] {
 async fn run(ops: Vec<Op>, splits: Vec<usize>) {
     let mut node = Node::fresh();
     let mut model = Model::default();
+    let mut memory = Memory::new();
     // The log starts at index 0, as openraft's does (its initial membership entry).
     let mut log: Vec<Entry> = vec![support::blank(1, 0)];
     node.apply(support::blank(1, 0));
@@ -412,6 +475,9 @@ async fn run(ops: Vec<Op>, splits: Vec<usize>) {
                 };
                 let request = support::request(tenant, &format!("rid-{rid}"), command, stamp);
                 let (expected, replay, expected_call) = model.step(&request, clock_ms, minted);
+                let step =
+                    domain::decide(&memory, &request, index).expect("memory holds its turns");
+                memory.write(&request, &step);
                 let entry = support::normal(1, index, request);
                 log.push(entry.clone());
                 let responses = node.apply(entry);
@@ -465,7 +531,7 @@ async fn run(ops: Vec<Op>, splits: Vec<usize>) {
                 };
             }
         }
-        check_invariants(&node.sm, &model);
+        check_invariants(&node.sm, &model, &memory);
     }
 
     // The same log applied in other batch boundaries reaches byte-identical state.
