@@ -34,6 +34,7 @@ use uuid::Uuid;
 use crate::Raft;
 use crate::admission::{Admission, AdmissionConfig, Class, Permit};
 use crate::convert::{self, WriteRequest};
+use crate::pii::PiiConfig;
 use crate::status::ApiError;
 
 /// Turns returned by `GetContext` when the request asks for 0 (the server default).
@@ -47,6 +48,8 @@ pub struct ApiConfig {
     pub write_timeout: Duration,
     pub read_wait_max: Duration,
     pub admission: AdmissionConfig,
+    /// PII policies and hash key: every write is redacted before it is proposed.
+    pub pii: PiiConfig,
 }
 
 /// The three public services share one `Api`; clones are cheap.
@@ -222,11 +225,21 @@ impl Api {
             minted_call_id: creates.then(Uuid::now_v7),
             minted_trace_id: creates.then(Uuid::now_v7),
         };
+        // Bounds first, on what the client sent; then PII is redacted here, before proposing,
+        // so no raw value reaches the log, a snapshot or a follower (DESIGN §8). A placeholder
+        // can be longer than what it replaces: the redacted request is validated again.
+        write.command.validate()?;
+        let (command, redactions) = self
+            .inner
+            .config
+            .pii
+            .redact(&write.tenant_id, write.command)?;
         let request = Request {
             tenant_id: write.tenant_id,
             request_id: write.request_id,
-            command: write.command,
+            command,
             stamp,
+            redactions,
         };
         // Fail fast at the edge; the state machine checks again, deterministically.
         request.validate()?;

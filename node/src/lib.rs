@@ -10,6 +10,7 @@ pub mod config;
 pub mod convert;
 pub mod dev;
 pub mod observe;
+pub mod pii;
 pub mod probe;
 pub mod reset;
 pub mod server;

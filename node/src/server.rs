@@ -121,6 +121,7 @@ pub async fn serve(
             write_timeout: config.write_timeout,
             read_wait_max: config.read_wait_max,
             admission: config.admission,
+            pii: config.pii.clone(),
         },
     );
     let (health, health_service) = tonic_health::server::health_reporter();
