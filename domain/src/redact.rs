@@ -317,19 +317,67 @@ fn find_emails(text: &str, out: &mut Vec<Span>) {
 static NUMBER: LazyLock<Regex> =
     LazyLock::new(|| regex(r"[+(]?[0-9](?:[0-9]|[ .\-]\(?[0-9]|\)[ .\-]?[0-9])*"));
 
-/// A window of whole digit groups inside a run, tried as a card or a phone number.
+/// Most digits a window holds: the longest card, or the longest international phone number
+/// with a trunk `(0)`.
+const WINDOW_DIGITS_MAX: usize = CARD_DIGITS_MAX + 1;
+/// Fewest digits of anything a window can be (an international phone number).
+const WINDOW_DIGITS_MIN: usize = PHONE_INTERNATIONAL_DIGITS_MIN;
+/// Most digit groups a window holds: no card or phone number is written in more
+/// (`+33 1 23 45 67 89` has six). Keeps a run of single digits cheap.
+const WINDOW_GROUPS_MAX: usize = 7;
+
+/// A window of whole digit groups inside a run, tried as a card or a phone number. Built on
+/// the stack: a long run is tried in many windows.
 struct Window<'t> {
     text: &'t str,
     start: usize,
     end: usize,
-    digits: String,
-    /// Digits per group.
-    lens: Vec<usize>,
-    /// The text between consecutive groups.
-    seps: Vec<&'t str>,
+    /// The byte ranges of its digit groups.
+    groups: &'t [(usize, usize)],
+    digits: [u8; WINDOW_DIGITS_MAX],
+    digit_count: usize,
 }
 
-impl Window<'_> {
+impl<'t> Window<'t> {
+    fn new(text: &'t str, start: usize, groups: &'t [(usize, usize)]) -> Self {
+        let mut digits = [0u8; WINDOW_DIGITS_MAX];
+        let mut digit_count = 0;
+        for &(from, to) in groups {
+            for &b in &text.as_bytes()[from..to] {
+                if digit_count < WINDOW_DIGITS_MAX {
+                    digits[digit_count] = b;
+                }
+                digit_count += 1;
+            }
+        }
+        Self {
+            text,
+            start,
+            end: groups.last().map_or(start, |g| g.1),
+            groups,
+            digits,
+            digit_count,
+        }
+    }
+
+    /// The digits, without separators.
+    fn digits(&self) -> &str {
+        let n = self.digit_count.min(WINDOW_DIGITS_MAX);
+        std::str::from_utf8(&self.digits[..n]).unwrap_or("")
+    }
+
+    /// Digits per group.
+    fn lens(&self) -> impl Iterator<Item = usize> + '_ {
+        self.groups.iter().map(|(from, to)| to - from)
+    }
+
+    /// The text between consecutive groups.
+    fn seps(&self) -> impl Iterator<Item = &'t str> + '_ {
+        self.groups
+            .windows(2)
+            .map(|pair| &self.text[pair[0].1..pair[1].0])
+    }
+
     fn plus(&self) -> bool {
         self.text[self.start..].starts_with('+')
     }
@@ -341,7 +389,7 @@ impl Window<'_> {
 
 fn find_numbers(text: &str, out: &mut Vec<Span>) {
     for run in NUMBER.find_iter(text) {
-        let groups: Vec<(usize, usize)> = digit_groups(text, run.start(), run.end());
+        let groups = digit_groups(text, run.start(), run.end());
         let mut i = 0;
         while i < groups.len() {
             match longest_number_at(text, run.start(), &groups, i) {
@@ -375,24 +423,26 @@ fn digit_groups(text: &str, start: usize, end: usize) -> Vec<(usize, usize)> {
 }
 
 /// The longest window of groups starting at group `i` that is a card or a phone number, with the
-/// index of its last group.
+/// index of its last group. Windows hold at most [`WINDOW_GROUPS_MAX`] groups and
+/// [`WINDOW_DIGITS_MAX`] digits, so each start tries a bounded number of them and the work on a
+/// run is linear in its length.
 fn longest_number_at(
     text: &str,
     run_start: usize,
     groups: &[(usize, usize)],
     i: usize,
 ) -> Option<(usize, Span)> {
-    // Groups i..=last hold at most CARD_DIGITS_MAX digits (+ a trunk "(0)"), the longest of
-    // either kind; so each start tries a bounded number of windows.
-    let mut last = i;
-    let mut digits = groups[i].1 - groups[i].0;
-    while last + 1 < groups.len() {
-        let next = groups[last + 1].1 - groups[last + 1].0;
-        if digits + next > CARD_DIGITS_MAX + 1 {
+    // The digit count of each window i..=j, as j grows.
+    let mut counts = [0usize; WINDOW_GROUPS_MAX];
+    let mut windows = 0;
+    let mut digits = 0;
+    for (from, to) in groups[i..].iter().take(WINDOW_GROUPS_MAX) {
+        digits += to - from;
+        if digits > WINDOW_DIGITS_MAX {
             break;
         }
-        digits += next;
-        last += 1;
+        counts[windows] = digits;
+        windows += 1;
     }
     let bytes = text.as_bytes();
     let mut start = groups[i].0;
@@ -402,8 +452,12 @@ fn longest_number_at(
             start -= 1;
         }
     }
-    for j in (i..=last).rev() {
-        let window = window_of(text, groups, i, j, start);
+    for (k, &count) in counts[..windows].iter().enumerate().rev() {
+        if count < WINDOW_DIGITS_MIN {
+            break;
+        }
+        let j = i + k;
+        let window = Window::new(text, start, &groups[i..=j]);
         if !bounded(text, &window, j + 1 == groups.len()) {
             continue;
         }
@@ -424,34 +478,6 @@ fn longest_number_at(
         ));
     }
     None
-}
-
-fn window_of<'t>(
-    text: &'t str,
-    groups: &[(usize, usize)],
-    i: usize,
-    j: usize,
-    start: usize,
-) -> Window<'t> {
-    let mut digits = String::new();
-    let mut lens = Vec::with_capacity(j - i + 1);
-    let mut seps = Vec::with_capacity(j - i);
-    for k in i..=j {
-        let (from, to) = groups[k];
-        digits.push_str(&text[from..to]);
-        lens.push(to - from);
-        if k < j {
-            seps.push(&text[to..groups[k + 1].0]);
-        }
-    }
-    Window {
-        text,
-        start,
-        end: groups[j].1,
-        digits,
-        lens,
-        seps,
-    }
 }
 
 /// A number stands on its own: it is not part of a word, an amount, a reference (`#…`), a
@@ -477,16 +503,16 @@ fn bounded(text: &str, window: &Window<'_>, last_group: bool) -> bool {
 }
 
 fn is_card(w: &Window<'_>) -> bool {
-    let n = w.digits.len();
+    let n = w.digit_count;
     if w.plus() || w.has_parens() || !(CARD_DIGITS_MIN..=CARD_DIGITS_MAX).contains(&n) {
         return false;
     }
     // One separator throughout: "4111 1111 1111 1111", "4111-1111-…", or none.
-    let sep_ok = w
-        .seps
-        .first()
-        .is_none_or(|first| matches!(*first, " " | "-") && w.seps.iter().all(|s| s == first));
-    sep_ok && issuer_allows(&w.digits) && luhn_valid(&w.digits)
+    let mut seps = w.seps();
+    let sep_ok = seps
+        .next()
+        .is_none_or(|first| matches!(first, " " | "-") && w.seps().all(|s| s == first));
+    sep_ok && issuer_allows(w.digits()) && luhn_valid(w.digits())
 }
 
 /// Whether a card of this length can start with these digits (ISO/IEC 7812 issuer ranges of the
@@ -538,11 +564,11 @@ fn is_phone(w: &Window<'_>) -> bool {
     if window_text.matches('(').count() != window_text.matches(')').count() {
         return false;
     }
-    let dotted = w.seps.iter().any(|s| s.contains('.'));
-    if dotted && w.seps.iter().any(|s| *s != ".") {
+    let dotted = w.seps().any(|s| s.contains('.'));
+    if dotted && w.seps().any(|s| s != ".") {
         return false;
     }
-    let d = w.digits.as_bytes();
+    let d = w.digits().as_bytes();
     if w.plus() {
         // "+44 (0)20 …": the trunk 0 in parentheses is not part of the number.
         let trunk = usize::from(window_text.contains("(0)"));
@@ -551,13 +577,13 @@ fn is_phone(w: &Window<'_>) -> bool {
             && d[0] != b'0';
     }
     // An IPv4 address or a version number: four dotted groups of up to three digits.
-    if dotted && w.lens.len() == 4 && w.lens.iter().all(|&n| n <= 3) {
+    if dotted && w.groups.len() == 4 && w.lens().all(|n| n <= 3) {
         return false;
     }
     let australian = d.len() == 10
         && ((d[0] == b'0' && matches!(d[1], b'2' | b'3' | b'4' | b'5' | b'7' | b'8'))
-            || w.digits.starts_with("1300")
-            || w.digits.starts_with("1800"));
+            || d.starts_with(b"1300")
+            || d.starts_with(b"1800"));
     let british = d.len() == 11 && d[0] == b'0' && matches!(d[1], b'1' | b'2' | b'3' | b'7' | b'8');
     australian || british || is_north_american(w)
 }
@@ -566,10 +592,13 @@ fn is_phone(w: &Window<'_>) -> bool {
 /// optional country code 1), area code and exchange not starting with 0 or 1. A bare run of ten
 /// digits is not taken: order numbers look the same.
 fn is_north_american(w: &Window<'_>) -> bool {
-    let national = match w.lens.as_slice() {
-        [3, 3, 4] => &w.digits[..],
-        [1, 3, 3, 4] if w.digits.starts_with('1') => &w.digits[1..],
-        _ => return false,
+    let digits = w.digits();
+    let national = if w.lens().eq([3, 3, 4]) {
+        digits
+    } else if w.lens().eq([1, 3, 3, 4]) && digits.starts_with('1') {
+        &digits[1..]
+    } else {
+        return false;
     };
     let d = national.as_bytes();
     (b'2'..=b'9').contains(&d[0]) && (b'2'..=b'9').contains(&d[3])
