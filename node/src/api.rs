@@ -244,6 +244,8 @@ impl Api {
         // Fail fast at the edge; the state machine checks again, deterministically.
         request.validate()?;
         let timeout = self.inner.config.write_timeout;
+        let redacted = (!request.redactions.is_empty())
+            .then(|| (request.tenant_id.clone(), request.redactions.clone()));
         let proposed = self.raft().client_write(raft_store::Proposal(request));
         let response = tokio::time::timeout(timeout, proposed)
             .await
@@ -251,6 +253,9 @@ impl Api {
                 what: "write",
                 timeout_ms: millis(timeout),
             })??;
+        if let Some((tenant_id, redactions)) = redacted {
+            self.inner.config.pii.count(&tenant_id, &redactions);
+        }
         let index = response.log_id.index;
         let Response {
             outcome,

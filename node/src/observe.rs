@@ -35,8 +35,9 @@ pub mod names {
     pub const ADMISSION_IN_FLIGHT: &str = "switchboard_admission_in_flight";
     /// Client requests waiting for a slot, by `class`.
     pub const ADMISSION_QUEUED: &str = "switchboard_admission_queued";
-    /// PII values redacted from writes before they were proposed, by `kind` (`address`,
-    /// `card`, `email`, `phone`) and `policy` (`mask`, `hash`).
+    /// PII values redacted from the writes this node proposed as leader (counted once the entry
+    /// is in the log), by `kind` (`address`, `card`, `email`, `phone`) and `policy` (`mask`,
+    /// `hash`).
     pub const PII_REDACTIONS: &str = "switchboard_pii_redactions_total";
 }
 

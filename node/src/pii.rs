@@ -65,19 +65,24 @@ impl PiiConfig {
             .unwrap_or(self.default_policy)
     }
 
-    /// Redacts `command` under `tenant`'s policy and counts what was redacted, by kind
-    /// ([`names::PII_REDACTIONS`]). Refuses what cannot be proposed safely (see
+    /// Redacts `command` under `tenant`'s policy. Refuses what cannot be proposed safely (see
     /// [`Redactor::command`]).
     pub fn redact(&self, tenant: &str, command: Command) -> Result<(Command, Redactions), Invalid> {
-        let policy = self.policy_for(tenant);
-        let redactor = match (policy, &self.hash_key) {
+        let redactor = match (self.policy_for(tenant), &self.hash_key) {
             (Policy::Keep, _) => Redactor::Keep,
             (Policy::Mask, _) => Redactor::Mask,
             (Policy::Hash, Some(key)) => Redactor::Hash(key),
             // `new` refuses a hash policy without a key; masking is the safe answer anyway.
             (Policy::Hash, None) => Redactor::Mask,
         };
-        let (command, redactions) = redactor.command(command)?;
+        redactor.command(command)
+    }
+
+    /// Counts what a write proposed by this node had redacted, by kind and policy
+    /// ([`names::PII_REDACTIONS`]). Called once the entry is in the log, so that a write a
+    /// follower redirected is counted once, by the leader that proposed it.
+    pub fn count(&self, tenant: &str, redactions: &Redactions) {
+        let policy = self.policy_for(tenant);
         for (kind, count) in redactions.iter() {
             metrics::counter!(
                 names::PII_REDACTIONS,
@@ -86,7 +91,6 @@ impl PiiConfig {
             )
             .increment(u64::from(count));
         }
-        Ok((command, redactions))
     }
 }
 
