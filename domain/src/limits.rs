@@ -128,21 +128,13 @@ impl std::fmt::Display for Field {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Problem {
     Empty,
-    BytesOver {
-        bytes_max: u64,
-        bytes: u64,
-    },
-    EntriesOver {
-        entries_max: u64,
-        entries: u64,
-    },
+    BytesOver { bytes_max: u64, bytes: u64 },
+    EntriesOver { entries_max: u64, entries: u64 },
     NotInUnitRange,
     NotJson,
     Reserved,
     Malformed,
     Unspecified,
-    /// Opaque bytes hold personal data, which cannot be redacted without breaking their
-    /// encoding (see [`crate::redact`]).
     OpaquePii,
 }
 
@@ -170,6 +162,7 @@ impl std::fmt::Display for Problem {
             Problem::Reserved => write!(f, "uses a name reserved for system events"),
             Problem::Malformed => write!(f, "is malformed"),
             Problem::Unspecified => write!(f, "must be specified"),
+            // Opaque bytes cannot be redacted without breaking their encoding (`crate::redact`).
             Problem::OpaquePii => write!(
                 f,
                 "holds personal data that cannot be redacted inside opaque bytes: send it as JSON"
