@@ -412,6 +412,38 @@ async fn no_raw_pii_reaches_any_node_disk_and_kept_values_do() {
         assert!(seen.contains("[EMAIL:"), "node {id}: {seen}");
     }
 
+    // What cannot be proposed safely is refused: PII inside opaque payload bytes (it cannot be
+    // rewritten without breaking their encoding), and a client-set redaction record.
+    let refused = Secrets::new(4);
+    let mut calls = CallServiceClient::new(channel(&leader));
+    let opaque = calls
+        .log_event(v1::LogEventRequest {
+            tenant_id: MASKED.into(),
+            request_id: "opaque".into(),
+            call_id: writers[0].1.clone(),
+            event_type: "payment.raw".into(),
+            payload: Some(v1::log_event_request::Payload::PayloadBytes(
+                format!("\x0a\x10{}", refused.email).into_bytes(),
+            )),
+            metadata: Default::default(),
+        })
+        .await
+        .expect_err("pii in opaque bytes");
+    assert_eq!(opaque.code(), tonic::Code::InvalidArgument, "{opaque:?}");
+    assert!(opaque.message().contains("send it as JSON"), "{opaque:?}");
+    let forged = calls
+        .log_event(v1::LogEventRequest {
+            tenant_id: KEPT.into(),
+            request_id: "forged".into(),
+            call_id: writers[1].1.clone(),
+            event_type: "note".into(),
+            payload: None,
+            metadata: [("pii.redactions".to_owned(), "{}".to_owned())].into(),
+        })
+        .await
+        .expect_err("a client-set redaction record");
+    assert_eq!(forged.code(), tonic::Code::InvalidArgument, "{forged:?}");
+
     let exposition = metrics(&cluster.nodes[&leader_id].http).await;
     assert!(
         exposition
@@ -438,7 +470,12 @@ async fn no_raw_pii_reaches_any_node_disk_and_kept_values_do() {
     }
 
     for node in cluster.nodes.values() {
-        for needle in masked.needles().into_iter().chain(hashed.needles()) {
+        let never_written = masked
+            .needles()
+            .into_iter()
+            .chain(hashed.needles())
+            .chain(refused.needles());
+        for needle in never_written {
             let found = files_containing(&node.data_dir, &needle);
             assert!(
                 found.is_empty(),
