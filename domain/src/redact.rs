@@ -108,7 +108,10 @@ impl FromStr for PiiKind {
         PiiKind::ALL
             .into_iter()
             .find(|kind| kind.as_str() == name)
-            .ok_or_else(|| UnknownName(name.to_owned()))
+            .ok_or_else(|| UnknownName {
+                name: name.to_owned(),
+                expected: "address, card, email, phone",
+            })
     }
 }
 
@@ -151,13 +154,19 @@ impl FromStr for Policy {
         Policy::ALL
             .into_iter()
             .find(|policy| policy.as_str() == name)
-            .ok_or_else(|| UnknownName(name.to_owned()))
+            .ok_or_else(|| UnknownName {
+                name: name.to_owned(),
+                expected: "mask, hash, keep",
+            })
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown name {0:?}")]
-pub struct UnknownName(pub String);
+#[error("unknown name {name:?}: expected one of {expected}")]
+pub struct UnknownName {
+    pub name: String,
+    pub expected: &'static str,
+}
 
 /// The cluster-wide secret of `hash` placeholders.
 ///
@@ -1180,7 +1189,8 @@ mod tests {
         for kind in PiiKind::ALL {
             assert_eq!(kind.as_str().parse::<PiiKind>().ok(), Some(kind));
         }
-        assert!("redact".parse::<Policy>().is_err());
+        let error = "redact".parse::<Policy>().expect_err("not a policy");
+        assert!(error.to_string().contains("mask, hash, keep"), "{error}");
     }
 
     #[test]
