@@ -12,6 +12,7 @@ use super::model::{
     Turn, event_id, event_type,
 };
 use crate::limits::{CALL_EVENTS_MAX, CALL_TURNS_MAX, ENTITIES_MAX, HANDOFF_TURNS_MAX};
+use crate::redact::REDACTIONS_METADATA_KEY;
 
 /// What `apply` may look at besides the request.
 #[derive(Debug, Clone, Copy)]
@@ -121,6 +122,7 @@ pub fn apply(head: Head, view: View<'_>, request: &Request) -> Result<Change, Re
                 Payload::Json(payload.to_string()),
                 Labels::new(),
             )?;
+            change.record_redactions(request);
             return Ok(change);
         }
         (command, None) => {
@@ -337,6 +339,7 @@ pub fn apply(head: Head, view: View<'_>, request: &Request) -> Result<Change, Re
             });
         }
     }
+    change.record_redactions(request);
     Ok(change)
 }
 
@@ -430,5 +433,20 @@ impl Change {
 
     pub fn state(&self) -> CallState {
         self.call.state()
+    }
+
+    /// Records in every event of the change what the leader redacted from the request, under
+    /// [`REDACTIONS_METADATA_KEY`]. Nothing for a request without redactions, so every entry of
+    /// log-entry format 1 applies exactly as before.
+    fn record_redactions(&mut self, request: &Request) {
+        if request.redactions.is_empty() {
+            return;
+        }
+        let summary = request.redactions.to_json();
+        for event in &mut self.events {
+            event
+                .metadata
+                .insert(REDACTIONS_METADATA_KEY.to_owned(), summary.clone());
+        }
     }
 }

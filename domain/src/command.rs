@@ -10,6 +10,7 @@ use crate::limits::{
     RESOLUTION_BYTES_MAX, SOURCE_BYTES_MAX, SPEAKER_BYTES_MAX, SUMMARY_BYTES_MAX, TARGET_BYTES_MAX,
     TENANT_ID_BYTES_MAX, TRACE_ID_BYTES_MAX, TURN_TEXT_BYTES_MAX,
 };
+use crate::redact::Redactions;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
@@ -375,6 +376,9 @@ pub struct Request {
     pub request_id: String,
     pub command: Command,
     pub stamp: Stamp,
+    /// What the leader redacted from the command before proposing (DESIGN §8): which kinds of
+    /// PII, how many. Recorded in the events the request produces. Empty in log-entry format 1.
+    pub redactions: Redactions,
 }
 
 impl Request {

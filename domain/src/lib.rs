@@ -15,6 +15,7 @@ mod idempotency;
 pub mod limits;
 pub mod memory;
 mod model;
+pub mod redact;
 
 pub use apply::{Change, View, apply};
 pub use command::{CallLimit, Command, CommandKind, Rejection, Request, Stamp};
@@ -24,3 +25,4 @@ pub use model::{
     Call, CallId, CallState, Channel, ContextSnapshot, ERASED_PAYLOAD, Erasure, Event, Handoff,
     Head, Labels, Lifecycle, Payload, Turn, Urgency, event_id, event_type,
 };
+pub use redact::Redactions;

@@ -139,6 +139,7 @@ pub enum Problem {
     Reserved,
     Malformed,
     Unspecified,
+    OpaquePii,
 }
 
 /// One field that breaks one bound: the payload of an `INVALID_ARGUMENT`.
@@ -165,6 +166,11 @@ impl std::fmt::Display for Problem {
             Problem::Reserved => write!(f, "uses a name reserved for system events"),
             Problem::Malformed => write!(f, "is malformed"),
             Problem::Unspecified => write!(f, "must be specified"),
+            // Opaque bytes cannot be redacted without breaking their encoding (`crate::redact`).
+            Problem::OpaquePii => write!(
+                f,
+                "holds personal data that cannot be redacted inside opaque bytes: send it as JSON"
+            ),
         }
     }
 }

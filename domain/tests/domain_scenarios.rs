@@ -14,6 +14,7 @@ use domain::limits::{
     Invalid, METADATA_ENTRIES_MAX, Problem, TENANT_ID_BYTES_MAX, TURN_TEXT_BYTES_MAX,
 };
 use domain::memory::Memory;
+use domain::redact::{REDACTIONS_METADATA_KEY, Redactor};
 use domain::{
     Call, CallId, CallLimit, CallState, Change, Channel, Command, CommandKind, Decision, Event,
     Handoff, Head, Labels, Lifecycle, Outcome, Payload, Receipt, Rejection, Request, Stamp, Turn,
@@ -131,7 +132,35 @@ impl Scenario {
             request_id: request_id.to_owned(),
             command,
             stamp,
+            redactions: Default::default(),
         };
+        self.send_request(request)
+    }
+
+    /// Plays the leader's redaction step: redacts `command` under `redactor`, then stamps and
+    /// decides it with the summary as the next log entry.
+    fn send_redacted(
+        &mut self,
+        tenant: &str,
+        request_id: &str,
+        command: Command,
+        redactor: Redactor<'_>,
+    ) -> Decision {
+        let (command, redactions) = redactor.command(command).expect("a redactable command");
+        let request = Request {
+            tenant_id: tenant.to_owned(),
+            request_id: request_id.to_owned(),
+            stamp: self.stamp(&command),
+            command,
+            redactions,
+        };
+        let decision = self.send_request(request);
+        self.clock_ms += TICK_MS;
+        decision
+    }
+
+    /// Decides one request as the next log entry, and writes its step.
+    fn send_request(&mut self, request: Request) -> Decision {
         self.last_index += 1;
         let step = decide(&self.state, &request, self.last_index)
             .expect("the scenario's state holds every turn it counts");
@@ -1229,6 +1258,7 @@ mod handoff_snapshot {
                 minted_call_id: None,
                 minted_trace_id: None,
             },
+            redactions: Default::default(),
         };
         let view = View {
             call: Some(s.call(id)),
@@ -2222,6 +2252,7 @@ mod determinism {
                 minted_call_id: None,
                 minted_trace_id: None,
             },
+            redactions: Default::default(),
         };
         let turns = s.turns_of(id);
         let view = View {
@@ -2516,5 +2547,107 @@ mod erasure {
         let id = s.active(ACME);
         let invalid = s.invalid(ACME, semantic(id, event_type::CALL_ERASED));
         assert_eq!(invalid, Invalid::new(Field::EventType, Problem::Reserved));
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// PII redaction: the leader redacts before proposing; the events record what it redacted
+// ------------------------------------------------------------------------------------------------
+
+mod redaction {
+    use super::*;
+
+    #[track_caller]
+    fn applied(decision: Decision) -> Change {
+        match decision {
+            Decision::Applied { change, .. } => *change,
+            other => panic!("expected the command to be applied, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_redacted_turn_is_stored_masked_and_its_event_records_kinds_and_counts() {
+        let mut s = Scenario::new();
+        let id = s.active(ACME);
+        let change = applied(s.send_redacted(
+            ACME,
+            "turn-1",
+            turn(
+                id,
+                "card 4111 1111 1111 1111, mail jo@example.com or jo@example.org",
+            ),
+            Redactor::Mask,
+        ));
+        let stored = &s.turns_of(id)[0];
+        assert_eq!(stored.text, "card [CARD], mail [EMAIL] or [EMAIL]");
+        let event = s.events_of(id).last().copied().expect("turn.appended");
+        assert_eq!(event, &change.events[0]);
+        assert_eq!(event.event_type, event_type::TURN_APPENDED);
+        assert_eq!(payload_json(event)["text"], stored.text.as_str());
+        assert_eq!(
+            event
+                .metadata
+                .get(REDACTIONS_METADATA_KEY)
+                .map(String::as_str),
+            Some(r#"{"card":1,"email":2}"#)
+        );
+    }
+
+    #[test]
+    fn a_request_without_pii_records_no_redactions() {
+        let mut s = Scenario::new();
+        let id = s.active(ACME);
+        applied(s.send_redacted(ACME, "turn-1", turn(id, "hello there"), Redactor::Mask));
+        for event in s.events_of(id) {
+            assert!(
+                !event.metadata.contains_key(REDACTIONS_METADATA_KEY),
+                "{event:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn redacted_context_reaches_the_call_and_the_handoff_snapshot_masked() {
+        let mut s = Scenario::new();
+        let id = s.active(ACME);
+        applied(s.send_redacted(
+            ACME,
+            "ctx",
+            context(
+                id,
+                Some("caller lives at 12 Smith St, Ryde NSW 2112"),
+                &[("phone", "0412 345 678"), ("plan", "gold")],
+            ),
+            Redactor::Mask,
+        ));
+        let event = s.events_of(id).last().copied().expect("context.updated");
+        assert_eq!(
+            event
+                .metadata
+                .get(REDACTIONS_METADATA_KEY)
+                .map(String::as_str),
+            Some(r#"{"address":1,"phone":1}"#)
+        );
+        applied(s.send_redacted(ACME, "handoff", handoff(id), Redactor::Mask));
+        let snapshot = s.handoff_of(id).snapshot;
+        assert_eq!(snapshot.summary, "caller lives at [ADDRESS]");
+        assert_eq!(
+            snapshot.entities,
+            labels(&[("phone", "[PHONE]"), ("plan", "gold")])
+        );
+        assert_eq!(s.call(id).entities, snapshot.entities);
+    }
+
+    #[test]
+    fn a_retried_redacted_request_is_replayed_not_refused() {
+        let mut s = Scenario::new();
+        let id = s.active(ACME);
+        let raw = || turn(id, "my card is 4111111111111111");
+        let first = outcome_of_applied(s.send_redacted(ACME, "t", raw(), Redactor::Mask));
+        match s.send_redacted(ACME, "t", raw(), Redactor::Mask) {
+            Decision::Replay(outcome) => assert_eq!(outcome, first),
+            other => panic!("expected a replay, got {other:?}"),
+        }
+        assert_eq!(s.turns_of(id).len(), 1);
     }
 }

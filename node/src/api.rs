@@ -35,6 +35,7 @@ use crate::Raft;
 use crate::admission::{Admission, AdmissionConfig, Class, Permit};
 use crate::auth::{Access, Auth, AuthError, Caller};
 use crate::convert::{self, WriteRequest};
+use crate::pii::PiiConfig;
 use crate::status::ApiError;
 
 /// Most log entries a learner may be behind the leader and still be promoted.
@@ -56,6 +57,8 @@ pub struct ApiConfig {
     pub admission: AdmissionConfig,
     /// How callers are authenticated.
     pub auth: Auth,
+    /// PII policies and hash key: every write is redacted before it is proposed.
+    pub pii: PiiConfig,
 }
 
 /// The three public services share one `Api`; clones are cheap.
@@ -343,15 +346,27 @@ impl Api {
             minted_call_id: creates.then(Uuid::now_v7),
             minted_trace_id: creates.then(Uuid::now_v7),
         };
+        // Bounds first, on what the client sent; then PII is redacted here, before proposing,
+        // so no raw value reaches the log, a snapshot or a follower (DESIGN §8). A placeholder
+        // can be longer than what it replaces: the redacted request is validated again.
+        write.command.validate()?;
+        let (command, redactions) = self
+            .inner
+            .config
+            .pii
+            .redact(&write.tenant_id, write.command)?;
         let request = Request {
             tenant_id: write.tenant_id,
             request_id: write.request_id,
-            command: write.command,
+            command,
             stamp,
+            redactions,
         };
         // Fail fast at the edge; the state machine checks again, deterministically.
         request.validate()?;
         let timeout = self.inner.config.write_timeout;
+        let redacted = (!request.redactions.is_empty())
+            .then(|| (request.tenant_id.clone(), request.redactions.clone()));
         let proposed = self.raft().client_write(raft_store::Proposal(request));
         let response = tokio::time::timeout(timeout, proposed)
             .await
@@ -359,6 +374,9 @@ impl Api {
                 what: "write",
                 timeout_ms: millis(timeout),
             })??;
+        if let Some((tenant_id, redactions)) = redacted {
+            self.inner.config.pii.count(&tenant_id, &redactions);
+        }
         let index = response.log_id.index;
         let Response {
             outcome,

@@ -6,9 +6,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use domain::limits::TENANT_ID_BYTES_MAX;
+use domain::redact::{HASH_KEY_BYTES_MAX, HashKey, Policy};
 use serde::Deserialize;
 
 use crate::admission::{self, AdmissionConfig, ClassLimits};
+use crate::pii::PiiConfig;
 
 /// `switchboard serve` options. Every option is optional here so that a config file can fill
 /// what the command line leaves out; [`ServeArgs::resolve`] applies the defaults.
@@ -104,6 +107,19 @@ pub struct ServeArgs {
     #[arg(long, env = "SWITCHBOARD_INSECURE")]
     #[serde(default)]
     pub insecure: bool,
+    /// PII policy of every tenant without an override: `mask` (typed placeholders such as
+    /// `[EMAIL]`), `hash` (placeholders with a keyed hash, `[EMAIL:3f9a1c2e4b5d]`) or `keep`
+    /// [default: mask]. Every node of a cluster must use the same PII settings.
+    #[arg(long, env = "SWITCHBOARD_PII_POLICY")]
+    pub pii_policy: Option<Policy>,
+    /// File holding the cluster-wide secret key of `hash` placeholders (32 to 1024 bytes; a
+    /// trailing newline is not part of it). Required when any policy is `hash`; every node
+    /// must use the same key.
+    #[arg(long, env = "SWITCHBOARD_PII_HASH_KEY_FILE")]
+    pub pii_hash_key_file: Option<PathBuf>,
+    /// Per-tenant PII policies, `{"tenant": "keep"}` (config file only).
+    #[arg(skip)]
+    pub pii_tenant_policies: Option<BTreeMap<String, Policy>>,
     /// Stop when the parent process goes away (used by `switchboard dev`).
     #[arg(long, hide = true)]
     #[serde(skip)]
@@ -135,6 +151,7 @@ pub struct NodeConfig {
     pub token_keys: Option<PathBuf>,
     /// Plaintext and (without `token_keys`) no authentication.
     pub insecure: bool,
+    pub pii: PiiConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -174,6 +191,8 @@ fn invalid(
 }
 
 pub const CONFIG_FILE_BYTES_MAX: u64 = 1 << 20;
+/// Most tenants with a PII policy of their own.
+pub const PII_TENANT_POLICIES_MAX: usize = 10_000;
 
 // Bounds of a cluster member's record. They live with the node's configuration rather than in
 // `domain::limits` because a member is Raft membership, which the domain never sees; the API
@@ -298,10 +317,68 @@ impl ServeArgs {
             },
             token_keys: pick!(token_keys),
             insecure: self.insecure || file.insecure,
+            pii: Self::pii(
+                pick!(pii_policy),
+                pick!(pii_tenant_policies),
+                pick!(pii_hash_key_file).as_deref(),
+            )?,
         };
         config.validate()?;
         Ok(config)
     }
+
+    /// The PII settings: policies, and the hash key read from its file.
+    fn pii(
+        policy: Option<Policy>,
+        tenant_policies: Option<BTreeMap<String, Policy>>,
+        hash_key_file: Option<&Path>,
+    ) -> Result<PiiConfig, ConfigError> {
+        let tenant_policies = tenant_policies.unwrap_or_default();
+        if tenant_policies.len() > PII_TENANT_POLICIES_MAX {
+            return Err(invalid(
+                "pii-tenant-policies",
+                format!("{} tenants", tenant_policies.len()),
+                format!("at most {PII_TENANT_POLICIES_MAX} tenants may have their own policy"),
+            ));
+        }
+        if let Some(tenant) = tenant_policies
+            .keys()
+            .find(|t| t.is_empty() || t.len() > TENANT_ID_BYTES_MAX)
+        {
+            return Err(invalid(
+                "pii-tenant-policies",
+                tenant,
+                format!("a tenant id is 1 to {TENANT_ID_BYTES_MAX} bytes"),
+            ));
+        }
+        let hash_key = hash_key_file.map(read_hash_key).transpose()?;
+        PiiConfig::new(policy.unwrap_or_default(), tenant_policies, hash_key)
+            .map_err(|e| invalid("pii-policy", policy.unwrap_or_default(), e.to_string()))
+    }
+}
+
+/// Reads the hash key: the file's bytes without a trailing newline, within the key's bounds.
+fn read_hash_key(path: &Path) -> Result<HashKey, ConfigError> {
+    let file_error = |source| ConfigError::File {
+        path: path.to_path_buf(),
+        source,
+    };
+    // Bounded before reading: the bound plus a line ending.
+    let len = std::fs::metadata(path).map_err(file_error)?.len();
+    let bytes_max = HASH_KEY_BYTES_MAX as u64 + 2;
+    if len > bytes_max {
+        return Err(invalid(
+            "pii-hash-key-file",
+            path.display(),
+            format!("{len} bytes, over the bound of {HASH_KEY_BYTES_MAX} bytes of key"),
+        ));
+    }
+    let mut bytes = std::fs::read(path).map_err(file_error)?;
+    while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        bytes.pop();
+    }
+    // The error names the file and the size, never the key.
+    HashKey::new(bytes).map_err(|e| invalid("pii-hash-key-file", path.display(), e.to_string()))
 }
 
 /// The node id of a StatefulSet pod: its trailing ordinal plus one (`switchboard-0` is node 1).
@@ -575,6 +652,61 @@ mod tests {
         .expect("valid");
         assert_eq!(config.node_id, 3);
         assert!(node_id_from_pod_name("switchboard").is_err());
+    }
+
+    #[test]
+    fn pii_policy_defaults_to_mask_and_tenants_override_it_from_the_file() {
+        let config = args().resolve().expect("valid");
+        assert_eq!(config.pii.policy_for("acme"), Policy::Mask);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("node.json");
+        std::fs::write(
+            &path,
+            br#"{"pii-policy": "keep", "pii-tenant-policies": {"acme": "mask"}}"#,
+        )
+        .expect("write");
+        let config = ServeArgs {
+            config: Some(path),
+            ..args()
+        }
+        .resolve()
+        .expect("valid");
+        assert_eq!(config.pii.policy_for("acme"), Policy::Mask);
+        assert_eq!(config.pii.policy_for("globex"), Policy::Keep);
+    }
+
+    #[test]
+    fn a_hash_policy_needs_a_valid_key_file() {
+        let err = ServeArgs {
+            pii_policy: Some(Policy::Hash),
+            ..args()
+        }
+        .resolve()
+        .expect_err("no key");
+        assert!(err.to_string().contains("pii-hash-key-file"), "{err}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let short = dir.path().join("short.key");
+        std::fs::write(&short, b"0123456789abcdef0123456789abcde\n").expect("write");
+        let err = ServeArgs {
+            pii_policy: Some(Policy::Hash),
+            pii_hash_key_file: Some(short),
+            ..args()
+        }
+        .resolve()
+        .expect_err("31 bytes of key");
+        assert!(err.to_string().contains("under the minimum of 32"), "{err}");
+        assert!(!err.to_string().contains("0123456789"), "{err}");
+        let key = dir.path().join("good.key");
+        std::fs::write(&key, b"0123456789abcdef0123456789abcdef\n").expect("write");
+        let config = ServeArgs {
+            pii_policy: Some(Policy::Hash),
+            pii_hash_key_file: Some(key),
+            ..args()
+        }
+        .resolve()
+        .expect("valid");
+        assert_eq!(config.pii.policy_for("acme"), Policy::Hash);
+        assert!(!format!("{config:?}").contains("0123456789"));
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod convert;
 pub mod dev;
 pub mod erasure;
 pub mod observe;
+pub mod pii;
 pub mod probe;
 pub mod reset;
 pub mod server;

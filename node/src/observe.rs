@@ -48,6 +48,10 @@ pub mod names {
     pub const ERASURE_PASS_FAILURES: &str = "switchboard_erasure_pass_failures_total";
     /// Duration of each completed erasure pass.
     pub const ERASURE_PASS_SECONDS: &str = "switchboard_erasure_pass_duration_seconds";
+    /// PII values redacted from the writes this node proposed as leader (counted once the entry
+    /// is in the log), by `kind` (`address`, `card`, `email`, `phone`) and `policy` (`mask`,
+    /// `hash`).
+    pub const PII_REDACTIONS: &str = "switchboard_pii_redactions_total";
 }
 
 /// How often gauges are refreshed besides on every Raft metrics change.

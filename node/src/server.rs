@@ -125,6 +125,7 @@ pub async fn serve(
             read_wait_max: config.read_wait_max,
             admission: config.admission,
             auth: auth.clone(),
+            pii: config.pii.clone(),
         },
     );
     let (health, health_service) = tonic_health::server::health_reporter();

@@ -225,6 +225,7 @@ fn create_call(n: u64) -> Request {
             minted_call_id: Some(Uuid::now_v7()),
             minted_trace_id: None,
         },
+        redactions: Default::default(),
     }
 }
 

@@ -18,14 +18,15 @@ use std::fmt;
 use serde::de::{DeserializeOwned, Error as _, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use domain::{Call, Command, Request};
+use domain::{Call, Command, Redactions, Request, Stamp};
 
 use crate::error::Error;
 
 /// Format of stored records written by this binary, for every type whose layout never changed
 /// (a type whose layout changed writes its own [`Record::FORMAT`]).
 pub const RECORD_FORMAT: u8 = 1;
-/// Newest log-entry format this binary reads and writes: format 2 adds `EraseCall`.
+/// Newest log-entry format this binary reads and writes. Format 2 adds `EraseCall` and the
+/// request's redaction summary (`Request::redactions`).
 pub const ENTRY_FORMAT: u8 = 2;
 /// Oldest log-entry format this binary still reads.
 pub const ENTRY_FORMAT_MIN: u8 = 1;
@@ -159,38 +160,90 @@ pub fn hex(bytes: &[u8]) -> String {
 pub struct Proposal(pub Request);
 
 impl Proposal {
-    /// The entry format a request needs: the commands of the first release are format 1, and a
-    /// command added later gets the format that added it, so that a node that does not know it
-    /// refuses the entry instead of misreading it while the others keep agreeing on the rest.
+    /// The entry format a request needs: format 1 while it carries nothing format 1 cannot (a
+    /// command of the first release, no redaction summary), so that nodes of the previous
+    /// release keep reading those entries during a rolling upgrade; format 2 otherwise. A node
+    /// that does not know format 2 refuses such an entry instead of misreading it.
     pub fn format(&self) -> u8 {
-        match self.0.command {
-            Command::EraseCall { .. } => 2,
+        let first_release = match self.0.command {
+            Command::EraseCall { .. } => false,
             Command::CreateCall { .. }
             | Command::StartCall { .. }
             | Command::AppendTurn { .. }
             | Command::LogEvent { .. }
             | Command::UpdateContext { .. }
             | Command::RequestHandoff { .. }
-            | Command::EndCall { .. } => 1,
+            | Command::EndCall { .. } => true,
+        };
+        if first_release && self.0.redactions.is_empty() {
+            1
+        } else {
+            2
         }
     }
 
-    /// The envelope: format byte, then postcard of the request.
+    /// The envelope: format byte, then postcard of the request in that format's layout.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = vec![self.format()];
-        postcard::to_io(&self.0, &mut out).expect("requests serialize to memory");
+        let format = self.format();
+        let mut out = vec![format];
+        let encoded = if format == 1 {
+            postcard::to_io(&RequestV1Ref::from(&self.0), &mut out).map(drop)
+        } else {
+            postcard::to_io(&self.0, &mut out).map(drop)
+        };
+        encoded.expect("requests serialize to memory");
         out
     }
 
     /// Reads an envelope, refusing a format this binary does not know.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, ProposalError> {
         let (&format, body) = bytes.split_first().ok_or(ProposalError::Empty)?;
-        if !(ENTRY_FORMAT_MIN..=ENTRY_FORMAT).contains(&format) {
-            return Err(ProposalError::UnknownFormat { found: format });
+        let request = match format {
+            1 => postcard::from_bytes::<RequestV1>(body).map(Request::from),
+            2 => postcard::from_bytes::<Request>(body),
+            found => return Err(ProposalError::UnknownFormat { found }),
+        };
+        request.map(Proposal).map_err(ProposalError::Corrupt)
+    }
+}
+
+/// A request as entry format 1 lays it out: without the redaction summary.
+#[derive(Serialize)]
+struct RequestV1Ref<'a> {
+    tenant_id: &'a str,
+    request_id: &'a str,
+    command: &'a Command,
+    stamp: &'a Stamp,
+}
+
+impl<'a> From<&'a Request> for RequestV1Ref<'a> {
+    fn from(request: &'a Request) -> Self {
+        Self {
+            tenant_id: &request.tenant_id,
+            request_id: &request.request_id,
+            command: &request.command,
+            stamp: &request.stamp,
         }
-        postcard::from_bytes(body)
-            .map(Proposal)
-            .map_err(ProposalError::Corrupt)
+    }
+}
+
+#[derive(Deserialize)]
+struct RequestV1 {
+    tenant_id: String,
+    request_id: String,
+    command: Command,
+    stamp: Stamp,
+}
+
+impl From<RequestV1> for Request {
+    fn from(v1: RequestV1) -> Self {
+        Request {
+            tenant_id: v1.tenant_id,
+            request_id: v1.request_id,
+            command: v1.command,
+            stamp: v1.stamp,
+            redactions: Redactions::default(),
+        }
     }
 }
 
@@ -261,7 +314,8 @@ impl<'de> Deserialize<'de> for Proposal {
 
 #[cfg(test)]
 mod tests {
-    use domain::{Channel, Command, Labels, Stamp};
+    use domain::redact::PiiKind;
+    use domain::{Channel, Labels};
 
     use super::*;
 
@@ -280,6 +334,7 @@ mod tests {
                 minted_call_id: Some(uuid::Uuid::from_u128(7)),
                 minted_trace_id: None,
             },
+            redactions: Default::default(),
         }
     }
 
@@ -311,7 +366,7 @@ mod tests {
     /// The byte layout of entry format 2: `EraseCall`, the eighth command. Format 1 requests keep
     /// their format byte, so nodes of the first release still read them.
     #[test]
-    fn entry_format_2_layout_is_pinned() {
+    fn entry_format_2_layout_of_an_erase_is_pinned() {
         let erase = Request {
             command: Command::EraseCall {
                 call_id: uuid::Uuid::from_u128(7),
@@ -339,6 +394,7 @@ mod tests {
                 "80b883a1f732", // stamp: at_ms (varint)
                 "00",
                 "00", // no minted ids
+                "00", // no redactions
             )
         );
         assert_eq!(Proposal::from_bytes(&bytes).ok(), Some(Proposal(erase)));
@@ -349,17 +405,70 @@ mod tests {
         );
     }
 
+    fn redacted_request() -> Request {
+        let mut request = request();
+        request.redactions = [(PiiKind::Card, 1), (PiiKind::Email, 2)]
+            .into_iter()
+            .collect();
+        request
+    }
+
+    /// The byte layout of entry format 2: format 1's request followed by the redaction summary
+    /// (a map of kind index to count). A request without redactions is still written in format
+    /// 1 (pinned above), which nodes of the previous release read.
+    #[test]
+    fn entry_format_2_layout_is_pinned() {
+        let bytes = Proposal(redacted_request()).to_bytes();
+        let format_1 = Proposal(request()).to_bytes();
+        assert_eq!(format_1[0], 1);
+        assert_eq!(bytes[0], 2);
+        assert_eq!(
+            hex(&bytes[1..]),
+            format!(
+                "{}{}",
+                hex(&format_1[1..]),
+                concat!(
+                    "02",   // two kinds
+                    "0101", // card (kind 1): 1
+                    "0202", // email (kind 2): 2
+                )
+            )
+        );
+        assert_eq!(
+            Proposal::from_bytes(&bytes).ok(),
+            Some(Proposal(redacted_request()))
+        );
+    }
+
+    #[test]
+    fn a_format_1_entry_reads_as_a_request_without_redactions() {
+        let decoded = Proposal::from_bytes(&Proposal(request()).to_bytes()).expect("format 1");
+        assert!(decoded.0.redactions.is_empty());
+        // Format 1 bytes are not format 2 bytes: a wrong format byte is corrupt, not misread.
+        let mut bytes = Proposal(request()).to_bytes();
+        bytes[0] = 2;
+        assert!(matches!(
+            Proposal::from_bytes(&bytes),
+            Err(ProposalError::Corrupt(_))
+        ));
+    }
+
     #[test]
     fn an_entry_of_an_unknown_format_is_refused_naming_it() {
         let mut bytes = Proposal(request()).to_bytes();
+        let format = bytes[0];
         bytes[0] = ENTRY_FORMAT + 1;
         let error = Proposal::from_bytes(&bytes).expect_err("newer format");
-        let named = format!("format {}", ENTRY_FORMAT + 1);
-        assert!(error.to_string().contains(&named), "{error}");
+        assert!(
+            error
+                .to_string()
+                .contains(&format!("format {}", ENTRY_FORMAT + 1)),
+            "{error}"
+        );
         // Through serde (how openraft entries are decoded), the refusal survives.
         let wrapped = postcard::to_stdvec(&SerBytes(&bytes)).expect("encode");
         assert!(postcard::from_bytes::<Proposal>(&wrapped).is_err());
-        bytes[0] = ENTRY_FORMAT;
+        bytes[0] = format;
         let wrapped = postcard::to_stdvec(&SerBytes(&bytes)).expect("encode");
         assert_eq!(
             postcard::from_bytes::<Proposal>(&wrapped).ok(),

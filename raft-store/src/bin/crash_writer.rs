@@ -32,6 +32,7 @@ fn entry(term: u64, index: u64) -> Entry {
             minted_call_id: None,
             minted_trace_id: None,
         },
+        redactions: Default::default(),
     };
     Entry::new_normal(
         LogId::new(LeaderId { term, node_id: 1 }, index),

@@ -33,6 +33,7 @@ pub fn request(tenant: &str, request_id: &str, command: Command, stamp: Stamp) -
         request_id: request_id.to_owned(),
         command,
         stamp,
+        redactions: Default::default(),
     }
 }
 
