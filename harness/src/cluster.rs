@@ -5,11 +5,14 @@
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::ffi::OsStr;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+
+use client::{ClientConfig, TlsConfig};
 
 use crate::{Agreement, Error, ServeCommand};
 
@@ -55,7 +58,35 @@ pub struct ProcessCluster {
     cluster_id: String,
     initial_cluster: String,
     pub nodes: BTreeMap<u64, ProcNode>,
+    /// Where `switchboard certs init` wrote the cluster's CA and node certificates; `None`
+    /// when the nodes run `--insecure`.
+    certs_dir: Option<PathBuf>,
+    /// How clients of this cluster speak TLS (trusting its CA); `None` under `--insecure`.
+    tls: Option<TlsConfig>,
     root: tempfile::TempDir,
+}
+
+/// The cluster id of every [`ProcessCluster`].
+pub const HARNESS_CLUSTER_ID: &str = "harness";
+
+/// Runs `binary certs ARGS` (creating certificates), failing with its stderr.
+pub fn run_certs(binary: &Path, args: &[&OsStr]) -> Result<(), Error> {
+    let output = Command::new(binary)
+        .arg("certs")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(Error::Certs)?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(Error::Certs(std::io::Error::other(format!(
+            "switchboard certs {:?} failed ({}): {}",
+            args,
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))))
+    }
 }
 
 /// A free loopback port (bound then released; the tiny race is acceptable for tests).
@@ -78,6 +109,9 @@ const BIND_POLL: Duration = Duration::from_millis(20);
 
 impl ProcessCluster {
     /// Starts `n` voters that bootstrap themselves; `extra_args` go to every `serve`.
+    ///
+    /// The nodes speak TLS with certificates that `switchboard certs init` makes in the
+    /// cluster's directory, unless `extra_args` holds `--insecure`.
     ///
     /// Ports are picked free and released before the nodes bind them, so another process may
     /// take one in between (many tests run at once). A node that exits before it binds makes
@@ -147,11 +181,33 @@ impl ProcessCluster {
         }
         let initial_cluster =
             crate::initial_cluster(nodes.values().map(|n| (n.id, n.grpc.as_str())));
+        let (certs_dir, tls) = if extra_args.contains(&"--insecure") {
+            (None, None)
+        } else {
+            let dir = root.path().join("certs");
+            let ids = (1..=n).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+            run_certs(
+                binary,
+                &[
+                    OsStr::new("init"),
+                    OsStr::new("--dir"),
+                    dir.as_os_str(),
+                    OsStr::new("--nodes"),
+                    OsStr::new(&ids),
+                    OsStr::new("--cluster-id"),
+                    OsStr::new(HARNESS_CLUSTER_ID),
+                ],
+            )?;
+            let tls = TlsConfig::from_ca_file(dir.join("ca.pem")).map_err(Error::Certs)?;
+            (Some(dir), Some(tls))
+        };
         let mut cluster = Self {
             binary: binary.to_path_buf(),
-            cluster_id: "harness".to_owned(),
+            cluster_id: HARNESS_CLUSTER_ID.to_owned(),
             initial_cluster,
             nodes,
+            certs_dir,
+            tls,
             root,
         };
         let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
@@ -173,6 +229,62 @@ impl ProcessCluster {
         &self.cluster_id
     }
 
+    /// The directory of the cluster's CA and node certificates (`certs init` layout); `None`
+    /// under `--insecure`.
+    pub fn certs_dir(&self) -> Option<&Path> {
+        self.certs_dir.as_deref()
+    }
+
+    /// How a client of this cluster speaks TLS; `None` under `--insecure`.
+    pub fn tls(&self) -> Option<&TlsConfig> {
+        self.tls.as_ref()
+    }
+
+    /// The one client configuration of this cluster, for every test, drill and bench: every
+    /// node's endpoint and the TLS (and, later, credentials) to reach them. Callers change
+    /// timeouts with `..cluster.client_config()`.
+    pub fn client_config(&self) -> ClientConfig {
+        ClientConfig {
+            endpoints: self.endpoints(),
+            tls: self.tls.clone(),
+            ..ClientConfig::default()
+        }
+    }
+
+    /// A lazily connecting raw gRPC channel to node `id`, with the cluster's TLS, for tests
+    /// that speak the wire contract without the client library.
+    pub fn channel(&self, id: u64) -> Result<tonic::transport::Channel, Error> {
+        let addr = self.grpc(id);
+        client::endpoint(&addr, self.tls.as_ref())
+            .map(|e| e.connect_lazy())
+            .map_err(|source| Error::Endpoint {
+                endpoint: addr,
+                source,
+            })
+    }
+
+    /// Issues node `id` a certificate from the cluster's CA (a node added later, or a rotated
+    /// certificate with `force`).
+    pub fn issue_cert(&self, id: u64, force: bool) -> Result<(), Error> {
+        let Some(dir) = &self.certs_dir else {
+            return Ok(());
+        };
+        let node_id = id.to_string();
+        let mut args = vec![
+            OsStr::new("node"),
+            OsStr::new("--dir"),
+            dir.as_os_str(),
+            OsStr::new("--node-id"),
+            OsStr::new(&node_id),
+            OsStr::new("--cluster-id"),
+            OsStr::new(&self.cluster_id),
+        ];
+        if force {
+            args.push(OsStr::new("--force"));
+        }
+        run_certs(&self.binary, &args)
+    }
+
     /// Registers and starts a node that is not in the initial cluster (it waits to be added).
     pub fn start_extra(&mut self, id: u64, extra_args: &[&str]) -> Result<&ProcNode, Error> {
         let node = ProcNode {
@@ -185,6 +297,9 @@ impl ProcessCluster {
             env: Vec::new(),
             stderr_file: None,
         };
+        if !self.nodes.contains_key(&id) {
+            self.issue_cert(id, false)?;
+        }
         self.nodes.insert(id, node);
         self.spawn(id, false)?;
         self.nodes.get(&id).ok_or(Error::NoNode(id))
@@ -194,7 +309,11 @@ impl ProcessCluster {
         let node = self.nodes.get_mut(&id).ok_or(Error::NoNode(id))?;
         let mut serve = ServeCommand::new(id, &node.grpc, &node.data_dir)
             .http_listen(&node.http)
-            .cluster_id(&self.cluster_id)
+            .cluster_id(&self.cluster_id);
+        if let Some(dir) = &self.certs_dir {
+            serve = serve.extra_args([OsStr::new("--tls-dir"), dir.as_os_str()]);
+        }
+        serve = serve
             .extra_args(&node.extra_args)
             .log_filter(crate::test_log_filter());
         if with_initial_cluster {
@@ -296,7 +415,7 @@ impl ProcessCluster {
     /// Cluster status as node `id` sees it.
     pub async fn status(&self, id: u64) -> Result<proto::v1::StatusResponse, Error> {
         let node = self.nodes.get(&id).ok_or(Error::NoNode(id))?;
-        crate::status(&node.grpc).await
+        crate::status(&node.grpc, self.tls.as_ref()).await
     }
 
     /// Waits until every running node agrees on one leader, a running node; returns its id.
@@ -306,7 +425,9 @@ impl ProcessCluster {
             .values_mut()
             .filter_map(|n| n.is_running().then(|| n.grpc.clone()))
             .collect();
-        let leader = crate::wait_for_leader(&running, within, Agreement::Unanimous).await?;
+        let leader =
+            crate::wait_for_leader(&running, self.tls.as_ref(), within, Agreement::Unanimous)
+                .await?;
         Ok(leader.id)
     }
 }

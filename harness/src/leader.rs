@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use proto::v1::cluster_service_client::ClusterServiceClient;
 use proto::v1::{StatusRequest, StatusResponse};
+use client::TlsConfig;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::Error;
@@ -108,8 +109,8 @@ fn agreed_leader(agreement: Agreement, answers: &[Option<Seen>]) -> Option<Leade
     }
 }
 
-fn endpoint(addr: &str) -> Result<Endpoint, Error> {
-    Endpoint::from_shared(format!("http://{addr}"))
+fn endpoint(addr: &str, tls: Option<&TlsConfig>) -> Result<Endpoint, Error> {
+    client::endpoint(addr, tls)
         .map(|e| e.connect_timeout(CONNECT_TIMEOUT).timeout(STATUS_TIMEOUT))
         .map_err(|source| Error::Endpoint {
             endpoint: addr.to_owned(),
@@ -117,9 +118,10 @@ fn endpoint(addr: &str) -> Result<Endpoint, Error> {
         })
 }
 
-/// The cluster as the node at `addr` (`host:port`) sees it: one bounded attempt.
-pub async fn status(addr: &str) -> Result<StatusResponse, Error> {
-    let channel = endpoint(addr)?
+/// The cluster as the node at `addr` (`host:port`) sees it: one bounded attempt, over TLS
+/// with `tls` (else plaintext, to `--insecure` nodes).
+pub async fn status(addr: &str, tls: Option<&TlsConfig>) -> Result<StatusResponse, Error> {
+    let channel = endpoint(addr, tls)?
         .connect()
         .await
         .map_err(|source| Error::Connect {
@@ -140,6 +142,7 @@ pub async fn status(addr: &str) -> Result<StatusResponse, Error> {
 /// `agreement`, for at most `within` (plus one round, itself bounded by the timeouts above).
 pub async fn wait_for_leader(
     endpoints: &[String],
+    tls: Option<&TlsConfig>,
     within: Duration,
     agreement: Agreement,
 ) -> Result<Leader, Error> {
@@ -150,7 +153,7 @@ pub async fn wait_for_leader(
     // node restarts, so polling does not open a connection per round.
     let clients = endpoints
         .iter()
-        .map(|addr| Ok(ClusterServiceClient::new(endpoint(addr)?.connect_lazy())))
+        .map(|addr| Ok(ClusterServiceClient::new(endpoint(addr, tls)?.connect_lazy())))
         .collect::<Result<Vec<ClusterServiceClient<Channel>>, Error>>()?;
     let started = Instant::now();
     loop {
@@ -279,7 +282,7 @@ mod tests {
 
     #[tokio::test]
     async fn waiting_on_no_endpoint_is_an_error_at_once() {
-        let error = wait_for_leader(&[], Duration::from_secs(60), Agreement::Unanimous).await;
+        let error = wait_for_leader(&[], None, Duration::from_secs(60), Agreement::Unanimous).await;
         assert!(matches!(error, Err(Error::NoEndpoints)));
     }
 
@@ -292,6 +295,7 @@ mod tests {
         let endpoints = [addr.to_string()];
         let error = wait_for_leader(
             &endpoints,
+            None,
             Duration::from_millis(200),
             Agreement::LeaderOnly,
         )

@@ -18,7 +18,7 @@ mod serve;
 use std::time::Duration;
 
 #[cfg(feature = "process-cluster")]
-pub use cluster::{ProcNode, ProcessCluster, free_port};
+pub use cluster::{HARNESS_CLUSTER_ID, ProcNode, ProcessCluster, free_port, run_certs};
 pub use duration::{DURATION_MAX, parse_duration, parse_duration_with_unit};
 pub use leader::{Agreement, LastSeen, Leader, status, wait_for_leader};
 pub use serve::{ServeCommand, initial_cluster, test_log_filter};
@@ -62,6 +62,8 @@ pub enum Error {
         within: Duration,
         last: LastSeen,
     },
+    #[error("failed to create the cluster's certificates")]
+    Certs(#[source] std::io::Error),
     #[error("failed to create a temp directory")]
     TempDir(#[source] std::io::Error),
     #[error("failed to find a free port")]

@@ -31,7 +31,7 @@ use proto::v1::{
 use serde::Serialize;
 use tonic::Code;
 
-use client::{Client, ClientConfig, ClientError, ConfigError, GiveUp};
+use client::{Client, ClientConfig, ClientError, ConfigError, GiveUp, TlsConfig};
 
 /// Exit code for bad arguments or a request the server rejected as invalid (clap uses it too).
 pub const EXIT_USAGE: u8 = 2;
@@ -120,6 +120,21 @@ pub struct ClientOpts {
         default_value_t = OutputFormat::Text
     )]
     pub output: OutputFormat,
+    /// The cluster CA certificate (PEM): speak TLS and trust nodes it signed.
+    #[arg(long, global = true, env = "SWITCHBOARD_CA", value_name = "FILE")]
+    pub ca: Option<std::path::PathBuf>,
+    /// A client certificate (PEM) to present, with --tls-key; nodes check it against their CA.
+    #[arg(long, global = true, env = "SWITCHBOARD_CLIENT_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The key of --tls-cert (PEM).
+    #[arg(long, global = true, env = "SWITCHBOARD_CLIENT_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// The name to check nodes' certificates against, instead of the host dialled.
+    #[arg(long, global = true, env = "SWITCHBOARD_TLS_SERVER_NAME")]
+    pub tls_server_name: Option<String>,
+    /// Speak plaintext, to nodes started with `serve --insecure` (wins over --ca).
+    #[arg(long, global = true, env = "SWITCHBOARD_INSECURE")]
+    pub insecure: bool,
 }
 
 /// The proto enum value a CLI word names: `handed-off` is `CALL_STATE_HANDED_OFF`. The CLI's
@@ -424,13 +439,16 @@ pub enum CliError {
     /// Stdout could not be written.
     #[error("failed to write to stdout: {0}")]
     Stdout(#[from] std::io::Error),
+    /// The TLS options do not work.
+    #[error("{0}")]
+    Tls(String),
 }
 
 impl CliError {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::Usage(_) | Self::Config(_) => EXIT_USAGE,
+            Self::Usage(_) | Self::Config(_) | Self::Tls(_) => EXIT_USAGE,
             Self::Rpc(err) => exit_code_for(err.code),
             Self::Json(_) | Self::Stdout(_) => EXIT_OTHER,
         }
@@ -520,10 +538,36 @@ fn parse_resolve(text: &str) -> Result<(String, String), String> {
     }
 }
 
+/// The TLS settings the options describe: `None` under --insecure.
+fn tls_config(opts: &ClientOpts) -> Result<Option<TlsConfig>, CliError> {
+    if opts.insecure {
+        return Ok(None);
+    }
+    let Some(ca) = &opts.ca else {
+        return Err(CliError::Tls(
+            "nodes speak TLS: give the cluster CA with --ca FILE (or SWITCHBOARD_CA), \
+             e.g. the ca.pem of `switchboard certs init`; --insecure for a node started with \
+             --insecure"
+                .to_owned(),
+        ));
+    };
+    let read_error = |path: &std::path::Path, e: std::io::Error| {
+        CliError::Tls(format!("failed to read {}: {e}", path.display()))
+    };
+    let mut tls = TlsConfig::from_ca_file(ca).map_err(|e| read_error(ca, e))?;
+    if let (Some(cert), Some(key)) = (&opts.tls_cert, &opts.tls_key) {
+        tls = tls
+            .with_identity_files(cert, key)
+            .map_err(|e| read_error(cert, e))?;
+    }
+    tls.server_name = opts.tls_server_name.clone();
+    Ok(Some(tls))
+}
+
 /// The client configuration the options describe.
-pub fn client_config(opts: &ClientOpts) -> ClientConfig {
+pub fn client_config(opts: &ClientOpts) -> Result<ClientConfig, CliError> {
     let defaults = ClientConfig::default();
-    ClientConfig {
+    Ok(ClientConfig {
         endpoints: opts
             .endpoints
             .iter()
@@ -533,12 +577,13 @@ pub fn client_config(opts: &ClientOpts) -> ClientConfig {
         resolve: opts.resolve.clone(),
         request_timeout: defaults.request_timeout.min(opts.timeout),
         call_deadline: opts.timeout,
+        tls: tls_config(opts)?,
         ..defaults
-    }
+    })
 }
 
 fn connect(opts: &ClientOpts) -> Result<Client, CliError> {
-    Ok(Client::new(client_config(opts))?)
+    Ok(Client::new(client_config(opts)?)?)
 }
 
 fn read_options(opts: &ClientOpts) -> Option<ReadOptions> {

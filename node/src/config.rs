@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::admission::{self, AdmissionConfig, ClassLimits};
+use crate::tls::{Security, TlsFiles};
 
 /// `switchboard serve` options. Every option is optional here so that a config file can fill
 /// what the command line leaves out; [`ServeArgs::resolve`] applies the defaults.
@@ -95,6 +96,24 @@ pub struct ServeArgs {
     /// RESOURCE_EXHAUSTED [default: 1000].
     #[arg(long, env = "SWITCHBOARD_ADMISSION_QUEUE_WAIT_MS_MAX")]
     pub admission_queue_wait_ms_max: Option<u64>,
+    /// This node's certificate chain (PEM), leaf first; needs --tls-key and --tls-ca.
+    #[arg(long, env = "SWITCHBOARD_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, env = "SWITCHBOARD_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// The cluster CA certificate (PEM): peers and client certificates must chain to it.
+    #[arg(long, env = "SWITCHBOARD_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Directory written by `switchboard certs init`: ca.pem, node-N.pem, node-N-key.pem
+    /// (--tls-cert, --tls-key and --tls-ca win over it).
+    #[arg(long, env = "SWITCHBOARD_TLS_DIR")]
+    pub tls_dir: Option<PathBuf>,
+    /// Serve plaintext and accept any peer, with no TLS at all: only for tests and local
+    /// experiments. Logs a warning at start.
+    #[arg(long, env = "SWITCHBOARD_INSECURE")]
+    #[serde(default)]
+    pub insecure: bool,
     /// Stop when the parent process goes away (used by `switchboard dev`).
     #[arg(long, hide = true)]
     #[serde(skip)]
@@ -122,6 +141,8 @@ pub struct NodeConfig {
     pub grpc_message_bytes_max: usize,
     pub grpc_concurrency_max: usize,
     pub admission: AdmissionConfig,
+    /// TLS files, or `--insecure`.
+    pub security: Security,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +163,13 @@ pub enum ConfigError {
     },
     #[error("config file {path} is invalid: {reason}")]
     FileFormat { path: PathBuf, reason: String },
+    #[error(
+        "no TLS material: give --tls-dir DIR (written by `switchboard certs init`) or \
+         --tls-cert, --tls-key and --tls-ca; or --insecure to serve plaintext (tests only)"
+    )]
+    NoTls,
+    #[error("--insecure and --{0} exclude each other")]
+    InsecureWithTls(&'static str),
 }
 
 fn invalid(
@@ -240,6 +268,38 @@ impl ServeArgs {
         let advertise = pick!(advertise)
             .or_else(|| initial_cluster.get(&node_id).cloned())
             .unwrap_or_else(|| listen.to_string());
+        let security = {
+            let insecure = self.insecure || file.insecure;
+            let dir = pick!(tls_dir);
+            let given = [
+                ("tls-cert", pick!(tls_cert)),
+                ("tls-key", pick!(tls_key)),
+                ("tls-ca", pick!(tls_ca)),
+            ];
+            if insecure {
+                if dir.is_some() {
+                    return Err(ConfigError::InsecureWithTls("tls-dir"));
+                }
+                if let Some((option, _)) = given.iter().find(|(_, path)| path.is_some()) {
+                    return Err(ConfigError::InsecureWithTls(*option));
+                }
+                Security::Insecure
+            } else {
+                let from_dir = dir.as_ref().map(|dir| TlsFiles::in_dir(dir, node_id));
+                if from_dir.is_none() && given.iter().all(|(_, path)| path.is_none()) {
+                    return Err(ConfigError::NoTls);
+                }
+                let [(_, cert), (_, key), (_, ca)] = given;
+                let pick_file = |option, given: Option<PathBuf>, from_dir: Option<PathBuf>| {
+                    given.or(from_dir).ok_or(ConfigError::Missing(option))
+                };
+                Security::Tls(TlsFiles {
+                    cert: pick_file("tls-cert", cert, from_dir.as_ref().map(|f| f.cert.clone()))?,
+                    key: pick_file("tls-key", key, from_dir.as_ref().map(|f| f.key.clone()))?,
+                    ca: pick_file("tls-ca", ca, from_dir.as_ref().map(|f| f.ca.clone()))?,
+                })
+            }
+        };
         let config = NodeConfig {
             node_id,
             listen,
@@ -279,6 +339,7 @@ impl ServeArgs {
                         .unwrap_or(admission::ADMISSION_QUEUE_WAIT_MS_MAX),
                 ),
             },
+            security,
         };
         config.validate()?;
         Ok(config)
@@ -455,8 +516,57 @@ mod tests {
             node_id: Some(1),
             listen: Some("127.0.0.1:7101".parse().expect("addr")),
             data_dir: Some("/tmp/x".into()),
+            insecure: true,
             ..ServeArgs::default()
         }
+    }
+
+    #[test]
+    fn serve_refuses_to_start_without_tls_or_insecure_and_names_the_flags() {
+        let err = ServeArgs {
+            insecure: false,
+            ..args()
+        }
+        .resolve()
+        .expect_err("no tls");
+        let text = err.to_string();
+        for flag in ["--tls-dir", "--tls-cert", "--tls-key", "--tls-ca", "--insecure"] {
+            assert!(text.contains(flag), "{text}");
+        }
+        let err = ServeArgs {
+            tls_dir: Some("/certs".into()),
+            ..args()
+        }
+        .resolve()
+        .expect_err("both");
+        assert!(err.to_string().contains("--tls-dir"), "{err}");
+    }
+
+    #[test]
+    fn a_tls_dir_names_this_nodes_files_and_single_flags_win() {
+        let config = ServeArgs {
+            insecure: false,
+            node_id: Some(3),
+            tls_dir: Some("/certs".into()),
+            tls_ca: Some("/other/ca.pem".into()),
+            ..args()
+        }
+        .resolve()
+        .expect("valid");
+        let Security::Tls(files) = config.security else {
+            panic!("tls expected, got {:?}", config.security);
+        };
+        assert_eq!(files.cert, PathBuf::from("/certs/node-3.pem"));
+        assert_eq!(files.key, PathBuf::from("/certs/node-3-key.pem"));
+        assert_eq!(files.ca, PathBuf::from("/other/ca.pem"));
+        let err = ServeArgs {
+            insecure: false,
+            tls_cert: Some("/c.pem".into()),
+            ..args()
+        }
+        .resolve()
+        .expect_err("no key");
+        assert!(err.to_string().contains("--tls-key"), "{err}");
     }
 
     #[test]

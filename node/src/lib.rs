@@ -5,6 +5,7 @@
 
 pub mod admission;
 pub mod api;
+pub mod certs;
 pub mod cli_client;
 pub mod config;
 pub mod convert;
@@ -14,6 +15,7 @@ pub mod probe;
 pub mod reset;
 pub mod server;
 pub mod status;
+pub mod tls;
 pub mod transport;
 
 /// The Raft instance every node runs.

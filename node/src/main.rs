@@ -27,6 +27,9 @@ enum Command {
     Dev(DevArgs),
     /// Check an HTTP endpoint (for container health checks): exit 0 on a 2xx answer.
     Probe(node::probe::ProbeArgs),
+    /// Create a development CA and node certificates (`init`), or one more node's (`node`).
+    #[command(subcommand)]
+    Certs(node::certs::CertsCommand),
     /// Operate on one node's data directory (reset a damaged node).
     #[command(subcommand)]
     Node(node::reset::NodeCommand),
@@ -109,6 +112,9 @@ async fn main() -> ExitCode {
             ExitCode::SUCCESS
         }),
         Command::Client(cmd) => return node::cli_client::run(cmd).await,
+        Command::Certs(cmd) => node::certs::run(&cmd)
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(anyhow::Error::from),
         Command::Node(cmd) => return node::reset::run(cmd).await,
     };
     match result {

@@ -122,7 +122,7 @@ async fn reset(args: &ResetArgs) -> Result<(), ResetError> {
     }
     ensure_stopped(dir)?;
 
-    let client = client::Client::new(crate::cli_client::client_config(&args.opts))
+    let client = client::Client::new(crate::cli_client::client_config(&args.opts)?)
         .map_err(crate::cli_client::CliError::from)?;
     let status = client.status(StatusRequest {}).await?;
     if status.cluster_id != found.cluster_id {

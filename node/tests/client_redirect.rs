@@ -291,6 +291,8 @@ fn config(endpoints: &[&str]) -> ClientConfig {
         backoff_initial: Duration::from_millis(10),
         backoff_max: Duration::from_millis(100),
         resolve: Vec::new(),
+        // Fake in-process servers speak plaintext.
+        tls: None,
     }
 }
 

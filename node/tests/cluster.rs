@@ -15,10 +15,17 @@ fn binary() -> &'static std::path::Path {
     std::path::Path::new(env!("CARGO_BIN_EXE_switchboard"))
 }
 
-async fn calls(addr: &str) -> CallServiceClient<tonic::transport::Channel> {
-    CallServiceClient::connect(format!("http://{addr}"))
+/// A connected channel to the node at `addr`, with the cluster's TLS.
+async fn channel(cluster: &ProcessCluster, addr: &str) -> tonic::transport::Channel {
+    client::endpoint(addr, cluster.tls())
+        .expect("endpoint")
+        .connect()
         .await
         .expect("connect to node")
+}
+
+async fn calls(cluster: &ProcessCluster, addr: &str) -> CallServiceClient<tonic::transport::Channel> {
+    CallServiceClient::new(channel(cluster, addr).await)
 }
 
 fn local(min_index: u64) -> Option<ReadOptions> {
@@ -48,7 +55,7 @@ async fn a_follower_redirects_writes_to_the_leader() {
         .find(|id| **id != leader)
         .expect("a follower");
 
-    let status = calls(&cluster.grpc(follower))
+    let status = calls(&cluster, &cluster.grpc(follower))
         .await
         .create_call(create("r-redirect"))
         .await
@@ -79,7 +86,7 @@ async fn a_follower_redirects_writes_to_the_leader() {
 async fn every_node_returns_the_same_call_at_a_given_index() {
     let mut cluster = ProcessCluster::start(binary(), 3, &[]).expect("start cluster");
     let leader = cluster.wait_for_leader(LEADER_WAIT).await.expect("leader");
-    let mut client = calls(&cluster.grpc(leader)).await;
+    let mut client = calls(&cluster, &cluster.grpc(leader)).await;
     let created = client
         .create_call(create("r-1"))
         .await
@@ -112,7 +119,7 @@ async fn every_node_returns_the_same_call_at_a_given_index() {
     let mut seen = Vec::new();
     for id in cluster.nodes.keys().copied().collect::<Vec<_>>() {
         // LOCAL with min_index on every node, followers included: read-your-writes.
-        let response = calls(&cluster.grpc(id))
+        let response = calls(&cluster, &cluster.grpc(id))
             .await
             .get_call(v1::GetCallRequest {
                 tenant_id: TENANT.into(),
@@ -130,7 +137,7 @@ async fn every_node_returns_the_same_call_at_a_given_index() {
         assert_eq!(meta.node_id, id);
         seen.push(response.call.expect("call"));
         // The default consistency (LINEARIZABLE) works on every node too.
-        let linearizable = calls(&cluster.grpc(id))
+        let linearizable = calls(&cluster, &cluster.grpc(id))
             .await
             .get_call(v1::GetCallRequest {
                 tenant_id: TENANT.into(),
@@ -156,7 +163,7 @@ async fn every_node_returns_the_same_call_at_a_given_index() {
 async fn bad_input_is_invalid_argument_naming_the_field_and_unknown_calls_are_not_found() {
     let mut cluster = ProcessCluster::start(binary(), 3, &[]).expect("start cluster");
     let leader = cluster.wait_for_leader(LEADER_WAIT).await.expect("leader");
-    let mut client = calls(&cluster.grpc(leader)).await;
+    let mut client = calls(&cluster, &cluster.grpc(leader)).await;
 
     let no_channel = v1::CreateCallRequest {
         channel: v1::Channel::Unspecified.into(),
@@ -301,7 +308,7 @@ async fn a_node_refuses_another_nodes_data_directory_and_leaves_it_untouched() {
 async fn after_the_leader_is_killed_a_new_one_serves_writes_and_the_old_one_catches_up() {
     let mut cluster = ProcessCluster::start(binary(), 3, &[]).expect("start cluster");
     let old_leader = cluster.wait_for_leader(LEADER_WAIT).await.expect("leader");
-    let mut client = calls(&cluster.grpc(old_leader)).await;
+    let mut client = calls(&cluster, &cluster.grpc(old_leader)).await;
     let mut acknowledged = Vec::new();
     for i in 0..20 {
         let response = client
@@ -318,7 +325,7 @@ async fn after_the_leader_is_killed_a_new_one_serves_writes_and_the_old_one_catc
         .await
         .expect("a new leader");
     assert_ne!(new_leader, old_leader);
-    let mut client = calls(&cluster.grpc(new_leader)).await;
+    let mut client = calls(&cluster, &cluster.grpc(new_leader)).await;
     let response = client
         .create_call(create("after-kill"))
         .await
@@ -347,8 +354,11 @@ async fn after_the_leader_is_killed_a_new_one_serves_writes_and_the_old_one_catc
     loop {
         let read = async {
             let mut old =
-                CallServiceClient::connect(format!("http://{}", cluster.grpc(old_leader)))
+                client::endpoint(&cluster.grpc(old_leader), cluster.tls())
+                    .map_err(|e| tonic::Status::unavailable(e.to_string()))?
+                    .connect()
                     .await
+                    .map(CallServiceClient::new)
                     .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
             old.get_call(v1::GetCallRequest {
                 tenant_id: TENANT.into(),
@@ -379,7 +389,7 @@ async fn a_learner_added_after_a_purge_installs_a_snapshot_is_promoted_and_serve
     ];
     let mut cluster = ProcessCluster::start(binary(), 3, &args).expect("start cluster");
     let leader = cluster.wait_for_leader(LEADER_WAIT).await.expect("leader");
-    let mut client = calls(&cluster.grpc(leader)).await;
+    let mut client = calls(&cluster, &cluster.grpc(leader)).await;
     let first = client
         .create_call(create("early"))
         .await
@@ -392,9 +402,7 @@ async fn a_learner_added_after_a_purge_installs_a_snapshot_is_promoted_and_serve
             .await
             .expect("create");
     }
-    let mut admin = ClusterServiceClient::connect(format!("http://{}", cluster.grpc(leader)))
-        .await
-        .expect("admin");
+    let mut admin = ClusterServiceClient::new(channel(&cluster, &cluster.grpc(leader)).await);
     admin
         .trigger_snapshot(v1::TriggerSnapshotRequest {})
         .await
@@ -431,7 +439,7 @@ async fn a_learner_added_after_a_purge_installs_a_snapshot_is_promoted_and_serve
     );
 
     // The early call's log entry was purged: node 4 can only know it from the snapshot.
-    let response = calls(&learner)
+    let response = calls(&cluster, &learner)
         .await
         .get_call(v1::GetCallRequest {
             tenant_id: TENANT.into(),
@@ -461,7 +469,7 @@ async fn a_whole_lifecycle_through_a_client_that_only_knows_a_follower() {
         .expect("a follower");
     let client = Client::new(ClientConfig {
         endpoints: vec![cluster.grpc(follower)],
-        ..ClientConfig::default()
+        ..cluster.client_config()
     })
     .expect("client");
 
@@ -587,12 +595,7 @@ async fn health_and_reflection_are_served_on_the_grpc_port() {
 
     let mut cluster = ProcessCluster::start(binary(), 1, &[]).expect("start cluster");
     cluster.wait_for_leader(LEADER_WAIT).await.expect("leader");
-    let addr = format!("http://{}", cluster.grpc(1));
-    let channel = tonic::transport::Endpoint::from_shared(addr)
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect");
+    let channel = channel(&cluster, &cluster.grpc(1)).await;
     let mut health = HealthClient::new(channel.clone());
     let status = health
         .check(HealthCheckRequest {
@@ -636,7 +639,7 @@ async fn a_min_index_the_node_never_reaches_fails_after_the_bounded_wait_saying_
     let mut cluster =
         ProcessCluster::start(binary(), 1, &["--read-wait-ms-max", "300"]).expect("start cluster");
     cluster.wait_for_leader(LEADER_WAIT).await.expect("leader");
-    let mut client = calls(&cluster.grpc(1)).await;
+    let mut client = calls(&cluster, &cluster.grpc(1)).await;
     let created = client
         .create_call(create("r-1"))
         .await
@@ -673,7 +676,7 @@ async fn a_node_whose_raft_stops_on_a_storage_error_exits_and_recovers_on_restar
         .keys()
         .find(|id| **id != leader)
         .expect("a follower");
-    calls(&cluster.grpc(leader))
+    calls(&cluster, &cluster.grpc(leader))
         .await
         .create_call(create("fatal-before"))
         .await
@@ -683,9 +686,7 @@ async fn a_node_whose_raft_stops_on_a_storage_error_exits_and_recovers_on_restar
     // fatal storage error that stops Raft on that node.
     let snapshots = cluster.nodes[&victim].data_dir.join("snapshots");
     std::fs::remove_dir_all(&snapshots).expect("remove the snapshot directory");
-    let mut admin = ClusterServiceClient::connect(format!("http://{}", cluster.grpc(victim)))
-        .await
-        .expect("connect");
+    let mut admin = ClusterServiceClient::new(channel(&cluster, &cluster.grpc(victim)).await);
     let _ = admin.trigger_snapshot(v1::TriggerSnapshotRequest {}).await;
 
     let started = Instant::now();
@@ -706,7 +707,7 @@ async fn a_node_whose_raft_stops_on_a_storage_error_exits_and_recovers_on_restar
     );
 
     // The others keep serving; the restarted node (as a supervisor would) catches up.
-    let created = calls(&cluster.grpc(leader))
+    let created = calls(&cluster, &cluster.grpc(leader))
         .await
         .create_call(create("fatal-after"))
         .await

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use client::{Client, ClientConfig};
+use client::{Client, ClientConfig, TlsConfig};
 use harness::ServeCommand;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -79,6 +79,22 @@ impl NodeProc {
 pub struct Reach {
     pub endpoints: Vec<String>,
     pub resolve: Vec<(String, String)>,
+    /// TLS towards the nodes (the cluster's CA); `None` when they run `--insecure`.
+    pub tls: Option<TlsConfig>,
+}
+
+impl Reach {
+    /// The one client configuration of a drill's (or bench's) cluster: every client of a
+    /// drill is built from it, so that what a client needs to be let in (TLS, credentials)
+    /// is decided here. Callers change timeouts and retries with `..reach.client_config()`.
+    pub fn client_config(&self) -> ClientConfig {
+        ClientConfig {
+            endpoints: self.endpoints.clone(),
+            resolve: self.resolve.clone(),
+            tls: self.tls.clone(),
+            ..ClientConfig::default()
+        }
+    }
 }
 
 /// What the disk faults need from the cluster, decided before the nodes start.
@@ -104,20 +120,61 @@ pub struct DrillCluster {
     pub compose: Option<Compose>,
     /// Per-node wall-clock offsets, when the drill injects clock faults.
     pub clock: Option<ClockControl>,
+    /// The certificates of the nodes (`certs init` layout); `None` under `--insecure`.
+    certs_dir: Option<PathBuf>,
+    /// How clients reach the nodes over TLS; `None` under `--insecure`.
+    tls: Option<TlsConfig>,
 }
 
 /// A client that talks to `endpoint` only, one attempt per call.
-pub fn single_node_client(endpoint: &str) -> anyhow::Result<Client> {
-    Ok(Client::new(ClientConfig {
+pub fn single_node_client(endpoint: &str, tls: Option<&TlsConfig>) -> anyhow::Result<Client> {
+    let reach = Reach {
         endpoints: vec![endpoint.to_owned()],
+        resolve: Vec::new(),
+        tls: tls.cloned(),
+    };
+    Ok(Client::new(ClientConfig {
         connect_timeout: Duration::from_millis(500),
         request_timeout: Duration::from_millis(1500),
         call_deadline: Duration::from_millis(2000),
         retries_max: 0,
         backoff_initial: Duration::from_millis(20),
         backoff_max: Duration::from_millis(100),
-        resolve: Vec::new(),
+        ..reach.client_config()
     })?)
+}
+
+/// Cluster id of drill clusters (their certificates are bound to it).
+pub const DRILL_CLUSTER_ID: &str = "chaos";
+
+/// Creates the CA and node certificates of a drill cluster of nodes `ids` in `dir`, valid for
+/// loopback and, in namespace mode, every node's namespace address.
+pub fn make_certs(
+    binary: &std::path::Path,
+    dir: &std::path::Path,
+    ids: &[u64],
+    namespaces: bool,
+) -> anyhow::Result<TlsConfig> {
+    let nodes = ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "init".into(),
+        "--dir".into(),
+        dir.into(),
+        "--nodes".into(),
+        nodes.into(),
+        "--cluster-id".into(),
+        DRILL_CLUSTER_ID.into(),
+        "--days".into(),
+        "2".into(),
+    ];
+    if namespaces {
+        let hosts = ids.iter().map(|id| Net::ip(*id)).collect::<Vec<_>>().join(",");
+        args.push("--hosts".into());
+        args.push(hosts.into());
+    }
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    harness::run_certs(binary, &args)?;
+    Ok(TlsConfig::from_ca_file(dir.join("ca.pem"))?)
 }
 
 /// A kept drill directory (evidence of a failed run) holds this file; sweeps leave it alone.
@@ -189,11 +246,21 @@ impl DrillCluster {
             Some(library) => Some(ClockControl::new(library, &root.path().join("clock"))?),
             None => None,
         };
+        let (certs_dir, tls) = if node_args.iter().any(|a| a == "--insecure") {
+            (None, None)
+        } else {
+            let dir = root.path().join("certs");
+            let ids: Vec<u64> = (1..=n).collect();
+            let tls = make_certs(&binary, &dir, &ids, net.is_some())?;
+            (Some(dir), Some(tls))
+        };
         let mut cluster = Self {
+            certs_dir,
+            tls,
             binary,
             disk,
             mode,
-            cluster_id: "chaos".to_owned(),
+            cluster_id: DRILL_CLUSTER_ID.to_owned(),
             initial_cluster: String::new(),
             node_args,
             nodes: BTreeMap::new(),
@@ -223,10 +290,25 @@ impl DrillCluster {
             .prefix(&format!("{TEMP_PREFIX}{}-", std::process::id()))
             .tempdir()?;
         let compose = Compose::up(file, "sbdrill-", image).await?;
+        // The compose file's `certs` step writes the cluster's CA beside it before any node
+        // starts. Nodes are published on a private loopback address their certificates do not
+        // list; every node certificate names `localhost`.
+        let certs_dir = file
+            .parent()
+            .map(|dir| dir.join("certs"))
+            .filter(|dir| dir.join("ca.pem").exists());
+        let tls = match &certs_dir {
+            Some(dir) => {
+                let mut tls = TlsConfig::from_ca_file(dir.join("ca.pem"))?;
+                tls.server_name = Some("localhost".to_owned());
+                Some(tls)
+            }
+            None => None,
+        };
         let services = compose.services().await?;
         let mut nodes = BTreeMap::new();
         for service in services.into_values() {
-            let client = single_node_client(&service.published)?;
+            let client = single_node_client(&service.published, tls.as_ref())?;
             nodes.insert(
                 service.node_id,
                 NodeProc {
@@ -260,6 +342,8 @@ impl DrillCluster {
             net: None,
             compose: Some(compose),
             clock: None,
+            certs_dir,
+            tls,
         })
     }
 
@@ -292,7 +376,7 @@ impl DrillCluster {
         let listener = proxy::bind(proxy_addr.parse()?, ns_path)?;
         let proxy = proxy::start(listener, listen.clone())?;
         let advertise = proxy.listen.to_string();
-        let client = single_node_client(&listen)?;
+        let client = single_node_client(&listen, self.tls.as_ref())?;
         let data_dir = self.root.path().join(format!("node-{id}"));
         let tmpfs = match self.disk.tmpfs_mib {
             Some(mib) => {
@@ -348,7 +432,11 @@ impl DrillCluster {
             .advertise(&node.advertise)
             .http_listen(&node.http)
             .cluster_id(&self.cluster_id)
-            .exit_with_parent()
+            .exit_with_parent();
+        if let Some(dir) = &self.certs_dir {
+            serve = serve.extra_args([std::ffi::OsStr::new("--tls-dir"), dir.as_os_str()]);
+        }
+        serve = serve
             .extra_args(&self.node_args)
             .log_filter(harness::test_log_filter());
         if node.bootstrap {
@@ -423,7 +511,18 @@ impl DrillCluster {
                 .filter(|n| n.advertise != n.grpc && self.mode == Mode::Compose)
                 .map(|n| (n.advertise.clone(), n.grpc.clone()))
                 .collect(),
+            tls: self.tls.clone(),
         }
+    }
+
+    /// How clients reach the nodes over TLS; `None` under `--insecure`.
+    pub fn tls(&self) -> Option<&TlsConfig> {
+        self.tls.as_ref()
+    }
+
+    /// The directory of the nodes' certificates; `None` under `--insecure`.
+    pub fn certs_dir(&self) -> Option<&std::path::Path> {
+        self.certs_dir.as_deref()
     }
 
     pub fn client_of(&self, id: u64) -> Option<Client> {

@@ -236,7 +236,12 @@ async fn drill(seed: u64, args: &DrillArgs) -> anyhow::Result<bool> {
         DrillCluster::start_with_disks(binary, mode, args.nodes, node_args, disk, libfaketime)
             .await?
     };
-    harness::wait_for_leader(&cluster.endpoints(), LEADER_WAIT, Agreement::LeaderOnly).await?;
+    harness::wait_for_leader(
+        &cluster.endpoints(),
+        cluster.tls(),
+        LEADER_WAIT,
+        Agreement::LeaderOnly,
+    ).await?;
     let history_path = args
         .history
         .clone()
@@ -494,7 +499,12 @@ async fn heal_all(cluster: &mut DrillCluster) {
         }
     };
     let leader =
-        harness::wait_for_leader(&cluster.endpoints(), LEADER_WAIT, Agreement::LeaderOnly).await;
+        harness::wait_for_leader(
+        &cluster.endpoints(),
+        cluster.tls(),
+        LEADER_WAIT,
+        Agreement::LeaderOnly,
+    ).await;
     if leader.is_err() {
         println!("   no leader after healing");
         return;
