@@ -217,7 +217,9 @@ impl TlsConfig {
         for (field, len) in sizes {
             if len > TLS_PEM_BYTES_MAX {
                 return Err(ConfigError::Tls {
-                    reason: format!("{field} is {len} bytes, over the bound of {TLS_PEM_BYTES_MAX}"),
+                    reason: format!(
+                        "{field} is {len} bytes, over the bound of {TLS_PEM_BYTES_MAX}"
+                    ),
                 });
             }
         }
@@ -249,10 +251,7 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 }
 
 /// A tonic endpoint for `addr` (`host:port`): `https://` with `tls`, `http://` without.
-pub fn endpoint(
-    addr: &str,
-    tls: Option<&TlsConfig>,
-) -> Result<Endpoint, tonic::transport::Error> {
+pub fn endpoint(addr: &str, tls: Option<&TlsConfig>) -> Result<Endpoint, tonic::transport::Error> {
     match tls {
         None => Endpoint::from_shared(format!("http://{addr}")),
         Some(tls) => Endpoint::from_shared(format!("https://{addr}"))?.tls_config(tls.to_tonic()),

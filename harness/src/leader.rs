@@ -4,9 +4,9 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use client::TlsConfig;
 use proto::v1::cluster_service_client::ClusterServiceClient;
 use proto::v1::{StatusRequest, StatusResponse};
-use client::TlsConfig;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::Error;
@@ -153,7 +153,11 @@ pub async fn wait_for_leader(
     // node restarts, so polling does not open a connection per round.
     let clients = endpoints
         .iter()
-        .map(|addr| Ok(ClusterServiceClient::new(endpoint(addr, tls)?.connect_lazy())))
+        .map(|addr| {
+            Ok(ClusterServiceClient::new(
+                endpoint(addr, tls)?.connect_lazy(),
+            ))
+        })
         .collect::<Result<Vec<ClusterServiceClient<Channel>>, Error>>()?;
     let started = Instant::now();
     loop {

@@ -137,7 +137,8 @@ fn invalid(option: &'static str, value: impl ToString, reason: impl Into<String>
 
 impl CommonArgs {
     fn validate(&self) -> Result<(), CertsError> {
-        if self.cluster_id.is_empty() || self.cluster_id.len() > crate::transport::CLUSTER_ID_BYTES_MAX
+        if self.cluster_id.is_empty()
+            || self.cluster_id.len() > crate::transport::CLUSTER_ID_BYTES_MAX
         {
             return Err(invalid(
                 "cluster-id",
@@ -304,9 +305,7 @@ fn issue_node(
     params.serial_number = Some(serial());
     validity(&mut params, common.days);
     let key = KeyPair::generate().map_err(issue_error(what.clone()))?;
-    let cert = params
-        .signed_by(&key, issuer)
-        .map_err(issue_error(what))?;
+    let cert = params.signed_by(&key, issuer).map_err(issue_error(what))?;
     Ok((cert.pem(), key.serialize_pem()))
 }
 
@@ -318,7 +317,12 @@ fn write_node(
     let (cert, key) = issue_node(common, node_id, issuer)?;
     let dir = &common.dir;
     write_file(&dir.join(tls::key_file_name(node_id)), &key, 0o600, common)?;
-    write_file(&dir.join(tls::cert_file_name(node_id)), &cert, 0o644, common)?;
+    write_file(
+        &dir.join(tls::cert_file_name(node_id)),
+        &cert,
+        0o644,
+        common,
+    )?;
     Ok(())
 }
 
@@ -409,13 +413,12 @@ pub fn node(args: &NodeArgs) -> Result<(), CertsError> {
         args.node_id,
         key_path.display()
     )))?;
-    let issuer = Issuer::from_ca_cert_pem(&text(&ca_path, ca_pem)?, key).map_err(issue_error(
-        format!(
+    let issuer =
+        Issuer::from_ca_cert_pem(&text(&ca_path, ca_pem)?, key).map_err(issue_error(format!(
             "node {}: the CA certificate in {} does not parse",
             args.node_id,
             ca_path.display()
-        ),
-    ))?;
+        )))?;
     write_node(common, args.node_id, &issuer)
 }
 
@@ -472,9 +475,11 @@ mod tests {
         };
         init(&args).expect("init");
         for id in [1, 2] {
-            let material =
-                Material::load(&TlsFiles::in_dir(dir.path(), id), &NodeIdentity::new("c1", id))
-                    .expect("a node cert loads as its node");
+            let material = Material::load(
+                &TlsFiles::in_dir(dir.path(), id),
+                &NodeIdentity::new("c1", id),
+            )
+            .expect("a node cert loads as its node");
             assert_eq!(material.identity(), &NodeIdentity::new("c1", id));
             let mode = std::fs::metadata(dir.path().join(tls::key_file_name(id)))
                 .expect("key")
@@ -550,10 +555,20 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut bad = common(dir.path());
         bad.days = 0;
-        assert!(bad.validate().expect_err("days").to_string().contains("--days"));
+        assert!(
+            bad.validate()
+                .expect_err("days")
+                .to_string()
+                .contains("--days")
+        );
         let mut bad = common(dir.path());
         bad.hosts = vec!["not a host".into()];
-        assert!(bad.validate().expect_err("hosts").to_string().contains("--hosts"));
+        assert!(
+            bad.validate()
+                .expect_err("hosts")
+                .to_string()
+                .contains("--hosts")
+        );
         let error = init(&InitArgs {
             common: common(dir.path()),
             nodes: vec![0],

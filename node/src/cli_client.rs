@@ -124,10 +124,22 @@ pub struct ClientOpts {
     #[arg(long, global = true, env = "SWITCHBOARD_CA", value_name = "FILE")]
     pub ca: Option<std::path::PathBuf>,
     /// A client certificate (PEM) to present, with --tls-key; nodes check it against their CA.
-    #[arg(long, global = true, env = "SWITCHBOARD_CLIENT_CERT", value_name = "FILE", requires = "tls_key")]
+    #[arg(
+        long,
+        global = true,
+        env = "SWITCHBOARD_CLIENT_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
     pub tls_cert: Option<std::path::PathBuf>,
     /// The key of --tls-cert (PEM).
-    #[arg(long, global = true, env = "SWITCHBOARD_CLIENT_KEY", value_name = "FILE", requires = "tls_cert")]
+    #[arg(
+        long,
+        global = true,
+        env = "SWITCHBOARD_CLIENT_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
     pub tls_key: Option<std::path::PathBuf>,
     /// The name to check nodes' certificates against, instead of the host dialled.
     #[arg(long, global = true, env = "SWITCHBOARD_TLS_SERVER_NAME")]
@@ -1584,6 +1596,7 @@ mod tests {
             "call",
             "get",
             "c1",
+            "--insecure",
             "--endpoints",
             &dead,
             "--timeout",
@@ -1603,9 +1616,24 @@ mod tests {
 
     #[tokio::test]
     async fn bad_endpoint_is_a_usage_error() {
-        let command = parse(&["call", "get", "c1", "--endpoints", "no-port"]);
+        let command = parse(&["call", "get", "c1", "--insecure", "--endpoints", "no-port"]);
         let err = execute(command).await.expect_err("bad endpoint");
         assert_eq!(err.exit_code(), EXIT_USAGE, "{err}");
         assert!(err.to_string().contains("no-port"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn without_a_ca_or_insecure_the_cli_says_how_to_reach_a_tls_cluster() {
+        let command = parse(&["call", "get", "c1"]);
+        let err = execute(command).await.expect_err("no ca");
+        assert_eq!(err.exit_code(), EXIT_USAGE, "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("--ca") && text.contains("--insecure"),
+            "{text}"
+        );
+        let command = parse(&["call", "get", "c1", "--ca", "/nonexistent/ca.pem"]);
+        let err = execute(command).await.expect_err("missing ca file");
+        assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
     }
 }

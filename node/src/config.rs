@@ -281,7 +281,7 @@ impl ServeArgs {
                     return Err(ConfigError::InsecureWithTls("tls-dir"));
                 }
                 if let Some((option, _)) = given.iter().find(|(_, path)| path.is_some()) {
-                    return Err(ConfigError::InsecureWithTls(*option));
+                    return Err(ConfigError::InsecureWithTls(option));
                 }
                 Security::Insecure
             } else {
@@ -530,7 +530,13 @@ mod tests {
         .resolve()
         .expect_err("no tls");
         let text = err.to_string();
-        for flag in ["--tls-dir", "--tls-cert", "--tls-key", "--tls-ca", "--insecure"] {
+        for flag in [
+            "--tls-dir",
+            "--tls-cert",
+            "--tls-key",
+            "--tls-ca",
+            "--insecure",
+        ] {
             assert!(text.contains(flag), "{text}");
         }
         let err = ServeArgs {

@@ -203,8 +203,12 @@ async fn serve_loaded(
     );
     tasks.spawn(grpc_accept);
     let http_addr = http_listener.local_addr()?;
-    let (http_incoming, http_accept) =
-        tls::incoming(http_listener, tls.clone(), tls::Port::Http, shutdown.clone());
+    let (http_incoming, http_accept) = tls::incoming(
+        http_listener,
+        tls.clone(),
+        tls::Port::Http,
+        shutdown.clone(),
+    );
     tasks.spawn(http_accept);
     let http_listener = tls::HttpListener::new(http_incoming, http_addr);
     if let Some(prometheus) = prometheus {

@@ -24,7 +24,10 @@ async fn channel(cluster: &ProcessCluster, addr: &str) -> tonic::transport::Chan
         .expect("connect to node")
 }
 
-async fn calls(cluster: &ProcessCluster, addr: &str) -> CallServiceClient<tonic::transport::Channel> {
+async fn calls(
+    cluster: &ProcessCluster,
+    addr: &str,
+) -> CallServiceClient<tonic::transport::Channel> {
     CallServiceClient::new(channel(cluster, addr).await)
 }
 
@@ -287,9 +290,11 @@ async fn a_node_refuses_another_nodes_data_directory_and_leaves_it_untouched() {
     let before = listing(&dir);
 
     let port = || harness::free_port().expect("port");
+    let certs = cluster.certs_dir().expect("tls").to_path_buf();
     let output = ServeCommand::new(2, format!("127.0.0.1:{}", port()), &dir)
         .http_listen(format!("127.0.0.1:{}", port()))
         .cluster_id(cluster.cluster_id())
+        .extra_args([std::ffi::OsStr::new("--tls-dir"), certs.as_os_str()])
         .command(binary())
         .output()
         .expect("run serve");
@@ -353,13 +358,12 @@ async fn after_the_leader_is_killed_a_new_one_serves_writes_and_the_old_one_catc
     let deadline = Instant::now() + LEADER_WAIT;
     loop {
         let read = async {
-            let mut old =
-                client::endpoint(&cluster.grpc(old_leader), cluster.tls())
-                    .map_err(|e| tonic::Status::unavailable(e.to_string()))?
-                    .connect()
-                    .await
-                    .map(CallServiceClient::new)
-                    .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            let mut old = client::endpoint(&cluster.grpc(old_leader), cluster.tls())
+                .map_err(|e| tonic::Status::unavailable(e.to_string()))?
+                .connect()
+                .await
+                .map(CallServiceClient::new)
+                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
             old.get_call(v1::GetCallRequest {
                 tenant_id: TENANT.into(),
                 call_id: acknowledged.last().expect("one call").clone(),

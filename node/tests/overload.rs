@@ -183,7 +183,8 @@ async fn watch_leadership(
     let mut seen: Vec<(u64, u64, Option<u64>)> = Vec::new();
     while Instant::now() < until {
         for (id, addr) in &cluster_nodes {
-            let status = tokio::time::timeout(STATUS_TIMEOUT, harness::status(addr, tls.as_ref())).await;
+            let status =
+                tokio::time::timeout(STATUS_TIMEOUT, harness::status(addr, tls.as_ref())).await;
             if let Ok(Ok(status)) = status {
                 let value = (*id, status.term, status.leader_id);
                 if !seen.contains(&value) {

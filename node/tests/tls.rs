@@ -54,7 +54,13 @@ fn certs(args: &[&str], dir: &Path) {
 fn other_ca(cluster: &ProcessCluster) -> PathBuf {
     let dir = cluster.root().join("other-ca");
     certs(
-        &["init", "--nodes", "1,2,3", "--cluster-id", cluster.cluster_id()],
+        &[
+            "init",
+            "--nodes",
+            "1,2,3",
+            "--cluster-id",
+            cluster.cluster_id(),
+        ],
         &dir,
     );
     dir
@@ -74,7 +80,10 @@ fn tls_as_node(cluster: &ProcessCluster, dir: &Path, id: u64) -> TlsConfig {
     tls
 }
 
-fn raft_client(addr: &str, tls: Option<&TlsConfig>) -> RaftServiceClient<tonic::transport::Channel> {
+fn raft_client(
+    addr: &str,
+    tls: Option<&TlsConfig>,
+) -> RaftServiceClient<tonic::transport::Channel> {
     let channel = client::endpoint(addr, tls)
         .expect("endpoint")
         .connect_timeout(Duration::from_secs(2))
@@ -117,7 +126,10 @@ async fn a_plaintext_client_is_refused_on_a_tls_node_on_both_ports() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     let plain = node::probe::get(&format!("http://{http}/healthz"), None, 4096).await;
     assert!(
-        !plain.as_deref().unwrap_or_default().starts_with("HTTP/1.1 200"),
+        !plain
+            .as_deref()
+            .unwrap_or_default()
+            .starts_with("HTTP/1.1 200"),
         "plaintext HTTP was served: {plain:?}"
     );
 }
@@ -129,7 +141,10 @@ async fn a_client_trusting_another_ca_is_refused() {
     let other = other_ca(&cluster);
     let stranger = TlsConfig::from_ca_file(other.join("ca.pem")).expect("other CA");
     let refused = status_with(&cluster.grpc(1), Some(&stranger)).await;
-    assert!(refused.is_err(), "a node the client does not trust answered: {refused:?}");
+    assert!(
+        refused.is_err(),
+        "a node the client does not trust answered: {refused:?}"
+    );
 
     // The same through the client library: the call fails, it is not served.
     let client = Client::new(client::ClientConfig {
@@ -181,7 +196,10 @@ async fn settled(cluster: &ProcessCluster) -> BTreeMap<u64, Seen> {
         if values.windows(2).all(|w| w[0] == w[1]) {
             return all;
         }
-        assert!(Instant::now() < deadline, "the cluster did not settle: {all:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the cluster did not settle: {all:?}"
+        );
         tokio::time::sleep(POLL).await;
     }
 }
@@ -234,11 +252,15 @@ async fn forge(
     };
     let mut vote = VoteRequest::<TypeConfig>::new(Vote::new(term, from), None);
     vote.leadership_transfer = true;
-    let transfer = TransferLeaderRequest::<TypeConfig>::new(Vote::new_committed(term, from), to, None);
+    let transfer =
+        TransferLeaderRequest::<TypeConfig>::new(Vote::new_committed(term, from), to, None);
     let mut outcomes = Vec::new();
     outcomes.push((
         "append entries",
-        client.append_entries(payload(encode(&append))).await.map(drop),
+        client
+            .append_entries(payload(encode(&append)))
+            .await
+            .map(drop),
     ));
     outcomes.push(("vote", client.vote(payload(encode(&vote))).await.map(drop)));
     outcomes.push((
@@ -282,7 +304,11 @@ async fn forged_raft_messages_from_non_members_are_refused_and_change_nothing() 
             Some(Code::Unauthenticated),
         ),
         // Refused in the handshake: no status of the service's own.
-        ("a certificate of another CA", tls_as_node(&cluster, &other, 2), None),
+        (
+            "a certificate of another CA",
+            tls_as_node(&cluster, &other, 2),
+            None,
+        ),
         (
             "a valid certificate of a non-member",
             tls_as_node(&cluster, &dir, STRANGER),
@@ -303,7 +329,11 @@ async fn forged_raft_messages_from_non_members_are_refused_and_change_nothing() 
                     .err()
                     .unwrap_or_else(|| panic!("{rpc} with {who} to node {to} was accepted"));
                 if let Some(code) = code {
-                    assert_eq!(status.code(), *code, "{rpc} with {who} to node {to}: {status:?}");
+                    assert_eq!(
+                        status.code(),
+                        *code,
+                        "{rpc} with {who} to node {to}: {status:?}"
+                    );
                 }
             }
         }
@@ -328,9 +358,16 @@ async fn forged_raft_messages_from_non_members_are_refused_and_change_nothing() 
 async fn a_wrong_cluster_id_is_refused_without_naming_the_real_one() {
     let mut cluster = ProcessCluster::start(binary(), 3, &[]).expect("start cluster");
     let leader = cluster.wait_for_leader(LEADER_WAIT).await.expect("leader");
-    let follower = *cluster.nodes.keys().find(|id| **id != leader).expect("follower");
+    let follower = *cluster
+        .nodes
+        .keys()
+        .find(|id| **id != leader)
+        .expect("follower");
     let dir = certs_dir(&cluster);
-    let mut client = raft_client(&cluster.grpc(follower), Some(&tls_as_node(&cluster, &dir, leader)));
+    let mut client = raft_client(
+        &cluster.grpc(follower),
+        Some(&tls_as_node(&cluster, &dir, leader)),
+    );
     let vote = VoteRequest::<TypeConfig>::new(Vote::new(1, leader), None);
     let status = client
         .vote(RaftPayload {
@@ -390,7 +427,10 @@ fn wait_for_line(stderr: &Path, needle: &str) -> String {
         if let Some(line) = text.lines().find(|l| l.contains(needle)) {
             return line.to_owned();
         }
-        assert!(Instant::now() < deadline, "no {needle:?} in the log:\n{text}");
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} in the log:\n{text}"
+        );
         std::thread::sleep(POLL);
     }
 }
@@ -434,7 +474,9 @@ async fn sighup_with_rotated_certs_serves_the_new_certificate_and_the_cluster_ke
     let old = served_serial(&grpc, &ca, b"h2").await;
     assert_eq!(served_serial(&http, &ca, b"http/1.1").await, old);
 
-    cluster.issue_cert(1, true).expect("rotate node 1's certificate");
+    cluster
+        .issue_cert(1, true)
+        .expect("rotate node 1's certificate");
     hangup(&cluster, 1);
     let deadline = Instant::now() + WAIT;
     let new = loop {
@@ -479,7 +521,10 @@ async fn sighup_with_a_broken_file_keeps_serving_the_old_certificate() {
     hangup(&cluster, 1);
     let line = wait_for_line(&stderr, "failed to reload tls material");
     assert!(line.contains("ERROR"), "{line}");
-    assert!(line.contains("node-1.pem"), "the error names the file: {line}");
+    assert!(
+        line.contains("node-1.pem"),
+        "the error names the file: {line}"
+    );
     assert_eq!(served_serial(&grpc, &ca, b"h2").await, old);
     write_one(&cluster, 2).await;
     status_with(&grpc, cluster.tls())
@@ -491,7 +536,14 @@ async fn sighup_with_a_broken_file_keeps_serving_the_old_certificate() {
 fn serve_without_tls_or_insecure_refuses_to_start_naming_the_flags() {
     let dir = tempfile::tempdir().expect("tempdir");
     let output = Command::new(binary())
-        .args(["serve", "--node-id", "1", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "serve",
+            "--node-id",
+            "1",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(dir.path().join("data"))
         .env_remove("SWITCHBOARD_INSECURE")
         .env_remove("SWITCHBOARD_TLS_DIR")

@@ -168,7 +168,11 @@ pub fn make_certs(
         "2".into(),
     ];
     if namespaces {
-        let hosts = ids.iter().map(|id| Net::ip(*id)).collect::<Vec<_>>().join(",");
+        let hosts = ids
+            .iter()
+            .map(|id| Net::ip(*id))
+            .collect::<Vec<_>>()
+            .join(",");
         args.push("--hosts".into());
         args.push(hosts.into());
     }

@@ -304,7 +304,9 @@ pub async fn observe_restart(
         if let Some(status) = poll_exit() {
             return exited(status, log, from);
         }
-        if let Ok(Ok(status)) = tokio::time::timeout(STATUS_TIMEOUT, harness::status(grpc, tls)).await {
+        if let Ok(Ok(status)) =
+            tokio::time::timeout(STATUS_TIMEOUT, harness::status(grpc, tls)).await
+        {
             return RestartOutcome::Served(NodeState::of(&status));
         }
         tokio::time::sleep(OBSERVE_POLL).await;

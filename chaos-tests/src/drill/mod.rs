@@ -241,7 +241,8 @@ async fn drill(seed: u64, args: &DrillArgs) -> anyhow::Result<bool> {
         cluster.tls(),
         LEADER_WAIT,
         Agreement::LeaderOnly,
-    ).await?;
+    )
+    .await?;
     let history_path = args
         .history
         .clone()
@@ -498,13 +499,13 @@ async fn heal_all(cluster: &mut DrillCluster) {
             return;
         }
     };
-    let leader =
-        harness::wait_for_leader(
+    let leader = harness::wait_for_leader(
         &cluster.endpoints(),
         cluster.tls(),
         LEADER_WAIT,
         Agreement::LeaderOnly,
-    ).await;
+    )
+    .await;
     if leader.is_err() {
         println!("   no leader after healing");
         return;

@@ -150,7 +150,10 @@ pub fn incoming(
     impl Future<Output = ()> + Send + 'static,
 ) {
     let (tx, rx) = mpsc::channel(ACCEPTED_QUEUE_MAX);
-    (ReceiverStream::new(rx), accept_loop(listener, tls, port, tx, shutdown))
+    (
+        ReceiverStream::new(rx),
+        accept_loop(listener, tls, port, tx, shutdown),
+    )
 }
 
 async fn accept_loop(
@@ -195,7 +198,7 @@ async fn accept_loop(
                 info: PeerInfo {
                     remote_addr: Some(remote),
                     tls: false,
-                    certs: Arc::new([]),
+                    certs: Arc::from(Vec::new()),
                     node: Ok(None),
                 },
             };
@@ -212,8 +215,7 @@ async fn accept_loop(
         let tx = tx.clone();
         handshakes.spawn(async move {
             let acceptor = tokio_rustls::TlsAcceptor::from(config);
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
-            {
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(error)) => {
                     metrics::counter!(names::TLS_HANDSHAKE_FAILURES_TOTAL, "port" => port.label())
@@ -233,7 +235,7 @@ async fn accept_loop(
                 .1
                 .peer_certificates()
                 .map(|certs| certs.iter().map(|c| c.clone().into_owned()).collect())
-                .unwrap_or_else(|| Arc::new([]));
+                .unwrap_or_else(|| Arc::from(Vec::new()));
             let node = match certs.first() {
                 Some(leaf) => NodeIdentity::from_cert(leaf),
                 None => Ok(None),

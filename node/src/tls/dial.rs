@@ -11,7 +11,9 @@ use http::Uri;
 use hyper_util::rt::TokioIo;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint};
@@ -70,7 +72,10 @@ impl tower::Service<Uri> for PeerConnector {
                 .authority()
                 .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no host in the uri"))?;
             let port = authority.port_u16().unwrap_or(80);
-            let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+            let host = authority
+                .host()
+                .trim_start_matches('[')
+                .trim_end_matches(']');
             let tcp = TcpStream::connect((host, port)).await?;
             tcp.set_nodelay(true)?;
             let config = client_config(&material, expected).map_err(io::Error::other)?;
@@ -86,7 +91,10 @@ impl tower::Service<Uri> for PeerConnector {
 
 /// The client configuration of one connection to a peer: this node's certificate, and a
 /// verifier that wants node `expected` of this node's cluster.
-fn client_config(material: &Material, expected: Option<u64>) -> Result<ClientConfig, rustls::Error> {
+fn client_config(
+    material: &Material,
+    expected: Option<u64>,
+) -> Result<ClientConfig, rustls::Error> {
     let verifier = PeerVerifier {
         roots: material.roots.clone(),
         provider: material.provider.clone(),
@@ -126,9 +134,7 @@ enum PeerRefused {
 }
 
 fn refused(error: PeerRefused) -> rustls::Error {
-    rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(
-        error,
-    ))))
+    rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(error))))
 }
 
 impl PeerVerifier {

@@ -55,7 +55,9 @@ impl NodeIdentity {
 
     /// Parses a URI of [`NodeIdentity::uri`]'s form; `None` for a URI of another scheme.
     pub fn parse_uri(uri: &str) -> Result<Option<Self>, IdentityError> {
-        let Some(rest) = uri.strip_prefix(IDENTITY_SCHEME).and_then(|r| r.strip_prefix("://"))
+        let Some(rest) = uri
+            .strip_prefix(IDENTITY_SCHEME)
+            .and_then(|r| r.strip_prefix("://"))
         else {
             return Ok(None);
         };
@@ -137,7 +139,10 @@ mod tests {
 
     #[test]
     fn other_schemes_are_not_identities_and_bad_ones_are_refused() {
-        assert_eq!(NodeIdentity::parse_uri("https://example.com/node/1"), Ok(None));
+        assert_eq!(
+            NodeIdentity::parse_uri("https://example.com/node/1"),
+            Ok(None)
+        );
         for bad in [
             "switchboard://c/node/",
             "switchboard://c/node/0",

@@ -285,12 +285,11 @@ impl Material {
                 expected: expected.clone(),
             });
         }
-        let (serial, not_after_unix, not_after) = serial_and_not_after(leaf).map_err(|source| {
-            TlsError::Identity {
+        let (serial, not_after_unix, not_after) =
+            serial_and_not_after(leaf).map_err(|source| TlsError::Identity {
                 path: files.cert.clone(),
                 source,
-            }
-        })?;
+            })?;
 
         let key_pair = |source| TlsError::KeyPair {
             cert: files.cert.clone(),
@@ -442,7 +441,6 @@ pub async fn reload_on_sighup(
         }
     }
 }
-
 
 /// How a node secures its ports and its connections to peers.
 #[derive(Debug, Clone)]

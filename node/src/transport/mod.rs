@@ -240,7 +240,9 @@ pub(crate) enum Error {
         source: postcard::Error,
     },
     // Names the sender's cluster only: this node's cluster id is not the caller's to learn.
-    #[error("cluster id mismatch: node {from} of cluster {theirs:?} is not of node {node_id}'s cluster")]
+    #[error(
+        "cluster id mismatch: node {from} of cluster {theirs:?} is not of node {node_id}'s cluster"
+    )]
     ClusterMismatch {
         node_id: u64,
         from: u64,
@@ -254,7 +256,9 @@ pub(crate) enum Error {
     ForeignCluster { node_id: u64 },
     #[error("node {node_id} is not a member of this cluster")]
     NotMember { node_id: u64 },
-    #[error("the caller's certificate names node {cert_node_id} but the message claims node {from}")]
+    #[error(
+        "the caller's certificate names node {cert_node_id} but the message claims node {from}"
+    )]
     Impersonation { cert_node_id: u64, from: u64 },
     #[error("node {from} sent a message for node {to} to node {node_id}")]
     WrongNode { node_id: u64, from: u64, to: u64 },
