@@ -221,3 +221,105 @@ impl ServerCertVerifier for PeerVerifier {
             .supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::tls::tests::certs_dir;
+    use crate::tls::{Material, NodeIdentity, TlsFiles};
+
+    /// Node `dialler` dials node 1 expecting node `expected`: whether the handshake succeeds.
+    async fn handshake(dir: &std::path::Path, dialler: u64, expected: Option<u64>) -> bool {
+        let server =
+            Material::load(&TlsFiles::in_dir(dir, 1), &NodeIdentity::new("c1", 1)).expect("node 1");
+        let client = Material::load(
+            &TlsFiles::in_dir(dir, dialler),
+            &NodeIdentity::new("c1", dialler),
+        )
+        .expect("dialler");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let acceptor = tokio_rustls::TlsAcceptor::from(server.grpc.clone());
+        let accept = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            match acceptor.accept(tcp).await {
+                Ok(mut stream) => {
+                    let mut byte = [0u8; 1];
+                    stream.read_exact(&mut byte).await.is_ok()
+                }
+                Err(_) => false,
+            }
+        });
+        let config = client_config(&client, expected).expect("client config");
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let name = ServerName::try_from(PEER_SERVER_NAME).expect("name");
+        let dialled = match tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+        {
+            Ok(mut stream) => stream.write_all(b"x").await.is_ok() && stream.flush().await.is_ok(),
+            Err(_) => false,
+        };
+        let accepted = accept.await.expect("accept task");
+        dialled && accepted
+    }
+
+    #[tokio::test]
+    async fn a_peer_is_accepted_only_as_the_node_that_was_dialled() {
+        let dir = certs_dir();
+        assert!(
+            handshake(dir.path(), 2, Some(1)).await,
+            "node 2 dials node 1"
+        );
+        assert!(
+            handshake(dir.path(), 2, None).await,
+            "any node of the cluster"
+        );
+        assert!(
+            !handshake(dir.path(), 2, Some(3)).await,
+            "node 1 answered where node 3 was dialled"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_peer_of_another_ca_is_refused() {
+        let ours = certs_dir();
+        let theirs = certs_dir();
+        // Node 1 of the other CA, dialled by node 2 of ours.
+        let server = Material::load(
+            &TlsFiles {
+                cert: theirs.path().join(crate::tls::cert_file_name(1)),
+                key: theirs.path().join(crate::tls::key_file_name(1)),
+                ca: theirs.path().join(crate::tls::CA_FILE),
+            },
+            &NodeIdentity::new("c1", 1),
+        )
+        .expect("their node 1");
+        let client = Material::load(
+            &TlsFiles::in_dir(ours.path(), 2),
+            &NodeIdentity::new("c1", 2),
+        )
+        .expect("our node 2");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let acceptor = tokio_rustls::TlsAcceptor::from(server.grpc.clone());
+        let accept = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            acceptor.accept(tcp).await.is_ok()
+        });
+        let config = client_config(&client, Some(1)).expect("client config");
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let name = ServerName::try_from(PEER_SERVER_NAME).expect("name");
+        let dialled = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await;
+        assert!(dialled.is_err(), "a node of another CA was accepted");
+        let _ = accept.await;
+    }
+}

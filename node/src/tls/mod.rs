@@ -450,3 +450,78 @@ pub enum Security {
     /// TLS with these files (mutual between nodes).
     Tls(TlsFiles),
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::certs::{CommonArgs, InitArgs, NodeArgs};
+
+    /// A CA and certificates for nodes 1..=3 of cluster "c1" in a new directory.
+    pub(crate) fn certs_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        crate::certs::init(&InitArgs {
+            common: common(dir.path(), false),
+            nodes: vec![1, 2, 3],
+            if_missing: false,
+        })
+        .expect("certs");
+        dir
+    }
+
+    fn common(dir: &Path, force: bool) -> CommonArgs {
+        CommonArgs {
+            dir: dir.to_path_buf(),
+            cluster_id: "c1".to_owned(),
+            hosts: Vec::new(),
+            days: 1,
+            force,
+            owner: None,
+        }
+    }
+
+    #[test]
+    fn a_reload_puts_rotated_files_in_use_and_a_bad_file_keeps_the_old_material() {
+        let dir = certs_dir();
+        let tls =
+            Tls::load(TlsFiles::in_dir(dir.path(), 1), NodeIdentity::new("c1", 1)).expect("load");
+        let first = tls.current().serial().to_owned();
+
+        crate::certs::node(&NodeArgs {
+            common: common(dir.path(), true),
+            node_id: 1,
+        })
+        .expect("rotate");
+        let rotated = tls.reload().expect("reload").serial().to_owned();
+        assert_ne!(rotated, first);
+        assert_eq!(tls.current().serial(), rotated);
+
+        let key = dir.path().join(key_file_name(1));
+        std::fs::write(&key, b"not a key").expect("break the key");
+        let error = tls.reload().expect_err("a broken key");
+        assert!(error.to_string().contains("node-1-key.pem"), "{error}");
+        assert_eq!(tls.current().serial(), rotated, "the old material stays");
+
+        // Another node's certificate with this node's key is refused too.
+        std::fs::copy(dir.path().join(key_file_name(2)), &key).expect("copy");
+        std::fs::copy(
+            dir.path().join(cert_file_name(2)),
+            dir.path().join(cert_file_name(1)),
+        )
+        .expect("copy");
+        let error = tls.reload().expect_err("node 2's certificate");
+        assert!(matches!(error, TlsError::WrongIdentity { .. }), "{error}");
+        assert_eq!(tls.current().serial(), rotated);
+    }
+
+    #[test]
+    fn a_certificate_of_another_ca_does_not_load() {
+        let ours = certs_dir();
+        let theirs = certs_dir();
+        let files = TlsFiles {
+            ca: ours.path().join(CA_FILE),
+            ..TlsFiles::in_dir(theirs.path(), 1)
+        };
+        let error = Material::load(&files, &NodeIdentity::new("c1", 1)).expect_err("other CA");
+        assert!(matches!(error, TlsError::Chain { .. }), "{error}");
+    }
+}
