@@ -21,8 +21,11 @@ const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// What counts as "a leader is elected".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Agreement {
-    /// Every endpoint answers and names the same leader, which is one of them: a cluster
-    /// that is fully up and settled (tests, benchmarks, measurements).
+    /// Every endpoint answers and names the same leader, which is one of them and has
+    /// committed its whole log (so the entry opening its term: it serves writes): a cluster
+    /// that is fully up and settled (tests, benchmarks, measurements). Followers name a new
+    /// leader a moment before it can write; connections between nodes that open with a TLS
+    /// handshake make that moment longer.
     Unanimous,
     /// Some endpoint answers that it is the leader (the highest term wins); the others may be
     /// down, cut off, or outside the membership (a wiped node waiting to be added back).
@@ -77,6 +80,9 @@ struct Seen {
     node_id: u64,
     leader_id: Option<u64>,
     term: u64,
+    /// Everything in the node's log is committed: for a leader, the entry that opens its term
+    /// too, so it serves writes (followers may name it a moment before).
+    committed_all: bool,
 }
 
 /// The leader the answers show under `agreement`, if they show one (`None`: no answer).
@@ -99,7 +105,7 @@ fn agreed_leader(agreement: Agreement, answers: &[Option<Seen>]) -> Option<Leade
                 return None;
             }
             self_declared
-                .filter(|s| s.node_id == leader)
+                .filter(|s| s.node_id == leader && s.committed_all)
                 .map(|s| Leader {
                     id: s.node_id,
                     term: s.term,
@@ -176,6 +182,7 @@ pub async fn wait_for_leader(
                         node_id: status.node_id,
                         leader_id: status.leader_id,
                         term: status.term,
+                        committed_all: status.committed_index >= status.last_log_index,
                     }));
                 }
                 Err(e) => {
@@ -214,6 +221,7 @@ mod tests {
             node_id,
             leader_id,
             term,
+            committed_all: true,
         })
     }
 
@@ -243,6 +251,15 @@ mod tests {
         assert_eq!(agreed_leader(Unanimous, &stale), None);
         let nobody = [node(1, None, 1), node(2, None, 1)];
         assert_eq!(agreed_leader(Unanimous, &nobody), None);
+        // Named by all, but its term's first entry is not committed yet: it cannot write.
+        let opening = [
+            node(1, Some(2), 3),
+            Some(Seen {
+                committed_all: false,
+                ..node(2, Some(2), 3).expect("answer")
+            }),
+        ];
+        assert_eq!(agreed_leader(Unanimous, &opening), None);
     }
 
     #[test]
