@@ -21,8 +21,12 @@ fn create(run: usize, attempt: u64) -> v1::CreateCallRequest {
     }
 }
 
-async fn try_write(addr: &str, request: v1::CreateCallRequest) -> bool {
-    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else {
+async fn try_write(
+    addr: &str,
+    tls: Option<&client::TlsConfig>,
+    request: v1::CreateCallRequest,
+) -> bool {
+    let Ok(endpoint) = client::endpoint(addr, tls) else {
         return false;
     };
     let Ok(channel) = endpoint.connect_timeout(ATTEMPT_TIMEOUT).connect().await else {
@@ -45,7 +49,7 @@ pub async fn trial(
     let mut cluster = ProcessCluster::start(binary, 3, node_args)?;
     let leader = cluster.wait_for_leader(LEADER_WAIT).await?;
     anyhow::ensure!(
-        try_write(&cluster.grpc(leader), create(run, 0)).await,
+        try_write(&cluster.grpc(leader), cluster.tls(), create(run, 0)).await,
         "write before the kill failed"
     );
     let survivors: Vec<String> = cluster
@@ -59,7 +63,7 @@ pub async fn trial(
     let mut attempt = 1;
     loop {
         for addr in &survivors {
-            if try_write(addr, create(run, attempt)).await {
+            if try_write(addr, cluster.tls(), create(run, attempt)).await {
                 return Ok(killed.elapsed());
             }
             attempt += 1;

@@ -17,7 +17,7 @@ use hdrhistogram::Histogram;
 use proto::v1::call_service_client::CallServiceClient;
 use proto::v1::cluster_service_client::ClusterServiceClient;
 use proto::v1::{self, Consistency, ReadOptions};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::bench::stats::Summary;
 use crate::compose::{self, Compose};
@@ -69,6 +69,64 @@ pub struct RegionsArgs {
     /// Leave the project running at the end (prints how to take it down).
     #[arg(long)]
     pub keep: bool,
+    /// The cluster CA (PEM) [default: certs/ca.pem beside the compose file, written by
+    /// deploy/compose/certs.sh]; without one the nodes are spoken to in plaintext.
+    #[arg(long, env = "SWITCHBOARD_CA")]
+    pub ca: Option<PathBuf>,
+}
+
+/// TLS towards the nodes, decided once per run from `--ca` (see [`tls`]).
+static TLS: std::sync::OnceLock<Option<client::TlsConfig>> = std::sync::OnceLock::new();
+
+/// How this run speaks TLS to the nodes.
+fn tls() -> Option<&'static client::TlsConfig> {
+    TLS.get().and_then(Option::as_ref)
+}
+
+/// The admin token of this run, minted once from the signing key the compose file's `certs`
+/// step writes beside it (none: the nodes run without authentication).
+static TOKEN: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+fn token() -> Option<&'static str> {
+    TOKEN.get().and_then(Option::as_deref)
+}
+
+/// Reads the CA once: `--ca`, else the one beside the compose file, else none (plaintext).
+fn init_tls(args: &RegionsArgs) -> anyhow::Result<()> {
+    let beside = args
+        .compose_file
+        .parent()
+        .map(|dir| dir.join("certs").join("ca.pem"))
+        .filter(|path| path.exists());
+    let tls = match args.ca.clone().or(beside) {
+        Some(path) => {
+            // Nodes are published on a private loopback address their certificates do not
+            // list; every node certificate names `localhost`.
+            let mut tls = client::TlsConfig::from_ca_file(&path)?;
+            tls.server_name = Some("localhost".to_owned());
+            Some(tls)
+        }
+        None => None,
+    };
+    let _ = TLS.set(tls);
+    let key = args
+        .compose_file
+        .parent()
+        .map(|dir| {
+            dir.join("certs")
+                .join("tokens")
+                .join("token-signing-k1.pem")
+        })
+        .filter(|path| path.exists());
+    let token = match key {
+        Some(key) => Some(crate::drill::cluster::issue_admin_token(
+            &std::env::current_exe()?,
+            &key,
+        )?),
+        None => None,
+    };
+    let _ = TOKEN.set(token);
+    Ok(())
 }
 
 /// One node as measured from here.
@@ -133,8 +191,12 @@ async fn measure(args: &RegionsArgs) -> anyhow::Result<()> {
         (name, endpoints)
     };
 
+    // After `up`: the compose file's `certs` step writes the CA.
+    init_tls(args)?;
     let harness::Leader { id: leader, term } = harness::wait_for_leader(
         &endpoints,
+        tls(),
+        token(),
         args.leader_timeout,
         harness::Agreement::Unanimous,
     )
@@ -156,6 +218,8 @@ async fn measure(args: &RegionsArgs) -> anyhow::Result<()> {
             .values()
             .map(|n| (n.advertised.clone(), n.reachable.clone()))
             .collect(),
+        tls: tls().cloned(),
+        token: token().map(client::BearerToken::new),
         ..ClientConfig::default()
     })?;
     let (written, writes) = write_calls(&client, args.calls).await?;
@@ -233,7 +297,7 @@ fn record(histogram: &mut Histogram<u64>, took: Duration) {
 }
 
 async fn channel(addr: &str) -> anyhow::Result<Channel> {
-    Endpoint::from_shared(format!("http://{addr}"))?
+    client::endpoint(addr, tls())?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .connect()
@@ -244,6 +308,9 @@ async fn channel(addr: &str) -> anyhow::Result<Channel> {
 async fn status(addr: &str) -> anyhow::Result<v1::StatusResponse> {
     let mut request = tonic::Request::new(v1::StatusRequest {});
     request.set_timeout(RPC_TIMEOUT);
+    if let Some(value) = token().and_then(|t| format!("Bearer {t}").parse().ok()) {
+        request.metadata_mut().insert("authorization", value);
+    }
     Ok(ClusterServiceClient::new(channel(addr).await?)
         .status(request)
         .await?

@@ -47,15 +47,13 @@ fn binary() -> PathBuf {
 
 fn writer(cluster: &ProcessCluster) -> Client {
     Client::new(ClientConfig {
-        endpoints: cluster.endpoints(),
         connect_timeout: Duration::from_millis(500),
         request_timeout: Duration::from_millis(2000),
         call_deadline: Duration::from_millis(6000),
         retries_max: 8,
         backoff_initial: Duration::from_millis(50),
         backoff_max: Duration::from_millis(500),
-        resolve: Vec::new(),
-        token: None,
+        ..cluster.client_config()
     })
     .expect("client")
 }
@@ -86,11 +84,14 @@ async fn write_calls(client: &Client, prefix: &str, n: u32) {
     }
 }
 
-async fn status(grpc: &str) -> Option<v1::StatusResponse> {
-    tokio::time::timeout(Duration::from_secs(1), harness::status(grpc))
-        .await
-        .ok()?
-        .ok()
+async fn status(cluster: &ProcessCluster, grpc: &str) -> Option<v1::StatusResponse> {
+    tokio::time::timeout(
+        Duration::from_secs(1),
+        harness::status(grpc, cluster.tls(), cluster.admin_token()),
+    )
+    .await
+    .ok()?
+    .ok()
 }
 
 /// Waits until node `id` has committed and applied at least `index`.
@@ -98,7 +99,7 @@ async fn wait_caught_up(cluster: &ProcessCluster, id: u64, index: u64) -> v1::St
     let started = Instant::now();
     let mut last = None;
     while started.elapsed() < CATCH_UP_WAIT {
-        if let Some(s) = status(&cluster.grpc(id)).await {
+        if let Some(s) = status(cluster, &cluster.grpc(id)).await {
             if s.applied_index >= index && s.committed_index >= index {
                 return s;
             }
@@ -110,7 +111,7 @@ async fn wait_caught_up(cluster: &ProcessCluster, id: u64, index: u64) -> v1::St
 }
 
 async fn leader_index(cluster: &ProcessCluster, leader: u64) -> u64 {
-    status(&cluster.grpc(leader))
+    status(cluster, &cluster.grpc(leader))
         .await
         .map_or(0, |s| s.committed_index)
 }
@@ -138,11 +139,18 @@ fn start_isolated(cluster: &ProcessCluster, id: u64, log: &Path) -> Isolated {
         .append(true)
         .open(log)
         .expect("open stderr file");
-    let child = ServeCommand::new(id, &grpc, &data_dir)
+    let mut serve = ServeCommand::new(id, &grpc, &data_dir)
         .http_listen(&http)
         .cluster_id(cluster.cluster_id())
-        .insecure()
-        .exit_with_parent()
+        .exit_with_parent();
+    serve = match cluster.certs_dir() {
+        Some(dir) => serve.extra_args([std::ffi::OsStr::new("--tls-dir"), dir.as_os_str()]),
+        None => serve.extra_args(["--insecure"]),
+    };
+    if let Some(dir) = cluster.token_dir() {
+        serve = serve.token_keys(dir.join("token-keys.json"));
+    }
+    let child = serve
         .log_filter(harness::test_log_filter())
         .command(cluster.binary())
         .stdin(std::process::Stdio::null())
@@ -207,7 +215,12 @@ async fn damaged_follower_refuses_or_remembers(target: DamageTarget, kind: Damag
             write_calls(&client, "after-flush", ENTRIES / 3).await;
         }
         DamageTarget::Snapshot => {
-            let node = single_node_client(&cluster.grpc(follower)).expect("client");
+            let node = single_node_client(
+                &cluster.grpc(follower),
+                cluster.tls(),
+                cluster.admin_token(),
+            )
+            .expect("client");
             node.trigger_snapshot(v1::TriggerSnapshotRequest {})
                 .await
                 .expect("snapshot on the follower");
@@ -230,6 +243,8 @@ async fn damaged_follower_refuses_or_remembers(target: DamageTarget, kind: Damag
     let grpc = isolated.grpc.clone();
     let outcome = observe_restart(
         &grpc,
+        cluster.tls(),
+        cluster.admin_token(),
         || isolated.child.try_wait().ok().flatten(),
         &log,
         0,
@@ -346,9 +361,20 @@ async fn a_follower_whose_fsyncs_fail_stops_and_the_cluster_serves_on() {
     ShimControl::Ok.write(&control).expect("ok");
     let from = disk::file_len(&stderr);
     cluster.restart(follower).expect("restart");
+    let tls = cluster.tls().cloned();
+    let token = cluster.admin_token().map(str::to_owned);
     let node = cluster.nodes.get_mut(&follower).expect("node");
     let grpc = node.grpc.clone();
-    let outcome = observe_restart(&grpc, || node.exit_status(), &stderr, from, RESTART_WAIT).await;
+    let outcome = observe_restart(
+        &grpc,
+        tls.as_ref(),
+        token.as_deref(),
+        || node.exit_status(),
+        &stderr,
+        from,
+        RESTART_WAIT,
+    )
+    .await;
     println!("node {follower} came back: {outcome:?}");
     if let Err(why) = judge_restart(&before, &outcome) {
         let text = std::fs::read_to_string(&stderr).unwrap_or_default();

@@ -103,6 +103,9 @@ pub struct ClientConfig {
     /// The bearer token sent with every request (`authorization: Bearer <token>`): a JWT from
     /// `switchboard token issue`. `None` only against a node started with `--insecure`.
     pub token: Option<BearerToken>,
+    /// TLS towards the nodes (`https://`); `None` speaks plaintext, which only a node started
+    /// with `--insecure` answers.
+    pub tls: Option<TlsConfig>,
 }
 
 /// Longest bearer token the client sends, in bytes (the node's bound too).
@@ -134,6 +137,163 @@ impl std::fmt::Debug for BearerToken {
     }
 }
 
+/// Largest PEM (CA, certificate or key) a [`TlsConfig`] holds, in bytes.
+pub const TLS_PEM_BYTES_MAX: usize = 1 << 20;
+
+/// How the client speaks TLS: which CA signed the nodes' certificates, and optionally a
+/// client certificate to present (nodes check it against the same CA).
+#[derive(Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// The cluster CA certificate(s), PEM.
+    pub ca_pem: Vec<u8>,
+    /// A client certificate and key, PEM.
+    pub identity: Option<TlsIdentity>,
+    /// The name checked against a node's certificate instead of the host dialled (useful
+    /// when dialling an address the certificate does not list).
+    pub server_name: Option<String>,
+}
+
+/// A client certificate chain and its private key, PEM.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TlsIdentity {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+impl fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsConfig")
+            .field("ca_pem_bytes", &self.ca_pem.len())
+            .field("identity", &self.identity)
+            .field("server_name", &self.server_name)
+            .finish()
+    }
+}
+
+impl fmt::Debug for TlsIdentity {
+    // Never prints the key.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsIdentity")
+            .field("cert_pem_bytes", &self.cert_pem.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads a PEM file of at most [`TLS_PEM_BYTES_MAX`] bytes.
+fn read_pem(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    let len = std::fs::metadata(path)?.len();
+    if len > TLS_PEM_BYTES_MAX as u64 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "{} is {len} bytes, over the bound of {TLS_PEM_BYTES_MAX}",
+                path.display()
+            ),
+        ));
+    }
+    std::fs::read(path)
+}
+
+impl TlsConfig {
+    /// Trusts the CA(s) in `ca_pem`; no client certificate.
+    pub fn new(ca_pem: impl Into<Vec<u8>>) -> Self {
+        Self {
+            ca_pem: ca_pem.into(),
+            identity: None,
+            server_name: None,
+        }
+    }
+
+    /// Trusts the CA(s) in the PEM file at `path`.
+    pub fn from_ca_file(path: impl AsRef<std::path::Path>) -> std::io::Result<Self> {
+        Ok(Self::new(read_pem(path.as_ref())?))
+    }
+
+    /// Presents the client certificate and key in these PEM files.
+    pub fn with_identity_files(
+        mut self,
+        cert: impl AsRef<std::path::Path>,
+        key: impl AsRef<std::path::Path>,
+    ) -> std::io::Result<Self> {
+        self.identity = Some(TlsIdentity {
+            cert_pem: read_pem(cert.as_ref())?,
+            key_pem: read_pem(key.as_ref())?,
+        });
+        Ok(self)
+    }
+
+    /// tonic's form of this configuration.
+    pub fn to_tonic(&self) -> tonic::transport::ClientTlsConfig {
+        let mut config = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&self.ca_pem));
+        if let Some(identity) = &self.identity {
+            config = config.identity(tonic::transport::Identity::from_pem(
+                &identity.cert_pem,
+                &identity.key_pem,
+            ));
+        }
+        if let Some(name) = &self.server_name {
+            config = config.domain_name(name.clone());
+        }
+        config
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let sizes = [
+            ("ca_pem", self.ca_pem.len()),
+            (
+                "identity.cert_pem",
+                self.identity.as_ref().map_or(0, |i| i.cert_pem.len()),
+            ),
+            (
+                "identity.key_pem",
+                self.identity.as_ref().map_or(0, |i| i.key_pem.len()),
+            ),
+        ];
+        for (field, len) in sizes {
+            if len > TLS_PEM_BYTES_MAX {
+                return Err(ConfigError::Tls {
+                    reason: format!(
+                        "{field} is {len} bytes, over the bound of {TLS_PEM_BYTES_MAX}"
+                    ),
+                });
+            }
+        }
+        if self.ca_pem.is_empty() {
+            return Err(ConfigError::Tls {
+                reason: "ca_pem is empty".to_owned(),
+            });
+        }
+        // Parses the PEMs now, so that a bad file is a configuration error, not a failure of
+        // every call.
+        Endpoint::from_static("https://localhost:1")
+            .tls_config(self.to_tonic())
+            .map_err(|e| ConfigError::Tls {
+                reason: error_chain(&e),
+            })?;
+        Ok(())
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(next) = source {
+        out.push_str(": ");
+        out.push_str(&next.to_string());
+        source = next.source();
+    }
+    out
+}
+
+/// A tonic endpoint for `addr` (`host:port`): `https://` with `tls`, `http://` without.
+pub fn endpoint(addr: &str, tls: Option<&TlsConfig>) -> Result<Endpoint, tonic::transport::Error> {
+    match tls {
+        None => Endpoint::from_shared(format!("http://{addr}")),
+        Some(tls) => Endpoint::from_shared(format!("https://{addr}"))?.tls_config(tls.to_tonic()),
+    }
+}
+
 impl Default for ClientConfig {
     fn default() -> Self {
         Self {
@@ -146,6 +306,7 @@ impl Default for ClientConfig {
             backoff_max: Duration::from_secs(1),
             resolve: Vec::new(),
             token: None,
+            tls: None,
         }
     }
 }
@@ -208,6 +369,18 @@ pub enum ConfigError {
         /// What is wrong with it (never the token itself).
         reason: &'static str,
     },
+    /// The TLS settings cannot work.
+    #[error("tls: {reason}")]
+    Tls {
+        /// What is wrong.
+        reason: String,
+    },
+    /// An endpoint asks for `https://` but no TLS is configured.
+    #[error("endpoints: {endpoint:?} is https:// but no TLS is configured (give the cluster CA)")]
+    HttpsWithoutTls {
+        /// The address as given.
+        endpoint: String,
+    },
     /// `retries_max` exceeds [`RETRIES_MAX_LIMIT`].
     #[error("retries_max {retries_max} exceeds {max}")]
     TooManyRetries {
@@ -235,6 +408,14 @@ impl ClientConfig {
                 endpoint: endpoint.clone(),
                 reason,
             })?;
+            if self.tls.is_none() && endpoint.trim().starts_with("https://") {
+                return Err(ConfigError::HttpsWithoutTls {
+                    endpoint: endpoint.clone(),
+                });
+            }
+        }
+        if let Some(tls) = &self.tls {
+            tls.validate()?;
         }
         if self.resolve.len() > ENDPOINTS_MAX {
             return Err(ConfigError::TooManyResolves {
@@ -289,13 +470,17 @@ impl ClientConfig {
     }
 }
 
-/// Turns `host:port` or `http://host:port` into `host:port`, or says what is wrong with it.
+/// Turns `host:port`, `http://host:port` or `https://host:port` into `host:port`, or says
+/// what is wrong with it. Whether TLS is spoken is [`ClientConfig::tls`]'s to say.
 fn normalize_addr(raw: &str) -> Result<String, &'static str> {
     let trimmed = raw.trim();
-    let addr = trimmed.strip_prefix("http://").unwrap_or(trimmed);
+    let addr = trimmed
+        .strip_prefix("http://")
+        .or_else(|| trimmed.strip_prefix("https://"))
+        .unwrap_or(trimmed);
     let addr = addr.strip_suffix('/').unwrap_or(addr);
     if addr.contains("://") {
-        return Err("only plain host:port (or http://host:port) is supported");
+        return Err("only host:port, http://host:port or https://host:port is supported");
     }
     if addr.contains('/') {
         return Err("expected host:port without a path");
@@ -1034,7 +1219,7 @@ fn resolved<'a>(addr: &'a str, config: &'a ClientConfig) -> &'a str {
 
 fn make_endpoint(addr: &str, config: &ClientConfig) -> Result<Endpoint, tonic::transport::Error> {
     let addr = resolved(addr, config);
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+    Ok(endpoint(addr, config.tls.as_ref())?
         .connect_timeout(config.connect_timeout)
         .timeout(config.request_timeout)
         .tcp_nodelay(true))
@@ -1049,6 +1234,47 @@ mod tests {
     #[test]
     fn default_config_is_valid() {
         assert_eq!(ClientConfig::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn tls_settings_are_checked_when_the_client_is_built() {
+        let https = ClientConfig {
+            endpoints: vec!["https://127.0.0.1:7101".to_owned()],
+            ..ClientConfig::default()
+        };
+        assert!(matches!(
+            https.validate(),
+            Err(ConfigError::HttpsWithoutTls { .. })
+        ));
+        let empty_ca = ClientConfig {
+            tls: Some(TlsConfig::new(Vec::new())),
+            ..ClientConfig::default()
+        };
+        assert!(matches!(empty_ca.validate(), Err(ConfigError::Tls { .. })));
+        let garbage = ClientConfig {
+            tls: Some(TlsConfig::new(
+                b"-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n".to_vec(),
+            )),
+            ..ClientConfig::default()
+        };
+        assert!(matches!(garbage.validate(), Err(ConfigError::Tls { .. })));
+        let huge = ClientConfig {
+            tls: Some(TlsConfig::new(vec![b'a'; TLS_PEM_BYTES_MAX + 1])),
+            ..ClientConfig::default()
+        };
+        assert!(matches!(huge.validate(), Err(ConfigError::Tls { .. })));
+    }
+
+    #[test]
+    fn a_tls_config_never_prints_its_key() {
+        let tls = TlsConfig {
+            identity: Some(TlsIdentity {
+                cert_pem: b"cert".to_vec(),
+                key_pem: b"SECRET KEY".to_vec(),
+            }),
+            ..TlsConfig::new(b"ca".to_vec())
+        };
+        assert!(!format!("{tls:?}").contains("SECRET"));
     }
 
     #[test]
@@ -1115,7 +1341,11 @@ mod tests {
             Ok("node-1:7101".to_owned())
         );
         assert_eq!(normalize_addr("[::1]:7101"), Ok("[::1]:7101".to_owned()));
-        assert!(normalize_addr("https://node-1:7101").is_err());
+        assert_eq!(
+            normalize_addr("https://node-1:7101"),
+            Ok("node-1:7101".to_owned())
+        );
+        assert!(normalize_addr("ftp://node-1:7101").is_err());
         assert!(normalize_addr("node-1:0").is_err());
         assert!(normalize_addr(":7101").is_err());
         assert!(normalize_addr("node-1:7101/x").is_err());

@@ -3,13 +3,16 @@
 //! also when a test fails.
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+
+use client::{ClientConfig, TlsConfig};
 
 use crate::{Agreement, Error, ServeCommand};
 
@@ -52,15 +55,67 @@ impl ProcNode {
 #[derive(Debug)]
 pub struct ProcessCluster {
     binary: PathBuf,
-    /// The token key set nodes verify with, when the cluster requires tokens
-    /// ([`ProcessCluster::start_authenticated`]); the signing key lies next to it.
-    tokens: Option<PathBuf>,
-    /// An admin token of the cluster's key (for its own status and leader waits).
-    admin_token: Option<String>,
     cluster_id: String,
     initial_cluster: String,
     pub nodes: BTreeMap<u64, ProcNode>,
+    /// Where `switchboard certs init` wrote the cluster's CA and node certificates; `None`
+    /// when the nodes run `--insecure`.
+    certs_dir: Option<PathBuf>,
+    /// How clients of this cluster speak TLS (trusting its CA); `None` under `--insecure`.
+    tls: Option<TlsConfig>,
+    /// The token key set directory (`token keygen` layout, signing key `k1` included); `None`
+    /// when the nodes run `--insecure` (no authentication).
+    tokens: Option<PathBuf>,
+    /// An admin token of the cluster's key, for its own status requests and for
+    /// [`ProcessCluster::client_config`].
+    admin_token: Option<String>,
     root: tempfile::TempDir,
+}
+
+/// A raw gRPC channel that sends the cluster's admin token with every request
+/// ([`ProcessCluster::channel`]); generated clients take it like a `Channel`.
+pub type AuthChannel =
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>;
+
+/// Adds `authorization: Bearer <token>` to every request (nothing under `--insecure`).
+#[derive(Debug, Clone)]
+pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// The cluster id of every [`ProcessCluster`].
+pub const HARNESS_CLUSTER_ID: &str = "harness";
+
+/// Runs `binary certs ARGS` (creating certificates), failing with its stderr.
+pub fn run_certs(binary: &Path, args: &[&OsStr]) -> Result<(), Error> {
+    let output = Command::new(binary)
+        .arg("certs")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(Error::Certs)?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(Error::Certs(std::io::Error::other(format!(
+            "switchboard certs {:?} failed ({}): {}",
+            args,
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))))
+    }
 }
 
 /// A free loopback port (bound then released; the tiny race is acceptable for tests).
@@ -84,24 +139,17 @@ const BIND_POLL: Duration = Duration::from_millis(20);
 impl ProcessCluster {
     /// Starts `n` voters that bootstrap themselves; `extra_args` go to every `serve`.
     ///
+    /// The nodes speak TLS with certificates that `switchboard certs init` makes in the
+    /// cluster's directory, unless `extra_args` holds `--insecure`.
+    ///
     /// Ports are picked free and released before the nodes bind them, so another process may
     /// take one in between (many tests run at once). A node that exits before it binds makes
     /// the whole cluster start again on new ports, up to [`START_ATTEMPTS`] times: a cluster
     /// without its bootstrapping node would never elect a leader.
     pub fn start(binary: &Path, n: u64, extra_args: &[&str]) -> Result<Self, Error> {
-        Self::start_with(binary, n, extra_args, false)
-    }
-
-    /// [`ProcessCluster::start`], with nodes that require bearer tokens: a key set is made in
-    /// the cluster's directory, and [`ProcessCluster::token`] mints tokens for it.
-    pub fn start_authenticated(binary: &Path, n: u64, extra_args: &[&str]) -> Result<Self, Error> {
-        Self::start_with(binary, n, extra_args, true)
-    }
-
-    fn start_with(binary: &Path, n: u64, extra_args: &[&str], tokens: bool) -> Result<Self, Error> {
         let mut attempt = 1;
         loop {
-            let mut cluster = Self::start_once(binary, n, extra_args, tokens)?;
+            let mut cluster = Self::start_once(binary, n, extra_args)?;
             match cluster.wait_bound() {
                 None => return Ok(cluster),
                 Some(id) if attempt < START_ATTEMPTS => {
@@ -139,21 +187,11 @@ impl ProcessCluster {
         None
     }
 
-    fn start_once(binary: &Path, n: u64, extra_args: &[&str], tokens: bool) -> Result<Self, Error> {
+    fn start_once(binary: &Path, n: u64, extra_args: &[&str]) -> Result<Self, Error> {
         let root = tempfile::Builder::new()
             .prefix("switchboard-cluster-")
             .tempdir()
             .map_err(Error::TempDir)?;
-        let tokens = if tokens {
-            let dir = root.path().join("tokens");
-            run_tool(
-                binary,
-                &["token", "keygen", "--dir", &dir.to_string_lossy()],
-            )?;
-            Some(dir)
-        } else {
-            None
-        };
         let mut nodes = BTreeMap::new();
         for id in 1..=n {
             nodes.insert(
@@ -172,13 +210,46 @@ impl ProcessCluster {
         }
         let initial_cluster =
             crate::initial_cluster(nodes.values().map(|n| (n.id, n.grpc.as_str())));
+        let insecure = extra_args.contains(&"--insecure");
+        let tokens = if insecure {
+            None
+        } else {
+            let dir = root.path().join("tokens");
+            run_tool(
+                binary,
+                &["token", "keygen", "--dir", &dir.to_string_lossy()],
+            )?;
+            Some(dir)
+        };
+        let (certs_dir, tls) = if insecure {
+            (None, None)
+        } else {
+            let dir = root.path().join("certs");
+            let ids = (1..=n).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+            run_certs(
+                binary,
+                &[
+                    OsStr::new("init"),
+                    OsStr::new("--dir"),
+                    dir.as_os_str(),
+                    OsStr::new("--nodes"),
+                    OsStr::new(&ids),
+                    OsStr::new("--cluster-id"),
+                    OsStr::new(HARNESS_CLUSTER_ID),
+                ],
+            )?;
+            let tls = TlsConfig::from_ca_file(dir.join("ca.pem")).map_err(Error::Certs)?;
+            (Some(dir), Some(tls))
+        };
         let mut cluster = Self {
             binary: binary.to_path_buf(),
-            tokens,
-            admin_token: None,
-            cluster_id: "harness".to_owned(),
+            cluster_id: HARNESS_CLUSTER_ID.to_owned(),
             initial_cluster,
             nodes,
+            certs_dir,
+            tls,
+            tokens,
+            admin_token: None,
             root,
         };
         if cluster.tokens.is_some() {
@@ -191,9 +262,51 @@ impl ProcessCluster {
         Ok(cluster)
     }
 
-    /// A bearer token for `tenant` and `role` (`agent`, `viewer`, `admin`), signed with the
-    /// cluster's key, of the given subject; only for a cluster from
-    /// [`ProcessCluster::start_authenticated`].
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    pub fn binary(&self) -> &Path {
+        &self.binary
+    }
+
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
+    }
+
+    /// The directory of the cluster's CA and node certificates (`certs init` layout); `None`
+    /// under `--insecure`.
+    pub fn certs_dir(&self) -> Option<&Path> {
+        self.certs_dir.as_deref()
+    }
+
+    /// How a client of this cluster speaks TLS; `None` under `--insecure`.
+    pub fn tls(&self) -> Option<&TlsConfig> {
+        self.tls.as_ref()
+    }
+
+    /// The one client configuration of this cluster, for every test, drill and bench: every
+    /// node's endpoint and the TLS (and, later, credentials) to reach them. Callers change
+    /// timeouts with `..cluster.client_config()`.
+    pub fn client_config(&self) -> ClientConfig {
+        ClientConfig {
+            endpoints: self.endpoints(),
+            tls: self.tls.clone(),
+            token: self.admin_token.as_deref().map(client::BearerToken::new),
+            ..ClientConfig::default()
+        }
+    }
+
+    /// [`ProcessCluster::client_config`] with another bearer token (another tenant or role).
+    pub fn client_config_with_token(&self, token: &str) -> ClientConfig {
+        ClientConfig {
+            token: Some(client::BearerToken::new(token)),
+            ..self.client_config()
+        }
+    }
+
+    /// A bearer token for `tenant` and `role` (`agent`, `viewer`, `admin`), of the given
+    /// subject, signed with the cluster's key (valid one hour).
     pub fn token(&self, subject: &str, tenant: &str, role: &str) -> Result<String, Error> {
         let dir = self.tokens.as_ref().ok_or(Error::NoTokens)?;
         let key = dir.join("token-signing-k1.pem");
@@ -217,26 +330,60 @@ impl ProcessCluster {
         Ok(out.trim().to_owned())
     }
 
-    /// The admin token the cluster uses for its own status requests, when tokens are required.
+    /// The admin token the cluster uses itself; `None` under `--insecure`.
     pub fn admin_token(&self) -> Option<&str> {
         self.admin_token.as_deref()
     }
 
-    /// The directory of the token key set and signing key, when tokens are required.
+    /// The directory of the token key set and signing key; `None` under `--insecure`.
     pub fn token_dir(&self) -> Option<&Path> {
         self.tokens.as_deref()
     }
 
-    pub fn root(&self) -> &Path {
-        self.root.path()
+    /// A lazily connecting raw gRPC channel to node `id`, with the cluster's TLS, for tests
+    /// that speak the wire contract without the client library.
+    pub fn channel(&self, id: u64) -> Result<AuthChannel, Error> {
+        self.channel_to(&self.grpc(id))
     }
 
-    pub fn binary(&self) -> &Path {
-        &self.binary
+    /// [`ProcessCluster::channel`] to any address (a node's, or one the cluster names).
+    pub fn channel_to(&self, addr: &str) -> Result<AuthChannel, Error> {
+        let channel = client::endpoint(addr, self.tls.as_ref())
+            .map(|e| e.connect_lazy())
+            .map_err(|source| Error::Endpoint {
+                endpoint: addr.to_owned(),
+                source,
+            })?;
+        let bearer = Bearer(
+            self.admin_token
+                .as_deref()
+                .and_then(|t| format!("Bearer {t}").parse().ok()),
+        );
+        Ok(tonic::service::interceptor::InterceptedService::new(
+            channel, bearer,
+        ))
     }
 
-    pub fn cluster_id(&self) -> &str {
-        &self.cluster_id
+    /// Issues node `id` a certificate from the cluster's CA (a node added later, or a rotated
+    /// certificate with `force`).
+    pub fn issue_cert(&self, id: u64, force: bool) -> Result<(), Error> {
+        let Some(dir) = &self.certs_dir else {
+            return Ok(());
+        };
+        let node_id = id.to_string();
+        let mut args = vec![
+            OsStr::new("node"),
+            OsStr::new("--dir"),
+            dir.as_os_str(),
+            OsStr::new("--node-id"),
+            OsStr::new(&node_id),
+            OsStr::new("--cluster-id"),
+            OsStr::new(&self.cluster_id),
+        ];
+        if force {
+            args.push(OsStr::new("--force"));
+        }
+        run_certs(&self.binary, &args)
     }
 
     /// Registers and starts a node that is not in the initial cluster (it waits to be added).
@@ -251,6 +398,9 @@ impl ProcessCluster {
             env: Vec::new(),
             stderr_file: None,
         };
+        if !self.nodes.contains_key(&id) {
+            self.issue_cert(id, false)?;
+        }
         self.nodes.insert(id, node);
         self.spawn(id, false)?;
         self.nodes.get(&id).ok_or(Error::NoNode(id))
@@ -260,13 +410,16 @@ impl ProcessCluster {
         let node = self.nodes.get_mut(&id).ok_or(Error::NoNode(id))?;
         let mut serve = ServeCommand::new(id, &node.grpc, &node.data_dir)
             .http_listen(&node.http)
-            .cluster_id(&self.cluster_id)
-            .insecure()
-            .extra_args(&node.extra_args)
-            .log_filter(crate::test_log_filter());
+            .cluster_id(&self.cluster_id);
+        if let Some(dir) = &self.certs_dir {
+            serve = serve.extra_args([OsStr::new("--tls-dir"), dir.as_os_str()]);
+        }
         if let Some(dir) = &self.tokens {
             serve = serve.token_keys(dir.join("token-keys.json"));
         }
+        serve = serve
+            .extra_args(&node.extra_args)
+            .log_filter(crate::test_log_filter());
         if with_initial_cluster {
             serve = serve.initial_cluster(&self.initial_cluster);
         }
@@ -366,7 +519,7 @@ impl ProcessCluster {
     /// Cluster status as node `id` sees it.
     pub async fn status(&self, id: u64) -> Result<proto::v1::StatusResponse, Error> {
         let node = self.nodes.get(&id).ok_or(Error::NoNode(id))?;
-        crate::status_as(&node.grpc, self.admin_token.as_deref()).await
+        crate::status(&node.grpc, self.tls.as_ref(), self.admin_token.as_deref()).await
     }
 
     /// Waits until every running node agrees on one leader, a running node; returns its id.
@@ -376,11 +529,12 @@ impl ProcessCluster {
             .values_mut()
             .filter_map(|n| n.is_running().then(|| n.grpc.clone()))
             .collect();
-        let leader = crate::wait_for_leader_as(
+        let leader = crate::wait_for_leader(
             &running,
+            self.tls.as_ref(),
+            self.admin_token.as_deref(),
             within,
             Agreement::Unanimous,
-            self.admin_token.as_deref(),
         )
         .await?;
         Ok(leader.id)

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use client::TlsConfig;
 use proto::v1::cluster_service_client::ClusterServiceClient;
 use proto::v1::{StatusRequest, StatusResponse};
 use tonic::transport::{Channel, Endpoint};
@@ -20,8 +21,11 @@ const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// What counts as "a leader is elected".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Agreement {
-    /// Every endpoint answers and names the same leader, which is one of them: a cluster
-    /// that is fully up and settled (tests, benchmarks, measurements).
+    /// Every endpoint answers and names the same leader, which is one of them and has
+    /// committed its whole log (so the entry opening its term: it serves writes): a cluster
+    /// that is fully up and settled (tests, benchmarks, measurements). Followers name a new
+    /// leader a moment before it can write; connections between nodes that open with a TLS
+    /// handshake make that moment longer.
     Unanimous,
     /// Some endpoint answers that it is the leader (the highest term wins); the others may be
     /// down, cut off, or outside the membership (a wiped node waiting to be added back).
@@ -76,6 +80,9 @@ struct Seen {
     node_id: u64,
     leader_id: Option<u64>,
     term: u64,
+    /// Everything in the node's log is committed: for a leader, the entry that opens its term
+    /// too, so it serves writes (followers may name it a moment before).
+    committed_all: bool,
 }
 
 /// The leader the answers show under `agreement`, if they show one (`None`: no answer).
@@ -98,7 +105,7 @@ fn agreed_leader(agreement: Agreement, answers: &[Option<Seen>]) -> Option<Leade
                 return None;
             }
             self_declared
-                .filter(|s| s.node_id == leader)
+                .filter(|s| s.node_id == leader && s.committed_all)
                 .map(|s| Leader {
                     id: s.node_id,
                     term: s.term,
@@ -108,8 +115,8 @@ fn agreed_leader(agreement: Agreement, answers: &[Option<Seen>]) -> Option<Leade
     }
 }
 
-fn endpoint(addr: &str) -> Result<Endpoint, Error> {
-    Endpoint::from_shared(format!("http://{addr}"))
+fn endpoint(addr: &str, tls: Option<&TlsConfig>) -> Result<Endpoint, Error> {
+    client::endpoint(addr, tls)
         .map(|e| e.connect_timeout(CONNECT_TIMEOUT).timeout(STATUS_TIMEOUT))
         .map_err(|source| Error::Endpoint {
             endpoint: addr.to_owned(),
@@ -126,14 +133,15 @@ fn status_request(token: Option<&str>) -> tonic::Request<StatusRequest> {
     request
 }
 
-/// The cluster as the node at `addr` (`host:port`) sees it: one bounded attempt.
-pub async fn status(addr: &str) -> Result<StatusResponse, Error> {
-    status_as(addr, None).await
-}
-
-/// [`status`] asked with a bearer token (nodes that require tokens answer nothing without).
-pub async fn status_as(addr: &str, token: Option<&str>) -> Result<StatusResponse, Error> {
-    let channel = endpoint(addr)?
+/// The cluster as the node at `addr` (`host:port`) sees it: one bounded attempt, over TLS
+/// with `tls` (else plaintext, to `--insecure` nodes), with `token` as the bearer token (nodes
+/// that require tokens answer nothing without one).
+pub async fn status(
+    addr: &str,
+    tls: Option<&TlsConfig>,
+    token: Option<&str>,
+) -> Result<StatusResponse, Error> {
+    let channel = endpoint(addr, tls)?
         .connect()
         .await
         .map_err(|source| Error::Connect {
@@ -154,18 +162,10 @@ pub async fn status_as(addr: &str, token: Option<&str>) -> Result<StatusResponse
 /// `agreement`, for at most `within` (plus one round, itself bounded by the timeouts above).
 pub async fn wait_for_leader(
     endpoints: &[String],
-    within: Duration,
-    agreement: Agreement,
-) -> Result<Leader, Error> {
-    wait_for_leader_as(endpoints, within, agreement, None).await
-}
-
-/// [`wait_for_leader`] asking with a bearer token.
-pub async fn wait_for_leader_as(
-    endpoints: &[String],
-    within: Duration,
-    agreement: Agreement,
+    tls: Option<&TlsConfig>,
     token: Option<&str>,
+    within: Duration,
+    agreement: Agreement,
 ) -> Result<Leader, Error> {
     if endpoints.is_empty() {
         return Err(Error::NoEndpoints);
@@ -174,7 +174,11 @@ pub async fn wait_for_leader_as(
     // node restarts, so polling does not open a connection per round.
     let clients = endpoints
         .iter()
-        .map(|addr| Ok(ClusterServiceClient::new(endpoint(addr)?.connect_lazy())))
+        .map(|addr| {
+            Ok(ClusterServiceClient::new(
+                endpoint(addr, tls)?.connect_lazy(),
+            ))
+        })
         .collect::<Result<Vec<ClusterServiceClient<Channel>>, Error>>()?;
     let started = Instant::now();
     loop {
@@ -194,6 +198,7 @@ pub async fn wait_for_leader_as(
                         node_id: status.node_id,
                         leader_id: status.leader_id,
                         term: status.term,
+                        committed_all: status.committed_index >= status.last_log_index,
                     }));
                 }
                 Err(e) => {
@@ -232,6 +237,7 @@ mod tests {
             node_id,
             leader_id,
             term,
+            committed_all: true,
         })
     }
 
@@ -261,6 +267,15 @@ mod tests {
         assert_eq!(agreed_leader(Unanimous, &stale), None);
         let nobody = [node(1, None, 1), node(2, None, 1)];
         assert_eq!(agreed_leader(Unanimous, &nobody), None);
+        // Named by all, but its term's first entry is not committed yet: it cannot write.
+        let opening = [
+            node(1, Some(2), 3),
+            Some(Seen {
+                committed_all: false,
+                ..node(2, Some(2), 3).expect("answer")
+            }),
+        ];
+        assert_eq!(agreed_leader(Unanimous, &opening), None);
     }
 
     #[test]
@@ -304,7 +319,14 @@ mod tests {
 
     #[tokio::test]
     async fn waiting_on_no_endpoint_is_an_error_at_once() {
-        let error = wait_for_leader(&[], Duration::from_secs(60), Agreement::Unanimous).await;
+        let error = wait_for_leader(
+            &[],
+            None,
+            None,
+            Duration::from_secs(60),
+            Agreement::Unanimous,
+        )
+        .await;
         assert!(matches!(error, Err(Error::NoEndpoints)));
     }
 
@@ -317,6 +339,8 @@ mod tests {
         let endpoints = [addr.to_string()];
         let error = wait_for_leader(
             &endpoints,
+            None,
+            None,
             Duration::from_millis(200),
             Agreement::LeaderOnly,
         )

@@ -18,11 +18,11 @@ mod serve;
 use std::time::Duration;
 
 #[cfg(feature = "process-cluster")]
-pub use cluster::{ProcNode, ProcessCluster, free_port};
-pub use duration::{DURATION_MAX, parse_duration, parse_duration_with_unit};
-pub use leader::{
-    Agreement, LastSeen, Leader, status, status_as, wait_for_leader, wait_for_leader_as,
+pub use cluster::{
+    AuthChannel, Bearer, HARNESS_CLUSTER_ID, ProcNode, ProcessCluster, free_port, run_certs,
 };
+pub use duration::{DURATION_MAX, parse_duration, parse_duration_with_unit};
+pub use leader::{Agreement, LastSeen, Leader, status, wait_for_leader};
 pub use serve::{ServeCommand, initial_cluster, test_log_filter};
 
 /// Everything that can go wrong in this crate.
@@ -64,6 +64,8 @@ pub enum Error {
         within: Duration,
         last: LastSeen,
     },
+    #[error("failed to create the cluster's certificates")]
+    Certs(#[source] std::io::Error),
     #[error("failed to create a temp directory")]
     TempDir(#[source] std::io::Error),
     #[error("this cluster does not require tokens (start it with start_authenticated)")]

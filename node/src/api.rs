@@ -59,6 +59,8 @@ pub struct ApiConfig {
     pub auth: Auth,
     /// PII policies and hash key: every write is redacted before it is proposed.
     pub pii: PiiConfig,
+    /// How to reach the leader for a read index (mutual TLS unless `--insecure`).
+    pub dialer: crate::tls::Dialer,
 }
 
 /// The three public services share one `Api`; clones are cheap.
@@ -504,12 +506,12 @@ impl Api {
         };
         let ApiError::NotLeader {
             leader_addr: Some(addr),
-            ..
+            leader_id,
         } = &error
         else {
             return Err(error);
         };
-        let channel = self.leader_channel(addr)?;
+        let channel = self.leader_channel(addr, *leader_id)?;
         let mut client = v1::cluster_service_client::ClusterServiceClient::new(channel);
         let mut request = GrpcRequest::new(v1::ReadIndexRequest {});
         request.set_timeout(wait);
@@ -531,7 +533,7 @@ impl Api {
         }
     }
 
-    fn leader_channel(&self, addr: &str) -> Result<Channel, ApiError> {
+    fn leader_channel(&self, addr: &str, leader_id: Option<u64>) -> Result<Channel, ApiError> {
         // The map only caches lazily connecting channels: a panic while holding the lock leaves
         // nothing half-updated, so a poisoned lock is used as is.
         let mut channels = self
@@ -539,7 +541,9 @@ impl Api {
             .leader_channels
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(channel) = channels.get(addr) {
+        // The dialer checks the leader's certificate names the leader's id: one channel per both.
+        let key = format!("{}@{addr}", leader_id.unwrap_or(0));
+        if let Some(channel) = channels.get(&key) {
             return Ok(channel.clone());
         }
         let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
@@ -548,8 +552,8 @@ impl Api {
                 source,
             })?
             .connect_timeout(self.inner.config.read_wait_max);
-        let channel = endpoint.connect_lazy();
-        channels.insert(addr.to_owned(), channel.clone());
+        let channel = self.inner.config.dialer.channel(endpoint, leader_id);
+        channels.insert(key, channel.clone());
         Ok(channel)
     }
 

@@ -32,7 +32,7 @@ use proto::v1::{
 use serde::Serialize;
 use tonic::Code;
 
-use client::{BearerToken, Client, ClientConfig, ClientError, ConfigError, GiveUp};
+use client::{BearerToken, Client, ClientConfig, ClientError, ConfigError, GiveUp, TlsConfig};
 
 /// Exit code for bad arguments or a request the server rejected as invalid (clap uses it too).
 pub const EXIT_USAGE: u8 = 2;
@@ -128,6 +128,33 @@ pub struct ClientOpts {
         default_value_t = OutputFormat::Text
     )]
     pub output: OutputFormat,
+    /// The cluster CA certificate (PEM): speak TLS and trust nodes it signed.
+    #[arg(long, global = true, env = "SWITCHBOARD_CA", value_name = "FILE")]
+    pub ca: Option<std::path::PathBuf>,
+    /// A client certificate (PEM) to present, with --tls-key; nodes check it against their CA.
+    #[arg(
+        long,
+        global = true,
+        env = "SWITCHBOARD_CLIENT_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The key of --tls-cert (PEM).
+    #[arg(
+        long,
+        global = true,
+        env = "SWITCHBOARD_CLIENT_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// The name to check nodes' certificates against, instead of the host dialled.
+    #[arg(long, global = true, env = "SWITCHBOARD_TLS_SERVER_NAME")]
+    pub tls_server_name: Option<String>,
+    /// Speak plaintext, to nodes started with `serve --insecure` (wins over --ca).
+    #[arg(long, global = true, env = "SWITCHBOARD_INSECURE")]
+    pub insecure: bool,
 }
 
 /// The proto enum value a CLI word names: `handed-off` is `CALL_STATE_HANDED_OFF`. The CLI's
@@ -441,13 +468,16 @@ pub enum CliError {
     /// Stdout could not be written.
     #[error("failed to write to stdout: {0}")]
     Stdout(#[from] std::io::Error),
+    /// The TLS options do not work.
+    #[error("{0}")]
+    Tls(String),
 }
 
 impl CliError {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::Usage(_) | Self::Config(_) => EXIT_USAGE,
+            Self::Usage(_) | Self::Config(_) | Self::Tls(_) => EXIT_USAGE,
             Self::Rpc(err) => exit_code_for(err.code),
             Self::Json(_) | Self::Stdout(_) => EXIT_OTHER,
         }
@@ -574,6 +604,42 @@ fn token(opts: &ClientOpts) -> Result<Option<BearerToken>, CliError> {
     Ok(Some(BearerToken::new(text)))
 }
 
+/// The TLS settings the options describe: `None` under --insecure.
+fn tls_config(opts: &ClientOpts) -> Result<Option<TlsConfig>, CliError> {
+    if opts.insecure {
+        return Ok(None);
+    }
+    let dev_ca = std::path::Path::new(crate::dev::DEV_DATA_DIR)
+        .join("certs")
+        .join(crate::tls::CA_FILE);
+    let ca = match &opts.ca {
+        Some(ca) => Some(ca),
+        // The dev cluster's own CA, for commands aimed at the dev cluster from the directory
+        // `switchboard dev` runs in (README "Tour"), like its admin token.
+        None if opts.endpoints.join(",") == DEFAULT_ENDPOINTS && dev_ca.exists() => Some(&dev_ca),
+        None => None,
+    };
+    let Some(ca) = ca else {
+        return Err(CliError::Tls(
+            "nodes speak TLS: give the cluster CA with --ca FILE (or SWITCHBOARD_CA), \
+             e.g. the ca.pem of `switchboard certs init`; --insecure for a node started with \
+             --insecure"
+                .to_owned(),
+        ));
+    };
+    let read_error = |path: &std::path::Path, e: std::io::Error| {
+        CliError::Tls(format!("failed to read {}: {e}", path.display()))
+    };
+    let mut tls = TlsConfig::from_ca_file(ca).map_err(|e| read_error(ca, e))?;
+    if let (Some(cert), Some(key)) = (&opts.tls_cert, &opts.tls_key) {
+        tls = tls
+            .with_identity_files(cert, key)
+            .map_err(|e| read_error(cert, e))?;
+    }
+    tls.server_name = opts.tls_server_name.clone();
+    Ok(Some(tls))
+}
+
 /// The client configuration the options describe.
 pub fn client_config(opts: &ClientOpts) -> Result<ClientConfig, CliError> {
     let defaults = ClientConfig::default();
@@ -588,6 +654,7 @@ pub fn client_config(opts: &ClientOpts) -> Result<ClientConfig, CliError> {
         request_timeout: defaults.request_timeout.min(opts.timeout),
         call_deadline: opts.timeout,
         token: token(opts)?,
+        tls: tls_config(opts)?,
         ..defaults
     })
 }
@@ -1639,6 +1706,7 @@ mod tests {
             "call",
             "get",
             "c1",
+            "--insecure",
             "--endpoints",
             &dead,
             "--timeout",
@@ -1658,9 +1726,24 @@ mod tests {
 
     #[tokio::test]
     async fn bad_endpoint_is_a_usage_error() {
-        let command = parse(&["call", "get", "c1", "--endpoints", "no-port"]);
+        let command = parse(&["call", "get", "c1", "--insecure", "--endpoints", "no-port"]);
         let err = execute(command).await.expect_err("bad endpoint");
         assert_eq!(err.exit_code(), EXIT_USAGE, "{err}");
         assert!(err.to_string().contains("no-port"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn without_a_ca_or_insecure_the_cli_says_how_to_reach_a_tls_cluster() {
+        let command = parse(&["call", "get", "c1"]);
+        let err = execute(command).await.expect_err("no ca");
+        assert_eq!(err.exit_code(), EXIT_USAGE, "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("--ca") && text.contains("--insecure"),
+            "{text}"
+        );
+        let command = parse(&["call", "get", "c1", "--ca", "/nonexistent/ca.pem"]);
+        let err = execute(command).await.expect_err("missing ca file");
+        assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
     }
 }

@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use crate::admission::{self, AdmissionConfig, ClassLimits};
 use crate::pii::PiiConfig;
+use crate::tls::{Security, TlsFiles};
 
 /// `switchboard serve` options. Every option is optional here so that a config file can fill
 /// what the command line leaves out; [`ServeArgs::resolve`] applies the defaults.
@@ -102,11 +103,6 @@ pub struct ServeArgs {
     /// writes one), re-read on SIGHUP. Required unless --insecure.
     #[arg(long, env = "SWITCHBOARD_TOKEN_KEYS")]
     pub token_keys: Option<PathBuf>,
-    /// Development only: serve without TLS, and without authentication when no --token-keys is
-    /// given (every caller is then the anonymous admin). Logged as a warning at start.
-    #[arg(long, env = "SWITCHBOARD_INSECURE")]
-    #[serde(default)]
-    pub insecure: bool,
     /// PII policy of every tenant without an override: `mask` (typed placeholders such as
     /// `[EMAIL]`), `hash` (placeholders with a keyed hash, `[EMAIL:3f9a1c2e4b5d]`) or `keep`
     /// [default: mask]. Every node of a cluster must use the same PII settings.
@@ -120,6 +116,24 @@ pub struct ServeArgs {
     /// Per-tenant PII policies, `{"tenant": "keep"}` (config file only).
     #[arg(skip)]
     pub pii_tenant_policies: Option<BTreeMap<String, Policy>>,
+    /// This node's certificate chain (PEM), leaf first; needs --tls-key and --tls-ca.
+    #[arg(long, env = "SWITCHBOARD_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, env = "SWITCHBOARD_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// The cluster CA certificate (PEM): peers and client certificates must chain to it.
+    #[arg(long, env = "SWITCHBOARD_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Directory written by `switchboard certs init`: ca.pem, node-N.pem, node-N-key.pem
+    /// (--tls-cert, --tls-key and --tls-ca win over it).
+    #[arg(long, env = "SWITCHBOARD_TLS_DIR")]
+    pub tls_dir: Option<PathBuf>,
+    /// Serve plaintext and accept any peer, with no TLS at all: only for tests and local
+    /// experiments. Logs a warning at start.
+    #[arg(long, env = "SWITCHBOARD_INSECURE")]
+    #[serde(default)]
+    pub insecure: bool,
     /// Stop when the parent process goes away (used by `switchboard dev`).
     #[arg(long, hide = true)]
     #[serde(skip)]
@@ -149,9 +163,9 @@ pub struct NodeConfig {
     pub admission: AdmissionConfig,
     /// The token key set (JWKS); `None` only with `insecure`.
     pub token_keys: Option<PathBuf>,
-    /// Plaintext and (without `token_keys`) no authentication.
-    pub insecure: bool,
     pub pii: PiiConfig,
+    /// TLS files, or `--insecure`.
+    pub security: Security,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -176,6 +190,13 @@ pub enum ConfigError {
     },
     #[error("config file {path} is invalid: {reason}")]
     FileFormat { path: PathBuf, reason: String },
+    #[error(
+        "no TLS material: give --tls-dir DIR (written by `switchboard certs init`) or \
+         --tls-cert, --tls-key and --tls-ca; or --insecure to serve plaintext (tests only)"
+    )]
+    NoTls,
+    #[error("--insecure and --{0} exclude each other")]
+    InsecureWithTls(&'static str),
 }
 
 fn invalid(
@@ -276,6 +297,38 @@ impl ServeArgs {
         let advertise = pick!(advertise)
             .or_else(|| initial_cluster.get(&node_id).cloned())
             .unwrap_or_else(|| listen.to_string());
+        let security = {
+            let insecure = self.insecure || file.insecure;
+            let dir = pick!(tls_dir);
+            let given = [
+                ("tls-cert", pick!(tls_cert)),
+                ("tls-key", pick!(tls_key)),
+                ("tls-ca", pick!(tls_ca)),
+            ];
+            if insecure {
+                if dir.is_some() {
+                    return Err(ConfigError::InsecureWithTls("tls-dir"));
+                }
+                if let Some((option, _)) = given.iter().find(|(_, path)| path.is_some()) {
+                    return Err(ConfigError::InsecureWithTls(option));
+                }
+                Security::Insecure
+            } else {
+                let from_dir = dir.as_ref().map(|dir| TlsFiles::in_dir(dir, node_id));
+                if from_dir.is_none() && given.iter().all(|(_, path)| path.is_none()) {
+                    return Err(ConfigError::NoTls);
+                }
+                let [(_, cert), (_, key), (_, ca)] = given;
+                let pick_file = |option, given: Option<PathBuf>, from_dir: Option<PathBuf>| {
+                    given.or(from_dir).ok_or(ConfigError::Missing(option))
+                };
+                Security::Tls(TlsFiles {
+                    cert: pick_file("tls-cert", cert, from_dir.as_ref().map(|f| f.cert.clone()))?,
+                    key: pick_file("tls-key", key, from_dir.as_ref().map(|f| f.key.clone()))?,
+                    ca: pick_file("tls-ca", ca, from_dir.as_ref().map(|f| f.ca.clone()))?,
+                })
+            }
+        };
         let config = NodeConfig {
             node_id,
             listen,
@@ -316,12 +369,12 @@ impl ServeArgs {
                 ),
             },
             token_keys: pick!(token_keys),
-            insecure: self.insecure || file.insecure,
             pii: Self::pii(
                 pick!(pii_policy),
                 pick!(pii_tenant_policies),
                 pick!(pii_hash_key_file).as_deref(),
             )?,
+            security,
         };
         config.validate()?;
         Ok(config)
@@ -421,7 +474,7 @@ pub fn parse_initial_cluster(text: &str) -> Result<BTreeMap<u64, String>, Config
 
 impl NodeConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.token_keys.is_none() && !self.insecure {
+        if self.token_keys.is_none() && !matches!(self.security, Security::Insecure) {
             return Err(ConfigError::NoTokenKeys);
         }
         if self.node_id == 0 {
@@ -555,6 +608,7 @@ mod tests {
             listen: Some("127.0.0.1:7101".parse().expect("addr")),
             data_dir: Some("/tmp/x".into()),
             token_keys: Some("/tmp/x/token-keys.json".into()),
+            insecure: true,
             ..ServeArgs::default()
         }
     }
@@ -563,6 +617,8 @@ mod tests {
     fn serving_without_token_keys_needs_insecure() {
         let err = ServeArgs {
             token_keys: None,
+            insecure: false,
+            tls_dir: Some("/tmp/x/certs".into()),
             ..args()
         }
         .resolve()
@@ -576,7 +632,61 @@ mod tests {
         }
         .resolve()
         .expect("insecure");
-        assert!(config.insecure);
+        assert!(matches!(config.security, Security::Insecure));
+    }
+
+    #[test]
+    fn serve_refuses_to_start_without_tls_or_insecure_and_names_the_flags() {
+        let err = ServeArgs {
+            insecure: false,
+            ..args()
+        }
+        .resolve()
+        .expect_err("no tls");
+        let text = err.to_string();
+        for flag in [
+            "--tls-dir",
+            "--tls-cert",
+            "--tls-key",
+            "--tls-ca",
+            "--insecure",
+        ] {
+            assert!(text.contains(flag), "{text}");
+        }
+        let err = ServeArgs {
+            tls_dir: Some("/certs".into()),
+            ..args()
+        }
+        .resolve()
+        .expect_err("both");
+        assert!(err.to_string().contains("--tls-dir"), "{err}");
+    }
+
+    #[test]
+    fn a_tls_dir_names_this_nodes_files_and_single_flags_win() {
+        let config = ServeArgs {
+            insecure: false,
+            node_id: Some(3),
+            tls_dir: Some("/certs".into()),
+            tls_ca: Some("/other/ca.pem".into()),
+            ..args()
+        }
+        .resolve()
+        .expect("valid");
+        let Security::Tls(files) = config.security else {
+            panic!("tls expected, got {:?}", config.security);
+        };
+        assert_eq!(files.cert, PathBuf::from("/certs/node-3.pem"));
+        assert_eq!(files.key, PathBuf::from("/certs/node-3-key.pem"));
+        assert_eq!(files.ca, PathBuf::from("/other/ca.pem"));
+        let err = ServeArgs {
+            insecure: false,
+            tls_cert: Some("/c.pem".into()),
+            ..args()
+        }
+        .resolve()
+        .expect_err("no key");
+        assert!(err.to_string().contains("--tls-key"), "{err}");
     }
 
     #[test]

@@ -38,7 +38,13 @@ pub struct DevArgs {
     /// Delete the data directories first (start a new cluster).
     #[arg(long)]
     pub fresh: bool,
+    /// Run the nodes without TLS (plaintext, nothing authenticated).
+    #[arg(long)]
+    pub insecure: bool,
 }
+
+/// Cluster id of the dev cluster (its certificates are bound to it).
+pub const DEV_CLUSTER_ID: &str = "switchboard-dev";
 
 struct Node {
     id: u16,
@@ -67,6 +73,32 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("failed to create {}", args.data_dir.display()))?;
     let exe = std::env::current_exe().context("cannot find the switchboard binary")?;
     let (key_set, admin_token) = dev_tokens(&args.data_dir)?;
+    // TLS by default: a CA and node certificates under the data directory, made once and
+    // kept across runs (--fresh makes new ones with the new cluster).
+    let certs_dir = args.data_dir.join("certs");
+    let tls = if args.insecure {
+        None
+    } else {
+        if !certs_dir.join(crate::tls::CA_FILE).exists() {
+            crate::certs::init(&crate::certs::InitArgs {
+                common: crate::certs::CommonArgs {
+                    dir: certs_dir.clone(),
+                    cluster_id: DEV_CLUSTER_ID.to_owned(),
+                    hosts: Vec::new(),
+                    days: 365,
+                    force: true,
+                    owner: None,
+                },
+                nodes: (1..=u64::from(DEV_NODES_MAX)).collect(),
+                if_missing: false,
+            })
+            .context("failed to create the dev cluster's certificates")?;
+        }
+        Some(
+            client::TlsConfig::from_ca_file(certs_dir.join(crate::tls::CA_FILE))
+                .context("failed to read the dev cluster's CA")?,
+        )
+    };
     let addr = |i: u16| format!("127.0.0.1:{}", args.base_port + i - 1);
     let initial_cluster =
         harness::initial_cluster((1..=args.nodes).map(|i| (u64::from(i), addr(i))));
@@ -78,10 +110,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             args.data_dir.join(format!("node-{id}")),
         )
         .initial_cluster(&initial_cluster)
-        .cluster_id("switchboard-dev")
+        .cluster_id(DEV_CLUSTER_ID)
         .token_keys(&key_set)
-        .insecure()
         .exit_with_parent();
+        let serve = if args.insecure {
+            serve.extra_args(["--insecure"])
+        } else {
+            serve.extra_args([std::ffi::OsStr::new("--tls-dir"), certs_dir.as_os_str()])
+        };
         Command::from(serve.command(&exe))
             .kill_on_drop(true)
             .spawn()
@@ -101,24 +137,33 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     // node removed from the membership in an earlier run may never agree with the others.
     let token = std::fs::read_to_string(&admin_token)
         .with_context(|| format!("failed to read {}", admin_token.display()))?;
-    let ready = harness::wait_for_leader_as(
+    let ready = harness::wait_for_leader(
         &endpoints,
+        tls.as_ref(),
+        Some(token.trim()),
         READY_WAIT,
         Agreement::LeaderOnly,
-        Some(token.trim()),
     );
     let outcome = tokio::select! {
         ready = ready => match ready {
             Ok(harness::Leader { id: leader, .. }) => {
                 println!("switchboard dev cluster is up: {} nodes, leader node {leader}", nodes.len());
                 for node in &nodes {
-                    println!("  node {}: grpc {}  http http://127.0.0.1:{}/metrics", node.id, node.grpc, args.base_port + node.id - 1 + 1000);
+                    let scheme = if args.insecure { "http" } else { "https" };
+                    println!("  node {}: grpc {}  http {scheme}://127.0.0.1:{}/metrics", node.id, node.grpc, args.base_port + node.id - 1 + 1000);
                 }
                 println!("  endpoints: {}", endpoints.join(","));
                 println!(
                     "  admin token: {} (client commands run from this directory use it; elsewhere set SWITCHBOARD_TOKEN_FILE)",
                     admin_token.display()
                 );
+                if args.insecure {
+                    println!("  plaintext (--insecure): give the CLI --insecure");
+                } else {
+                    let ca = std::path::absolute(certs_dir.join(crate::tls::CA_FILE))
+                        .unwrap_or_else(|_| certs_dir.join(crate::tls::CA_FILE));
+                    println!("  tls on: export SWITCHBOARD_CA={}", ca.display());
+                }
                 println!("  try: switchboard call create --tenant demo");
                 println!("press Ctrl-C to stop every node");
                 supervise(&mut nodes, &spawn).await

@@ -7,6 +7,7 @@ pub mod admission;
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod certs;
 pub mod cli_client;
 pub mod config;
 pub mod convert;
@@ -18,6 +19,7 @@ pub mod probe;
 pub mod reset;
 pub mod server;
 pub mod status;
+pub mod tls;
 pub mod token;
 pub mod transport;
 

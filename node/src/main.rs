@@ -19,6 +19,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, clap::Subcommand)]
 enum Command {
     /// Run one node.
@@ -27,6 +29,9 @@ enum Command {
     Dev(DevArgs),
     /// Check an HTTP endpoint (for container health checks): exit 0 on a 2xx answer.
     Probe(node::probe::ProbeArgs),
+    /// Create a development CA and node certificates (`init`), or one more node's (`node`).
+    #[command(subcommand)]
+    Certs(node::certs::CertsCommand),
     /// Operate on one node's data directory (reset a damaged node).
     #[command(subcommand)]
     Node(node::reset::NodeCommand),
@@ -112,6 +117,9 @@ async fn main() -> ExitCode {
             ExitCode::SUCCESS
         }),
         Command::Client(cmd) => return node::cli_client::run(cmd).await,
+        Command::Certs(cmd) => node::certs::run(&cmd)
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(anyhow::Error::from),
         Command::Node(cmd) => return node::reset::run(cmd).await,
         Command::Token(cmd) => node::token::run(cmd)
             .map(|()| ExitCode::SUCCESS)

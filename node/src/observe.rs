@@ -121,7 +121,7 @@ struct HttpState {
 
 /// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `shutdown`.
 pub async fn serve_http(
-    listener: tokio::net::TcpListener,
+    listener: crate::tls::HttpListener,
     raft: Raft,
     prometheus: PrometheusHandle,
     shutdown: CancellationToken,

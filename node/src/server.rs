@@ -20,18 +20,48 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{Api, ApiConfig};
 use crate::auth::{Auth, Verifier};
 use crate::config::NodeConfig;
+use crate::tls::{self, Dialer, NodeIdentity, Security, Tls};
 use crate::transport::{self, NetworkFactory, TransportConfig};
 use crate::{Raft, observe};
 
-/// Binds both ports, then serves until `shutdown` is cancelled.
+/// Loads the TLS material, binds both ports, then serves until `shutdown` is cancelled.
 pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let tls = load_tls(&config)?;
     let grpc = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("failed to bind the gRPC port {}", config.listen))?;
     let http = TcpListener::bind(config.http_listen)
         .await
         .with_context(|| format!("failed to bind the HTTP port {}", config.http_listen))?;
-    serve(config, grpc, http, shutdown).await
+    serve_loaded(config, tls, grpc, http, shutdown).await
+}
+
+/// The node's TLS material, or `None` under `--insecure` (said at WARN).
+fn load_tls(config: &NodeConfig) -> anyhow::Result<Option<Arc<Tls>>> {
+    match &config.security {
+        Security::Insecure => {
+            tracing::warn!(
+                "--insecure: serving plaintext; clients and peers are not authenticated and \
+                 anyone who can reach the gRPC port can act as a node of this cluster"
+            );
+            Ok(None)
+        }
+        Security::Tls(files) => {
+            let tls = Tls::load(
+                files.clone(),
+                NodeIdentity::new(config.cluster_id.clone(), config.node_id),
+            )
+            .context("failed to load the tls material")?;
+            let material = tls.current();
+            tracing::info!(
+                cert = %files.cert.display(),
+                serial = material.serial(),
+                not_after_unix = material.not_after_unix(),
+                "tls on: both ports, mutual between nodes"
+            );
+            Ok(Some(tls))
+        }
+    }
 }
 
 fn raft_config(config: &NodeConfig) -> anyhow::Result<openraft::Config> {
@@ -59,6 +89,21 @@ pub async fn serve(
     http_listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let tls = load_tls(&config)?;
+    serve_loaded(config, tls, grpc_listener, http_listener, shutdown).await
+}
+
+async fn serve_loaded(
+    config: NodeConfig,
+    tls: Option<Arc<Tls>>,
+    grpc_listener: TcpListener,
+    http_listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let dialer = match &tls {
+        Some(tls) => Dialer::Tls(tls.clone()),
+        None => Dialer::Plain,
+    };
     let auth = authentication(&config)?;
     let identity = Identity::new(config.cluster_id.clone(), config.node_id);
     let store = raft_store::open(&config.data_dir, &identity).with_context(|| {
@@ -76,10 +121,12 @@ pub async fn serve(
     let transport_config = TransportConfig {
         cluster_id: config.cluster_id.clone(),
         node_id: config.node_id,
+        authenticate_peers: tls.is_some(),
+        initial_members: config.initial_cluster.keys().copied().collect(),
         ..TransportConfig::default()
     };
     transport_config.validate()?;
-    let network = NetworkFactory::new(transport_config.clone());
+    let network = NetworkFactory::with_dialer(transport_config.clone(), dialer.clone());
     // openraft's metrics start as zeros and show the store only once its core has loaded it; the
     // node answers nothing before they do, so no client or operator ever sees a restarted node
     // "empty" (status with last log 0 and term 0) for a moment.
@@ -126,6 +173,7 @@ pub async fn serve(
             admission: config.admission,
             auth: auth.clone(),
             pii: config.pii.clone(),
+            dialer,
         },
     );
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -146,6 +194,30 @@ pub async fn serve(
     tasks.spawn(observe::publish(raft.clone(), reader, shutdown.clone()));
     tasks.spawn(reload_on_hangup(auth, shutdown.clone()));
     tasks.spawn(crate::erasure::run(raft.clone(), eraser, shutdown.clone()));
+    if let Some(tls) = &tls {
+        let (tls, shutdown) = (tls.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            if let Err(error) = tls::reload_on_sighup(tls, shutdown).await {
+                tracing::error!(%error, "failed to listen for SIGHUP; certificates reload only on restart");
+            }
+        });
+    }
+    let (grpc_incoming, grpc_accept) = tls::incoming(
+        grpc_listener,
+        tls.clone(),
+        tls::Port::Grpc,
+        shutdown.clone(),
+    );
+    tasks.spawn(grpc_accept);
+    let http_addr = http_listener.local_addr()?;
+    let (http_incoming, http_accept) = tls::incoming(
+        http_listener,
+        tls.clone(),
+        tls::Port::Http,
+        shutdown.clone(),
+    );
+    tasks.spawn(http_accept);
+    let http_listener = tls::HttpListener::new(http_incoming, http_addr);
     if let Some(prometheus) = prometheus {
         tasks.spawn({
             let (raft, shutdown) = (raft.clone(), shutdown.clone());
@@ -186,12 +258,10 @@ pub async fn serve(
         .add_service(reflection)
         .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(
-            // TCP_NODELAY on every accepted connection: with Nagle on, a reply written as
-            // several small HTTP/2 frames waits for the peer's delayed ACK (~40 ms on Linux),
-            // which put a 40 ms floor under every replicated write (the follower's
-            // AppendEntries reply) and every client reply. Tonic's builder default
-            // (`tcp_nodelay(true)`) does not apply to an incoming stream we pass ourselves.
-            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+            // TLS (or, under --insecure, plaintext) connections with TCP_NODELAY set: see
+            // `tls::incoming`. Handlers find the peer's verified certificate in the request
+            // extensions (`tls::PeerInfo`).
+            grpc_incoming,
             shutdown.clone().cancelled_owned(),
         );
     let served = grpc.await;

@@ -27,9 +27,7 @@ async fn a_bad_learner_is_invalid_argument_naming_the_field_and_nothing_is_propo
     let mut cluster = ProcessCluster::start(binary(), 1, &[]).expect("start cluster");
     let leader = cluster.wait_for_leader(LEADER_WAIT).await.expect("leader");
     let before = cluster.status(leader).await.expect("status");
-    let mut client = ClusterServiceClient::connect(format!("http://{}", cluster.grpc(leader)))
-        .await
-        .expect("connect to the leader");
+    let mut client = ClusterServiceClient::new(cluster.channel(leader).expect("channel"));
 
     let long_addr = format!("{}:7101", "h".repeat(MEMBER_ADDR_BYTES_MAX));
     let long_region = "r".repeat(REGION_BYTES_MAX + 1);
@@ -94,12 +92,9 @@ async fn a_bad_learner_is_invalid_argument_naming_the_field_and_nothing_is_propo
     assert_eq!(members(&after), members(&before), "no member was added");
     // Nothing was proposed but the audit trail's record of each refusal (and the audit call
     // that holds them): no membership entry.
-    let mut events = v1::event_service_client::EventServiceClient::connect(format!(
-        "http://{}",
-        cluster.grpc(leader)
-    ))
-    .await
-    .expect("connect to the leader");
+    let mut events = v1::event_service_client::EventServiceClient::new(
+        cluster.channel(leader).expect("channel"),
+    );
     let listed = events
         .list_events(v1::ListEventsRequest::default())
         .await
@@ -165,12 +160,7 @@ impl tonic::codec::Codec for RawRequest {
 async fn malformed_protobuf_and_non_utf8_strings_are_invalid_argument() {
     let mut cluster = ProcessCluster::start(binary(), 1, &[]).expect("start cluster");
     let leader = cluster.wait_for_leader(LEADER_WAIT).await.expect("leader");
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.grpc(leader)))
-            .expect("endpoint")
-            .connect()
-            .await
-            .expect("connect to the leader");
+    let channel = cluster.channel(leader).expect("channel to the leader");
     // Field 1 (tenant_id, a string) holding bytes that are not UTF-8; then a truncated varint.
     let not_utf8 = vec![0x0a, 0x02, 0xff, 0xfe];
     let truncated = vec![0x0a, 0x05, b'a'];
@@ -194,9 +184,7 @@ async fn malformed_protobuf_and_non_utf8_strings_are_invalid_argument() {
 async fn a_learner_that_never_replicated_is_not_promoted_and_a_non_member_is_not_removed() {
     let mut cluster = ProcessCluster::start(binary(), 1, &[]).expect("start cluster");
     let leader = cluster.wait_for_leader(LEADER_WAIT).await.expect("leader");
-    let mut client = ClusterServiceClient::connect(format!("http://{}", cluster.grpc(leader)))
-        .await
-        .expect("connect to the leader");
+    let mut client = ClusterServiceClient::new(cluster.channel(leader).expect("channel"));
     // Nothing listens there: the learner is added to the membership but never catches up (the
     // request waits for it; its answer does not matter here).
     let dead = format!("127.0.0.1:{}", harness::free_port().expect("port"));

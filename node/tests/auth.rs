@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use client::{BearerToken, Client, ClientConfig};
+use client::{Client, ClientConfig};
 use harness::ProcessCluster;
 use prost::Message as _;
 use proto::v1;
@@ -24,12 +24,7 @@ fn binary() -> &'static std::path::Path {
 }
 
 fn client(cluster: &ProcessCluster, token: &str) -> Client {
-    Client::new(ClientConfig {
-        endpoints: cluster.endpoints(),
-        token: Some(BearerToken::new(token)),
-        ..ClientConfig::default()
-    })
-    .expect("client config")
+    Client::new(cluster.client_config_with_token(token)).expect("client config")
 }
 
 /// Waits until a leader answers `Status` to an admin token; returns its gRPC address.
@@ -449,7 +444,7 @@ fn assert_no_secret(path: &str, who: &str, body: &[u8]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rpc_refuses_no_token_a_stranger_a_weaker_role_and_another_tenant() {
-    let cluster = ProcessCluster::start_authenticated(binary(), 3, &[]).expect("start cluster");
+    let cluster = ProcessCluster::start(binary(), 3, &[]).expect("start cluster");
     let token = |subject: &str, tenant: &str, role: &str| {
         cluster.token(subject, tenant, role).expect("issue token")
     };
@@ -505,7 +500,7 @@ async fn every_rpc_refuses_no_token_a_stranger_a_weaker_role_and_another_tenant(
     .await
     .expect("acme appends a turn");
 
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{leader}"))
+    let channel = client::endpoint(&leader, cluster.tls())
         .expect("endpoint")
         .connect()
         .await
@@ -630,7 +625,7 @@ async fn every_rpc_refuses_no_token_a_stranger_a_weaker_role_and_another_tenant(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_signing_key_is_accepted_after_sighup_without_a_restart() {
-    let cluster = ProcessCluster::start_authenticated(binary(), 3, &[]).expect("start cluster");
+    let cluster = ProcessCluster::start(binary(), 3, &[]).expect("start cluster");
     let admin = client(
         &cluster,
         &cluster.token("ops", "*", "admin").expect("admin token"),
@@ -697,7 +692,7 @@ async fn a_new_signing_key_is_accepted_after_sighup_without_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_actions_are_audit_events_with_their_actor_and_nobody_writes_the_trail() {
-    let cluster = ProcessCluster::start_authenticated(binary(), 3, &[]).expect("start cluster");
+    let cluster = ProcessCluster::start(binary(), 3, &[]).expect("start cluster");
     let admin = client(
         &cluster,
         &cluster
@@ -725,8 +720,7 @@ async fn admin_actions_are_audit_events_with_their_actor_and_nobody_writes_the_t
     // A snapshot asked of the leader itself.
     let leader_only = Client::new(ClientConfig {
         endpoints: vec![leader],
-        token: admin.config().token.clone(),
-        ..ClientConfig::default()
+        ..admin.config().clone()
     })
     .expect("client config");
     leader_only

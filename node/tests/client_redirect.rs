@@ -299,6 +299,8 @@ fn config(endpoints: &[&str]) -> ClientConfig {
         backoff_max: Duration::from_millis(100),
         resolve: Vec::new(),
         token: None,
+        // Fake in-process servers speak plaintext.
+        tls: None,
     }
 }
 

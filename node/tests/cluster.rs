@@ -15,10 +15,13 @@ fn binary() -> &'static std::path::Path {
     std::path::Path::new(env!("CARGO_BIN_EXE_switchboard"))
 }
 
-async fn calls(addr: &str) -> CallServiceClient<tonic::transport::Channel> {
-    CallServiceClient::connect(format!("http://{addr}"))
-        .await
-        .expect("connect to node")
+/// A connected channel to the node at `addr`, with the cluster's TLS.
+async fn channel(cluster: &ProcessCluster, addr: &str) -> harness::AuthChannel {
+    cluster.channel_to(addr).expect("endpoint")
+}
+
+async fn calls(cluster: &ProcessCluster, addr: &str) -> CallServiceClient<harness::AuthChannel> {
+    CallServiceClient::new(channel(cluster, addr).await)
 }
 
 fn local(min_index: u64) -> Option<ReadOptions> {
@@ -48,7 +51,7 @@ async fn a_follower_redirects_writes_to_the_leader() {
         .find(|id| **id != leader)
         .expect("a follower");
 
-    let status = calls(&cluster.grpc(follower))
+    let status = calls(&cluster, &cluster.grpc(follower))
         .await
         .create_call(create("r-redirect"))
         .await
@@ -79,7 +82,7 @@ async fn a_follower_redirects_writes_to_the_leader() {
 async fn every_node_returns_the_same_call_at_a_given_index() {
     let mut cluster = ProcessCluster::start(binary(), 3, &[]).expect("start cluster");
     let leader = cluster.wait_for_leader(LEADER_WAIT).await.expect("leader");
-    let mut client = calls(&cluster.grpc(leader)).await;
+    let mut client = calls(&cluster, &cluster.grpc(leader)).await;
     let created = client
         .create_call(create("r-1"))
         .await
@@ -112,7 +115,7 @@ async fn every_node_returns_the_same_call_at_a_given_index() {
     let mut seen = Vec::new();
     for id in cluster.nodes.keys().copied().collect::<Vec<_>>() {
         // LOCAL with min_index on every node, followers included: read-your-writes.
-        let response = calls(&cluster.grpc(id))
+        let response = calls(&cluster, &cluster.grpc(id))
             .await
             .get_call(v1::GetCallRequest {
                 tenant_id: TENANT.into(),
@@ -130,7 +133,7 @@ async fn every_node_returns_the_same_call_at_a_given_index() {
         assert_eq!(meta.node_id, id);
         seen.push(response.call.expect("call"));
         // The default consistency (LINEARIZABLE) works on every node too.
-        let linearizable = calls(&cluster.grpc(id))
+        let linearizable = calls(&cluster, &cluster.grpc(id))
             .await
             .get_call(v1::GetCallRequest {
                 tenant_id: TENANT.into(),
@@ -156,7 +159,7 @@ async fn every_node_returns_the_same_call_at_a_given_index() {
 async fn bad_input_is_invalid_argument_naming_the_field_and_unknown_calls_are_not_found() {
     let mut cluster = ProcessCluster::start(binary(), 3, &[]).expect("start cluster");
     let leader = cluster.wait_for_leader(LEADER_WAIT).await.expect("leader");
-    let mut client = calls(&cluster.grpc(leader)).await;
+    let mut client = calls(&cluster, &cluster.grpc(leader)).await;
 
     let no_channel = v1::CreateCallRequest {
         channel: v1::Channel::Unspecified.into(),
@@ -280,10 +283,17 @@ async fn a_node_refuses_another_nodes_data_directory_and_leaves_it_untouched() {
     let before = listing(&dir);
 
     let port = || harness::free_port().expect("port");
+    let certs = cluster.certs_dir().expect("tls").to_path_buf();
     let output = ServeCommand::new(2, format!("127.0.0.1:{}", port()), &dir)
         .http_listen(format!("127.0.0.1:{}", port()))
         .cluster_id(cluster.cluster_id())
-        .insecure()
+        .extra_args([std::ffi::OsStr::new("--tls-dir"), certs.as_os_str()])
+        .token_keys(
+            cluster
+                .token_dir()
+                .expect("a secure cluster")
+                .join("token-keys.json"),
+        )
         .command(binary())
         .output()
         .expect("run serve");
@@ -302,7 +312,7 @@ async fn a_node_refuses_another_nodes_data_directory_and_leaves_it_untouched() {
 async fn after_the_leader_is_killed_a_new_one_serves_writes_and_the_old_one_catches_up() {
     let mut cluster = ProcessCluster::start(binary(), 3, &[]).expect("start cluster");
     let old_leader = cluster.wait_for_leader(LEADER_WAIT).await.expect("leader");
-    let mut client = calls(&cluster.grpc(old_leader)).await;
+    let mut client = calls(&cluster, &cluster.grpc(old_leader)).await;
     let mut acknowledged = Vec::new();
     for i in 0..20 {
         let response = client
@@ -319,7 +329,7 @@ async fn after_the_leader_is_killed_a_new_one_serves_writes_and_the_old_one_catc
         .await
         .expect("a new leader");
     assert_ne!(new_leader, old_leader);
-    let mut client = calls(&cluster.grpc(new_leader)).await;
+    let mut client = calls(&cluster, &cluster.grpc(new_leader)).await;
     let response = client
         .create_call(create("after-kill"))
         .await
@@ -347,10 +357,10 @@ async fn after_the_leader_is_killed_a_new_one_serves_writes_and_the_old_one_catc
     let deadline = Instant::now() + LEADER_WAIT;
     loop {
         let read = async {
-            let mut old =
-                CallServiceClient::connect(format!("http://{}", cluster.grpc(old_leader)))
-                    .await
-                    .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            let mut old = cluster
+                .channel(old_leader)
+                .map(CallServiceClient::new)
+                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
             old.get_call(v1::GetCallRequest {
                 tenant_id: TENANT.into(),
                 call_id: acknowledged.last().expect("one call").clone(),
@@ -380,7 +390,7 @@ async fn a_learner_added_after_a_purge_installs_a_snapshot_is_promoted_and_serve
     ];
     let mut cluster = ProcessCluster::start(binary(), 3, &args).expect("start cluster");
     let leader = cluster.wait_for_leader(LEADER_WAIT).await.expect("leader");
-    let mut client = calls(&cluster.grpc(leader)).await;
+    let mut client = calls(&cluster, &cluster.grpc(leader)).await;
     let first = client
         .create_call(create("early"))
         .await
@@ -393,9 +403,7 @@ async fn a_learner_added_after_a_purge_installs_a_snapshot_is_promoted_and_serve
             .await
             .expect("create");
     }
-    let mut admin = ClusterServiceClient::connect(format!("http://{}", cluster.grpc(leader)))
-        .await
-        .expect("admin");
+    let mut admin = ClusterServiceClient::new(channel(&cluster, &cluster.grpc(leader)).await);
     admin
         .trigger_snapshot(v1::TriggerSnapshotRequest {})
         .await
@@ -432,7 +440,7 @@ async fn a_learner_added_after_a_purge_installs_a_snapshot_is_promoted_and_serve
     );
 
     // The early call's log entry was purged: node 4 can only know it from the snapshot.
-    let response = calls(&learner)
+    let response = calls(&cluster, &learner)
         .await
         .get_call(v1::GetCallRequest {
             tenant_id: TENANT.into(),
@@ -462,7 +470,7 @@ async fn a_whole_lifecycle_through_a_client_that_only_knows_a_follower() {
         .expect("a follower");
     let client = Client::new(ClientConfig {
         endpoints: vec![cluster.grpc(follower)],
-        ..ClientConfig::default()
+        ..cluster.client_config()
     })
     .expect("client");
 
@@ -588,12 +596,7 @@ async fn health_and_reflection_are_served_on_the_grpc_port() {
 
     let mut cluster = ProcessCluster::start(binary(), 1, &[]).expect("start cluster");
     cluster.wait_for_leader(LEADER_WAIT).await.expect("leader");
-    let addr = format!("http://{}", cluster.grpc(1));
-    let channel = tonic::transport::Endpoint::from_shared(addr)
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect");
+    let channel = channel(&cluster, &cluster.grpc(1)).await;
     let mut health = HealthClient::new(channel.clone());
     let status = health
         .check(HealthCheckRequest {
@@ -637,7 +640,7 @@ async fn a_min_index_the_node_never_reaches_fails_after_the_bounded_wait_saying_
     let mut cluster =
         ProcessCluster::start(binary(), 1, &["--read-wait-ms-max", "300"]).expect("start cluster");
     cluster.wait_for_leader(LEADER_WAIT).await.expect("leader");
-    let mut client = calls(&cluster.grpc(1)).await;
+    let mut client = calls(&cluster, &cluster.grpc(1)).await;
     let created = client
         .create_call(create("r-1"))
         .await
@@ -674,7 +677,7 @@ async fn a_node_whose_raft_stops_on_a_storage_error_exits_and_recovers_on_restar
         .keys()
         .find(|id| **id != leader)
         .expect("a follower");
-    calls(&cluster.grpc(leader))
+    calls(&cluster, &cluster.grpc(leader))
         .await
         .create_call(create("fatal-before"))
         .await
@@ -684,9 +687,7 @@ async fn a_node_whose_raft_stops_on_a_storage_error_exits_and_recovers_on_restar
     // fatal storage error that stops Raft on that node.
     let snapshots = cluster.nodes[&victim].data_dir.join("snapshots");
     std::fs::remove_dir_all(&snapshots).expect("remove the snapshot directory");
-    let mut admin = ClusterServiceClient::connect(format!("http://{}", cluster.grpc(victim)))
-        .await
-        .expect("connect");
+    let mut admin = ClusterServiceClient::new(channel(&cluster, &cluster.grpc(victim)).await);
     let _ = admin.trigger_snapshot(v1::TriggerSnapshotRequest {}).await;
 
     let started = Instant::now();
@@ -707,7 +708,7 @@ async fn a_node_whose_raft_stops_on_a_storage_error_exits_and_recovers_on_restar
     );
 
     // The others keep serving; the restarted node (as a supervisor would) catches up.
-    let created = calls(&cluster.grpc(leader))
+    let created = calls(&cluster, &cluster.grpc(leader))
         .await
         .create_call(create("fatal-after"))
         .await

@@ -193,7 +193,7 @@ fn erase(request_id: &str, call_id: &str) -> v1::EraseCallRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_erased_calls_content_leaves_every_nodes_disk_within_the_bound() {
-    let mut cluster = ProcessCluster::start(binary(), 3, &[]).expect("start cluster");
+    let mut cluster = ProcessCluster::start(binary(), 3, &["--insecure"]).expect("start cluster");
     let leader = cluster.wait_for_leader(LEADER_WAIT).await.expect("leader");
     let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
     let stopped = *ids.iter().find(|id| **id != leader).expect("a follower");
@@ -338,7 +338,13 @@ async fn an_erased_calls_content_leaves_every_nodes_disk_within_the_bound() {
             "-o",
             "json",
         ])
-        .args(["--tenant", TENANT, "--endpoints", &cluster.grpc(leader)])
+        .args([
+            "--tenant",
+            TENANT,
+            "--endpoints",
+            &cluster.grpc(leader),
+            "--insecure",
+        ])
         .output()
         .expect("run switchboard call erase");
     assert!(

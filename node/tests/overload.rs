@@ -8,14 +8,13 @@
 use std::time::{Duration, Instant};
 
 use domain::limits::{EVENT_PAYLOAD_BYTES_MAX, PAGE_BYTES_MAX};
+use harness::AuthChannel as Channel;
 use harness::ProcessCluster;
 use proto::v1::call_service_client::CallServiceClient;
 use proto::v1::event_service_client::EventServiceClient;
 use proto::v1::{self, log_event_request::Payload};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinSet;
 use tonic::Code;
-use tonic::transport::Channel;
 
 const LEADER_WAIT: Duration = Duration::from_secs(30);
 const TENANT: &str = "acme";
@@ -43,15 +42,12 @@ fn binary() -> &'static std::path::Path {
     std::path::Path::new(env!("CARGO_BIN_EXE_switchboard"))
 }
 
-fn channel(addr: &str) -> Channel {
-    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .expect("loopback endpoint")
-        .tcp_nodelay(true)
-        .connect_lazy()
+fn channel(cluster: &ProcessCluster, addr: &str) -> Channel {
+    cluster.channel_to(addr).expect("loopback endpoint")
 }
 
-async fn active_call(leader: &str) -> String {
-    let mut calls = CallServiceClient::new(channel(leader));
+async fn active_call(leader: Channel) -> String {
+    let mut calls = CallServiceClient::new(leader);
     let created = calls
         .create_call(v1::CreateCallRequest {
             tenant_id: TENANT.into(),
@@ -97,8 +93,8 @@ struct Flood {
     failed: Vec<(Code, String)>,
 }
 
-async fn read_flood(leader: String, until: Instant, reader: usize) -> Flood {
-    let mut events = EventServiceClient::new(channel(&leader)).max_decoding_message_size(8 << 20);
+async fn read_flood(leader: Channel, until: Instant, reader: usize) -> Flood {
+    let mut events = EventServiceClient::new(leader).max_decoding_message_size(8 << 20);
     let mut flood = Flood::default();
     let mut round = reader as u64;
     while Instant::now() < until {
@@ -151,15 +147,11 @@ impl PayloadLen for v1::Event {
 /// Writes every `WRITE_INTERVAL` through the client library until `until`; returns each
 /// write's latency, and the failures.
 async fn write_steadily(
-    endpoints: Vec<String>,
+    config: client::ClientConfig,
     call_id: String,
     until: Instant,
 ) -> (Vec<Duration>, Vec<String>) {
-    let client = client::Client::new(client::ClientConfig {
-        endpoints,
-        ..client::ClientConfig::default()
-    })
-    .expect("client config");
+    let client = client::Client::new(config).expect("client config");
     let mut ticks = tokio::time::interval(WRITE_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut latencies, mut failures) = (Vec::new(), Vec::new());
@@ -182,12 +174,18 @@ async fn write_steadily(
 /// Every node's (term, leader) each `STATUS_INTERVAL` until `until`: every distinct value seen.
 async fn watch_leadership(
     cluster_nodes: Vec<(u64, String)>,
+    tls: Option<client::TlsConfig>,
+    token: Option<String>,
     until: Instant,
 ) -> Vec<(u64, u64, Option<u64>)> {
     let mut seen: Vec<(u64, u64, Option<u64>)> = Vec::new();
     while Instant::now() < until {
         for (id, addr) in &cluster_nodes {
-            let status = tokio::time::timeout(STATUS_TIMEOUT, harness::status(addr)).await;
+            let status = tokio::time::timeout(
+                STATUS_TIMEOUT,
+                harness::status(addr, tls.as_ref(), token.as_deref()),
+            )
+            .await;
             if let Ok(Ok(status)) = status {
                 let value = (*id, status.term, status.leader_id);
                 if !seen.contains(&value) {
@@ -200,22 +198,16 @@ async fn watch_leadership(
     seen
 }
 
-async fn fetch_metrics(http: &str) -> String {
-    let mut stream = tokio::net::TcpStream::connect(http)
-        .await
-        .expect("connect to the metrics port");
-    let request = format!("GET /metrics HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .expect("send GET /metrics");
-    let mut body = String::new();
-    stream
-        .take(METRICS_BYTES_MAX)
-        .read_to_string(&mut body)
-        .await
-        .expect("read /metrics");
-    body
+async fn fetch_metrics(cluster: &ProcessCluster, http: &str) -> String {
+    let ca = cluster.certs_dir().map(|dir| dir.join("ca.pem"));
+    let scheme = if ca.is_some() { "https" } else { "http" };
+    node::probe::get(
+        &format!("{scheme}://{http}/metrics"),
+        ca.as_deref(),
+        METRICS_BYTES_MAX,
+    )
+    .await
+    .expect("GET /metrics")
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -232,8 +224,8 @@ async fn a_flood_of_large_reads_changes_no_leader_and_writes_keep_flowing() {
 
     // Fill the log with events of the largest payload: every page of the flood is a full
     // 1 MiB page (16 of these events), the most a read may build.
-    let call_id = active_call(&leader_addr).await;
-    let mut calls = CallServiceClient::new(channel(&leader_addr));
+    let call_id = active_call(channel(&cluster, &leader_addr)).await;
+    let mut calls = CallServiceClient::new(channel(&cluster, &leader_addr));
     for n in 0..LARGE_EVENTS {
         calls
             .log_event(log_event(
@@ -249,15 +241,20 @@ async fn a_flood_of_large_reads_changes_no_leader_and_writes_keep_flowing() {
     let until = started + FLOOD_DURATION;
     let mut readers = JoinSet::new();
     for reader in 0..FLOOD_READERS {
-        readers.spawn(read_flood(leader_addr.clone(), until, reader));
+        readers.spawn(read_flood(channel(&cluster, &leader_addr), until, reader));
     }
-    let writer = tokio::spawn(write_steadily(cluster.endpoints(), call_id, until));
+    let writer = tokio::spawn(write_steadily(cluster.client_config(), call_id, until));
     let nodes: Vec<(u64, String)> = cluster
         .nodes
         .iter()
         .map(|(id, n)| (*id, n.grpc.clone()))
         .collect();
-    let watcher = tokio::spawn(watch_leadership(nodes, until));
+    let watcher = tokio::spawn(watch_leadership(
+        nodes,
+        cluster.tls().cloned(),
+        cluster.admin_token().map(str::to_owned),
+        until,
+    ));
 
     let mut total = Flood::default();
     while let Some(flood) = readers.join_next().await {
@@ -273,7 +270,7 @@ async fn a_flood_of_large_reads_changes_no_leader_and_writes_keep_flowing() {
         .status(leader)
         .await
         .expect("status after the flood");
-    let metrics = fetch_metrics(&cluster.nodes[&leader].http).await;
+    let metrics = fetch_metrics(&cluster, &cluster.nodes[&leader].http).await;
 
     latencies.sort();
     let p50 = percentile(&latencies, 0.50);

@@ -348,8 +348,8 @@ async fn no_raw_pii_reaches_any_node_disk_and_kept_values_do() {
     )
     .expect("write config");
     let config_arg = format!("--config={}", config_file.display());
-    let mut cluster =
-        ProcessCluster::start(binary(), 3, &[config_arg.as_str()]).expect("start cluster");
+    let mut cluster = ProcessCluster::start(binary(), 3, &[config_arg.as_str(), "--insecure"])
+        .expect("start cluster");
     let leader_id = cluster.wait_for_leader(LEADER_WAIT).await.expect("leader");
     let leader = cluster.grpc(leader_id);
 

@@ -22,10 +22,10 @@ fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_switchboard"))
 }
 
-fn client(endpoints: Vec<String>) -> Client {
+fn client(cluster: &ProcessCluster, endpoints: Vec<String>) -> Client {
     Client::new(ClientConfig {
         endpoints,
-        ..ClientConfig::default()
+        ..cluster.client_config()
     })
     .expect("client config")
 }
@@ -42,8 +42,19 @@ fn wal_of(data_dir: &Path) -> PathBuf {
     logs.pop().expect("a write-ahead log").1
 }
 
-fn reset_command(data_dir: &Path, endpoints: &[String], rejoin: bool) -> Command {
+fn reset_command(
+    cluster: &ProcessCluster,
+    data_dir: &Path,
+    endpoints: &[String],
+    rejoin: bool,
+) -> Command {
     let mut command = Command::new(binary());
+    if let Some(dir) = cluster.certs_dir() {
+        command.env("SWITCHBOARD_CA", dir.join("ca.pem"));
+    }
+    if let Some(token) = cluster.admin_token() {
+        command.env("SWITCHBOARD_TOKEN", token);
+    }
     command
         .arg("node")
         .arg("reset")
@@ -74,7 +85,7 @@ async fn a_node_with_a_damaged_wal_refuses_to_start_and_rejoins_after_reset() {
         .filter(|n| n.id != target)
         .map(|n| n.grpc.clone())
         .collect();
-    let writer = client(cluster.endpoints());
+    let writer = client(&cluster, cluster.endpoints());
     let mut call_ids = Vec::new();
     let mut last_index = 0;
     for n in 0..CALLS {
@@ -137,14 +148,14 @@ async fn a_node_with_a_damaged_wal_refuses_to_start_and_rejoins_after_reset() {
     assert_eq!(status.code(), Some(EXIT_STORAGE_DAMAGED), "{status:?}");
 
     // Without --rejoin, reset only says what it would do.
-    let said = reset_command(&data_dir, &others, false)
+    let said = reset_command(&cluster, &data_dir, &others, false)
         .output()
         .expect("run reset");
     assert_eq!(said.status.code(), Some(2), "{said:?}");
     assert!(String::from_utf8_lossy(&said.stderr).contains("--rejoin"));
     assert!(wal.exists(), "reset without --rejoin wiped the node");
 
-    let mut reset = reset_command(&data_dir, &others, true)
+    let mut reset = reset_command(&cluster, &data_dir, &others, true)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -195,7 +206,7 @@ async fn a_node_with_a_damaged_wal_refuses_to_start_and_rejoins_after_reset() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Every acknowledged call is on the rejoined node.
-    let on_target = client(vec![cluster.grpc(target)]);
+    let on_target = client(&cluster, vec![cluster.grpc(target)]);
     for call_id in [&call_ids[0], &call_ids[CALLS / 2], &call_ids[CALLS - 1]] {
         let found = on_target
             .get_call(v1::GetCallRequest {
@@ -212,7 +223,7 @@ async fn a_node_with_a_damaged_wal_refuses_to_start_and_rejoins_after_reset() {
     }
 
     // A running node is never reset.
-    let refused = reset_command(&data_dir, &others, true)
+    let refused = reset_command(&cluster, &data_dir, &others, true)
         .output()
         .expect("run reset");
     assert_eq!(refused.status.code(), Some(4), "{refused:?}");

@@ -121,6 +121,8 @@ impl BenchArgs {
 }
 
 /// A running cluster of either system, with what the phases need from it.
+// One per bench run.
+#[allow(clippy::large_enum_variant)]
 enum Cluster {
     Sb(ProcessCluster),
     Etcd(EtcdCluster),
@@ -172,9 +174,9 @@ impl Cluster {
             Cluster::Sb(c) => {
                 let leader = c.wait_for_leader(LEADER_WAIT).await?;
                 let pool = if client == "library" {
-                    sb::library_pool(&c.endpoints(), size)?
+                    sb::library_pool(&c.client_config(), size)?
                 } else {
-                    sb::raw_pool(&[c.grpc(leader)], size).await?
+                    sb::raw_pool(&[c.grpc(leader)], c.tls(), size).await?
                 };
                 Ok(pool.into_iter().map(Conn::Sb).collect())
             }
@@ -192,7 +194,7 @@ impl Cluster {
     /// Read connections spread round-robin over every node.
     async fn read_pool(&self, size: usize) -> anyhow::Result<Vec<Conn>> {
         match self {
-            Cluster::Sb(c) => Ok(sb::raw_pool(&c.endpoints(), size)
+            Cluster::Sb(c) => Ok(sb::raw_pool(&c.endpoints(), c.tls(), size)
                 .await?
                 .into_iter()
                 .map(Conn::Sb)

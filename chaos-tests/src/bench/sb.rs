@@ -10,7 +10,6 @@ use proto::v1::{
     self, AppendTurnRequest, Channel, Consistency, CreateCallRequest, EndCallRequest,
     GetCallRequest, ReadOptions, RequestHandoffRequest, StartCallRequest, Urgency,
 };
-use tonic::transport::Endpoint;
 
 use super::workload::{self, Op};
 
@@ -25,10 +24,14 @@ pub enum SbConn {
 }
 
 /// `size` raw connections (one HTTP/2 connection each) spread round-robin over `addrs`.
-pub async fn raw_pool(addrs: &[String], size: usize) -> anyhow::Result<Vec<SbConn>> {
+pub async fn raw_pool(
+    addrs: &[String],
+    tls: Option<&client::TlsConfig>,
+    size: usize,
+) -> anyhow::Result<Vec<SbConn>> {
     let mut pool = Vec::with_capacity(size);
     for i in 0..size.max(1) {
-        let channel = Endpoint::from_shared(format!("http://{}", addrs[i % addrs.len()]))?
+        let channel = client::endpoint(&addrs[i % addrs.len()], tls)?
             .connect_timeout(Duration::from_secs(5))
             .timeout(REQUEST_TIMEOUT)
             .connect()
@@ -38,15 +41,15 @@ pub async fn raw_pool(addrs: &[String], size: usize) -> anyhow::Result<Vec<SbCon
     Ok(pool)
 }
 
-/// `size` independent library clients (each with its own channels) knowing every endpoint.
-pub fn library_pool(endpoints: &[String], size: usize) -> anyhow::Result<Vec<SbConn>> {
+/// `size` independent library clients (each with its own channels) of the cluster's client
+/// configuration (`ProcessCluster::client_config`).
+pub fn library_pool(config: &ClientConfig, size: usize) -> anyhow::Result<Vec<SbConn>> {
     (0..size.max(1))
         .map(|_| {
             let client = Client::new(ClientConfig {
-                endpoints: endpoints.to_vec(),
                 request_timeout: REQUEST_TIMEOUT,
                 call_deadline: REQUEST_TIMEOUT * 2,
-                ..ClientConfig::default()
+                ..config.clone()
             })?;
             Ok(SbConn::Library(client))
         })

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use client::{Client, ClientConfig};
+use client::{Client, ClientConfig, TlsConfig};
 use harness::ServeCommand;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -79,6 +79,25 @@ impl NodeProc {
 pub struct Reach {
     pub endpoints: Vec<String>,
     pub resolve: Vec<(String, String)>,
+    /// TLS towards the nodes (the cluster's CA); `None` when they run `--insecure`.
+    pub tls: Option<TlsConfig>,
+    /// The admin bearer token the drill's clients send; `None` when the nodes run `--insecure`.
+    pub token: Option<String>,
+}
+
+impl Reach {
+    /// The one client configuration of a drill's (or bench's) cluster: every client of a
+    /// drill is built from it, so that what a client needs to be let in (TLS, credentials)
+    /// is decided here. Callers change timeouts and retries with `..reach.client_config()`.
+    pub fn client_config(&self) -> ClientConfig {
+        ClientConfig {
+            endpoints: self.endpoints.clone(),
+            resolve: self.resolve.clone(),
+            tls: self.tls.clone(),
+            token: self.token.as_deref().map(client::BearerToken::new),
+            ..ClientConfig::default()
+        }
+    }
 }
 
 /// What the disk faults need from the cluster, decided before the nodes start.
@@ -104,21 +123,123 @@ pub struct DrillCluster {
     pub compose: Option<Compose>,
     /// Per-node wall-clock offsets, when the drill injects clock faults.
     pub clock: Option<ClockControl>,
+    /// The certificates of the nodes (`certs init` layout); `None` under `--insecure`.
+    certs_dir: Option<PathBuf>,
+    /// How clients reach the nodes over TLS; `None` under `--insecure`.
+    tls: Option<TlsConfig>,
+    /// The token key set the nodes verify with (`token keygen` layout); `None` under
+    /// `--insecure` and in compose mode (the compose file brings its own).
+    tokens_dir: Option<PathBuf>,
+    /// The admin token every drill client sends; `None` under `--insecure`.
+    token: Option<String>,
 }
 
 /// A client that talks to `endpoint` only, one attempt per call.
-pub fn single_node_client(endpoint: &str) -> anyhow::Result<Client> {
-    Ok(Client::new(ClientConfig {
+pub fn single_node_client(
+    endpoint: &str,
+    tls: Option<&TlsConfig>,
+    token: Option<&str>,
+) -> anyhow::Result<Client> {
+    let reach = Reach {
         endpoints: vec![endpoint.to_owned()],
+        resolve: Vec::new(),
+        tls: tls.cloned(),
+        token: token.map(str::to_owned),
+    };
+    Ok(Client::new(ClientConfig {
         connect_timeout: Duration::from_millis(500),
         request_timeout: Duration::from_millis(1500),
         call_deadline: Duration::from_millis(2000),
         retries_max: 0,
         backoff_initial: Duration::from_millis(20),
         backoff_max: Duration::from_millis(100),
-        resolve: Vec::new(),
-        token: None,
+        ..reach.client_config()
     })?)
+}
+
+/// Cluster id of drill clusters (their certificates are bound to it).
+pub const DRILL_CLUSTER_ID: &str = "chaos";
+
+/// Creates the CA and node certificates of a drill cluster of nodes `ids` in `dir`, valid for
+/// loopback and, in namespace mode, every node's namespace address.
+pub fn make_certs(
+    binary: &std::path::Path,
+    dir: &std::path::Path,
+    ids: &[u64],
+    namespaces: bool,
+) -> anyhow::Result<TlsConfig> {
+    let nodes = ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "init".into(),
+        "--dir".into(),
+        dir.into(),
+        "--nodes".into(),
+        nodes.into(),
+        "--cluster-id".into(),
+        DRILL_CLUSTER_ID.into(),
+        "--days".into(),
+        "2".into(),
+    ];
+    if namespaces {
+        let hosts = ids
+            .iter()
+            .map(|id| Net::ip(*id))
+            .collect::<Vec<_>>()
+            .join(",");
+        args.push("--hosts".into());
+        args.push(hosts.into());
+    }
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    harness::run_certs(binary, &args)?;
+    Ok(TlsConfig::from_ca_file(dir.join("ca.pem"))?)
+}
+
+/// Makes a token key set in `dir` and an admin token of it (the drill's clients' token).
+pub fn make_tokens(binary: &std::path::Path, dir: &std::path::Path) -> anyhow::Result<String> {
+    let run = |args: &[&std::ffi::OsStr]| -> anyhow::Result<String> {
+        let output = std::process::Command::new(binary).args(args).output()?;
+        anyhow::ensure!(
+            output.status.success(),
+            "switchboard {:?} failed: {}",
+            args,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    };
+    run(&[
+        "token".as_ref(),
+        "keygen".as_ref(),
+        "--dir".as_ref(),
+        dir.as_os_str(),
+    ])?;
+    issue_admin_token(binary, &dir.join("token-signing-k1.pem"))
+}
+
+/// An admin token (every tenant, one day) signed with the key at `key`.
+pub fn issue_admin_token(
+    binary: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<String> {
+    let output = std::process::Command::new(binary)
+        .args([
+            "token",
+            "issue",
+            "--tenant",
+            "*",
+            "--role",
+            "admin",
+            "--subject",
+            "chaos-drill",
+        ])
+        .args(["--ttl", "24h", "--key"])
+        .arg(key)
+        .output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "switchboard token issue failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
 /// A kept drill directory (evidence of a failed run) holds this file; sweeps leave it alone.
@@ -190,11 +311,30 @@ impl DrillCluster {
             Some(library) => Some(ClockControl::new(library, &root.path().join("clock"))?),
             None => None,
         };
+        let (certs_dir, tls) = if node_args.iter().any(|a| a == "--insecure") {
+            (None, None)
+        } else {
+            let dir = root.path().join("certs");
+            let ids: Vec<u64> = (1..=n).collect();
+            let tls = make_certs(&binary, &dir, &ids, net.is_some())?;
+            (Some(dir), Some(tls))
+        };
+        let (tokens_dir, token) = if certs_dir.is_some() {
+            let dir = root.path().join("tokens");
+            let token = make_tokens(&binary, &dir)?;
+            (Some(dir), Some(token))
+        } else {
+            (None, None)
+        };
         let mut cluster = Self {
+            certs_dir,
+            tls,
+            tokens_dir,
+            token,
             binary,
             disk,
             mode,
-            cluster_id: "chaos".to_owned(),
+            cluster_id: DRILL_CLUSTER_ID.to_owned(),
             initial_cluster: String::new(),
             node_args,
             nodes: BTreeMap::new(),
@@ -224,10 +364,33 @@ impl DrillCluster {
             .prefix(&format!("{TEMP_PREFIX}{}-", std::process::id()))
             .tempdir()?;
         let compose = Compose::up(file, "sbdrill-", image).await?;
+        // The compose file's `certs` step writes the cluster's CA beside it before any node
+        // starts. Nodes are published on a private loopback address their certificates do not
+        // list; every node certificate names `localhost`.
+        let certs_dir = file
+            .parent()
+            .map(|dir| dir.join("certs"))
+            .filter(|dir| dir.join("ca.pem").exists());
+        let tls = match &certs_dir {
+            Some(dir) => {
+                let mut tls = TlsConfig::from_ca_file(dir.join("ca.pem"))?;
+                tls.server_name = Some("localhost".to_owned());
+                Some(tls)
+            }
+            None => None,
+        };
+        // The same step writes the cluster's token key set and signing key there too.
+        let token = match &certs_dir {
+            Some(dir) => Some(issue_admin_token(
+                &std::env::current_exe()?,
+                &dir.join("tokens").join("token-signing-k1.pem"),
+            )?),
+            None => None,
+        };
         let services = compose.services().await?;
         let mut nodes = BTreeMap::new();
         for service in services.into_values() {
-            let client = single_node_client(&service.published)?;
+            let client = single_node_client(&service.published, tls.as_ref(), token.as_deref())?;
             nodes.insert(
                 service.node_id,
                 NodeProc {
@@ -261,6 +424,10 @@ impl DrillCluster {
             net: None,
             compose: Some(compose),
             clock: None,
+            certs_dir,
+            tls,
+            tokens_dir: None,
+            token,
         })
     }
 
@@ -293,7 +460,7 @@ impl DrillCluster {
         let listener = proxy::bind(proxy_addr.parse()?, ns_path)?;
         let proxy = proxy::start(listener, listen.clone())?;
         let advertise = proxy.listen.to_string();
-        let client = single_node_client(&listen)?;
+        let client = single_node_client(&listen, self.tls.as_ref(), self.token.as_deref())?;
         let data_dir = self.root.path().join(format!("node-{id}"));
         let tmpfs = match self.disk.tmpfs_mib {
             Some(mib) => {
@@ -349,8 +516,14 @@ impl DrillCluster {
             .advertise(&node.advertise)
             .http_listen(&node.http)
             .cluster_id(&self.cluster_id)
-            .insecure()
-            .exit_with_parent()
+            .exit_with_parent();
+        if let Some(dir) = &self.certs_dir {
+            serve = serve.extra_args([std::ffi::OsStr::new("--tls-dir"), dir.as_os_str()]);
+        }
+        if let Some(dir) = &self.tokens_dir {
+            serve = serve.token_keys(dir.join("token-keys.json"));
+        }
+        serve = serve
             .extra_args(&self.node_args)
             .log_filter(harness::test_log_filter());
         if node.bootstrap {
@@ -425,7 +598,24 @@ impl DrillCluster {
                 .filter(|n| n.advertise != n.grpc && self.mode == Mode::Compose)
                 .map(|n| (n.advertise.clone(), n.grpc.clone()))
                 .collect(),
+            tls: self.tls.clone(),
+            token: self.token.clone(),
         }
+    }
+
+    /// How clients reach the nodes over TLS; `None` under `--insecure`.
+    pub fn tls(&self) -> Option<&TlsConfig> {
+        self.tls.as_ref()
+    }
+
+    /// The admin token the drill's clients send; `None` under `--insecure`.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// The directory of the nodes' certificates; `None` under `--insecure`.
+    pub fn certs_dir(&self) -> Option<&std::path::Path> {
+        self.certs_dir.as_deref()
     }
 
     pub fn client_of(&self, id: u64) -> Option<Client> {

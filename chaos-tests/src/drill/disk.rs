@@ -293,6 +293,8 @@ pub fn exited(status: ExitStatus, log: &Path, from: u64) -> RestartOutcome {
 /// most `within`. Its stderr is `log` from offset `from`.
 pub async fn observe_restart(
     grpc: &str,
+    tls: Option<&client::TlsConfig>,
+    token: Option<&str>,
     mut poll_exit: impl FnMut() -> Option<ExitStatus>,
     log: &Path,
     from: u64,
@@ -303,7 +305,9 @@ pub async fn observe_restart(
         if let Some(status) = poll_exit() {
             return exited(status, log, from);
         }
-        if let Ok(Ok(status)) = tokio::time::timeout(STATUS_TIMEOUT, harness::status(grpc)).await {
+        if let Ok(Ok(status)) =
+            tokio::time::timeout(STATUS_TIMEOUT, harness::status(grpc, tls, token)).await
+        {
             return RestartOutcome::Served(NodeState::of(&status));
         }
         tokio::time::sleep(OBSERVE_POLL).await;
@@ -459,11 +463,15 @@ impl Nemesis<'_> {
             .map(|n| n.grpc.clone())
             .unwrap_or_default();
         self.set_peer_delay(target, OBSERVE_PEER_DELAY_MS);
+        let tls = self.cluster.tls().cloned();
+        let token = self.cluster.token().map(str::to_owned);
         let outcome = match self.cluster.restart(target).await {
             Ok(()) => {
                 let cluster = &mut *self.cluster;
                 observe_restart(
                     &grpc,
+                    tls.as_ref(),
+                    token.as_deref(),
                     || cluster.exit_status(target),
                     &log,
                     from,
@@ -551,6 +559,13 @@ impl Nemesis<'_> {
             command
                 .arg("--resolve")
                 .arg(format!("{advertised}={reachable}"));
+        }
+        match self.cluster.certs_dir() {
+            Some(dir) => command.arg("--ca").arg(dir.join("ca.pem")),
+            None => command.arg("--insecure"),
+        };
+        if let Some(token) = self.cluster.token() {
+            command.env("SWITCHBOARD_TOKEN", token);
         }
         let mut child = command
             .stdin(std::process::Stdio::null())

@@ -236,7 +236,14 @@ async fn drill(seed: u64, args: &DrillArgs) -> anyhow::Result<bool> {
         DrillCluster::start_with_disks(binary, mode, args.nodes, node_args, disk, libfaketime)
             .await?
     };
-    harness::wait_for_leader(&cluster.endpoints(), LEADER_WAIT, Agreement::LeaderOnly).await?;
+    harness::wait_for_leader(
+        &cluster.endpoints(),
+        cluster.tls(),
+        cluster.token(),
+        LEADER_WAIT,
+        Agreement::LeaderOnly,
+    )
+    .await?;
     let history_path = args
         .history
         .clone()
@@ -493,8 +500,14 @@ async fn heal_all(cluster: &mut DrillCluster) {
             return;
         }
     };
-    let leader =
-        harness::wait_for_leader(&cluster.endpoints(), LEADER_WAIT, Agreement::LeaderOnly).await;
+    let leader = harness::wait_for_leader(
+        &cluster.endpoints(),
+        cluster.tls(),
+        cluster.token(),
+        LEADER_WAIT,
+        Agreement::LeaderOnly,
+    )
+    .await;
     if leader.is_err() {
         println!("   no leader after healing");
         return;

@@ -119,15 +119,13 @@ impl Shared {
 /// The client for writes: every endpoint, redirects, retries with the same request id.
 pub fn write_client(reach: &Reach) -> anyhow::Result<Client> {
     Ok(Client::new(ClientConfig {
-        endpoints: reach.endpoints.clone(),
-        resolve: reach.resolve.clone(),
         connect_timeout: Duration::from_millis(500),
         request_timeout: Duration::from_millis(1500),
         call_deadline: Duration::from_millis(4000),
         retries_max: 8,
         backoff_initial: Duration::from_millis(50),
         backoff_max: Duration::from_millis(500),
-        token: None,
+        ..reach.client_config()
     })?)
 }
 

@@ -46,6 +46,7 @@ type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>;
 #[derive(Debug, Clone)]
 pub struct NetworkFactory {
     config: Arc<TransportConfig>,
+    dialer: super::Dialer,
     channels: Arc<Mutex<HashMap<NodeId, Peer>>>,
 }
 
@@ -56,10 +57,17 @@ struct Peer {
 }
 
 impl NetworkFactory {
-    /// `config` must have passed [`TransportConfig::validate`].
+    /// Plaintext connections to peers. `config` must have passed [`TransportConfig::validate`].
     pub fn new(config: TransportConfig) -> Self {
+        Self::with_dialer(config, super::Dialer::Plain)
+    }
+
+    /// Connections to peers opened by `dialer` (mutual TLS, each peer checked to be the node
+    /// it is dialled as). `config` must have passed [`TransportConfig::validate`].
+    pub fn with_dialer(config: TransportConfig, dialer: super::Dialer) -> Self {
         Self {
             config: Arc::new(config),
+            dialer,
             channels: Arc::default(),
         }
     }
@@ -75,7 +83,9 @@ impl NetworkFactory {
         {
             return Ok(peer.channel.clone());
         }
-        let channel = endpoint(&self.config, target, addr)?.connect_lazy();
+        let channel = self
+            .dialer
+            .channel(endpoint(&self.config, target, addr)?, Some(target));
         let previous = channels.insert(
             target,
             Peer {

@@ -12,8 +12,19 @@
 //! responses, and the snapshot's vote, meta and response) travels postcard-encoded in
 //! `RaftPayload.data`, with the sender's `cluster_id` and `from_node_id` and the `to_node_id` it
 //! means to reach. A receiver refuses another cluster's or another node's message with
-//! `FAILED_PRECONDITION` naming both ids, so a peer whose address now belongs to another node
-//! never answers a vote in that node's name. Both ends must run the same openraft version: the
+//! `FAILED_PRECONDITION` naming the sender's ids (never its own cluster id), so a peer whose
+//! address now belongs to another node never answers a vote in that node's name.
+//!
+//! # Who may call
+//!
+//! With TLS ([`TransportConfig::authenticate_peers`]), every RPC is first checked against the
+//! verified certificate of the connection it came on ([`crate::tls::PeerInfo`]): no certificate
+//! is `UNAUTHENTICATED`; a certificate that names no node, a node of another cluster, a node
+//! that is neither a member (voter or learner) of this node's membership nor in
+//! `--initial-cluster`, or a node other than the payload's `from_node_id`, is
+//! `PERMISSION_DENIED`. A node whose membership is still empty (a fresh node waiting to be
+//! added) admits any node of its cluster: the CA is the authority then. Connections this node
+//! dials present its own certificate and accept only the node they dialled ([`Dialer`]). Both ends must run the same openraft version: the
 //! encoding is openraft's serde form, which changes when openraft's types do.
 //!
 //! # Errors: gRPC status, never in the payload
@@ -60,12 +71,14 @@
 mod client;
 mod service;
 
+use std::collections::BTreeSet;
 use std::error::Error as StdError;
 use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use crate::tls::Dialer;
 pub use client::{Network, NetworkFactory};
 pub use service::{RaftServiceImpl, raft_service};
 
@@ -105,6 +118,11 @@ pub struct TransportConfig {
     pub snapshot_chunk_bytes: usize,
     /// Bound on establishing a TCP connection to a peer.
     pub connect_timeout: Duration,
+    /// Whether the Raft service admits only callers with a verified certificate of a member
+    /// node (TLS); `false` only under `--insecure`.
+    pub authenticate_peers: bool,
+    /// The `--initial-cluster` ids: members before this node knows any membership.
+    pub initial_members: BTreeSet<u64>,
 }
 
 impl Default for TransportConfig {
@@ -116,6 +134,8 @@ impl Default for TransportConfig {
             snapshot_timeout: Duration::from_secs(600),
             snapshot_chunk_bytes: 1 << 20,
             connect_timeout: Duration::from_secs(1),
+            authenticate_peers: true,
+            initial_members: BTreeSet::new(),
         }
     }
 }
@@ -219,15 +239,27 @@ pub(crate) enum Error {
         #[source]
         source: postcard::Error,
     },
+    // Names the sender's cluster only: this node's cluster id is not the caller's to learn.
     #[error(
-        "cluster id mismatch: node {node_id} belongs to cluster {ours:?}, node {from} to cluster {theirs:?}"
+        "cluster id mismatch: node {from} of cluster {theirs:?} is not of node {node_id}'s cluster"
     )]
     ClusterMismatch {
         node_id: u64,
-        ours: String,
         from: u64,
         theirs: String,
     },
+    #[error("the raft service answers only nodes of this cluster: {reason}")]
+    Unauthenticated { reason: &'static str },
+    #[error("the caller's certificate names no node of this cluster")]
+    NotANode,
+    #[error("the caller's certificate names node {node_id} of another cluster")]
+    ForeignCluster { node_id: u64 },
+    #[error("node {node_id} is not a member of this cluster")]
+    NotMember { node_id: u64 },
+    #[error(
+        "the caller's certificate names node {cert_node_id} but the message claims node {from}"
+    )]
+    Impersonation { cert_node_id: u64, from: u64 },
     #[error("node {from} sent a message for node {to} to node {node_id}")]
     WrongNode { node_id: u64, from: u64, to: u64 },
     #[error("node {node_id} has stopped serving raft")]
@@ -315,6 +347,11 @@ impl From<Error> for tonic::Status {
             | Error::SnapshotInvalid(_)
             | Error::SnapshotMeta { .. } => Code::InvalidArgument,
             Error::ClusterMismatch { .. } | Error::WrongNode { .. } => Code::FailedPrecondition,
+            Error::Unauthenticated { .. } => Code::Unauthenticated,
+            Error::NotANode
+            | Error::ForeignCluster { .. }
+            | Error::NotMember { .. }
+            | Error::Impersonation { .. } => Code::PermissionDenied,
             Error::Stopped { .. } => Code::Unavailable,
             Error::SnapshotBusy { .. } => Code::ResourceExhausted,
             Error::SnapshotSize { .. } | Error::SnapshotDigest { .. } => Code::DataLoss,

@@ -10,6 +10,7 @@ use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{Fatal, RaftError};
 use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
 use proto::raft_v1::raft_service_server::{RaftService, RaftServiceServer};
@@ -124,11 +125,67 @@ impl Drop for RemoveOnDrop {
 }
 
 impl RaftServiceImpl {
-    fn check_sender(&self, cluster_id: &str, from: NodeId, to: NodeId) -> Result<(), Error> {
+    /// Who is calling, by the verified certificate of the connection: `Ok(None)` when peers
+    /// are not authenticated (`--insecure`), else the calling member's node id.
+    fn authenticate(&self, extensions: &http::Extensions) -> Result<Option<NodeId>, Error> {
+        if !self.config.authenticate_peers {
+            return Ok(None);
+        }
+        let Some(peer) = extensions.get::<crate::tls::PeerInfo>() else {
+            return Err(Error::Unauthenticated {
+                reason: "the connection is not a tls connection",
+            });
+        };
+        if !peer.tls || peer.certs.is_empty() {
+            return Err(Error::Unauthenticated {
+                reason: "the caller presented no certificate",
+            });
+        }
+        let identity = match &peer.node {
+            Ok(Some(identity)) => identity,
+            Ok(None) | Err(_) => return Err(Error::NotANode),
+        };
+        if identity.cluster_id != self.config.cluster_id {
+            return Err(Error::ForeignCluster {
+                node_id: identity.node_id,
+            });
+        }
+        if !self.is_member(identity.node_id) {
+            return Err(Error::NotMember {
+                node_id: identity.node_id,
+            });
+        }
+        Ok(Some(identity.node_id))
+    }
+
+    /// Whether `node_id` may call: in `--initial-cluster`, in this node's membership (voters
+    /// and learners), or anyone of the cluster while that membership is empty.
+    fn is_member(&self, node_id: NodeId) -> bool {
+        if self.config.initial_members.contains(&node_id) {
+            return true;
+        }
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        let membership = metrics.membership_config.membership();
+        let mut nodes = membership.nodes().map(|(id, _)| *id).peekable();
+        nodes.peek().is_none() || nodes.any(|id| id == node_id)
+    }
+
+    fn check_sender(
+        &self,
+        cluster_id: &str,
+        from: NodeId,
+        to: NodeId,
+        authenticated: Option<NodeId>,
+    ) -> Result<(), Error> {
+        if let Some(cert_node_id) = authenticated
+            && cert_node_id != from
+        {
+            return Err(Error::Impersonation { cert_node_id, from });
+        }
         if cluster_id != self.config.cluster_id {
             return Err(Error::ClusterMismatch {
                 node_id: self.config.node_id,
-                ours: self.config.cluster_id.clone(),
                 from,
                 theirs: cluster_id.to_owned(),
             });
@@ -148,11 +205,13 @@ impl RaftServiceImpl {
         &self,
         payload: &RaftPayload,
         what: &'static str,
+        authenticated: Option<NodeId>,
     ) -> Result<T, Error> {
         self.check_sender(
             &payload.cluster_id,
             payload.from_node_id,
             payload.to_node_id,
+            authenticated,
         )?;
         decode(what, payload.from_node_id, &payload.data)
     }
@@ -205,6 +264,7 @@ impl RaftServiceImpl {
     async fn install(
         &self,
         stream: &mut Streaming<SnapshotChunk>,
+        authenticated: Option<NodeId>,
     ) -> Result<Response<RaftPayload>, (NodeId, Error)> {
         let header = match stream.message().await {
             Ok(Some(SnapshotChunk {
@@ -229,7 +289,7 @@ impl RaftServiceImpl {
             Err(source) => return Err((0, Error::StreamBroken { from: 0, source })),
         };
         let from = header.from_node_id;
-        self.check_sender(&header.cluster_id, from, header.to_node_id)
+        self.check_sender(&header.cluster_id, from, header.to_node_id, authenticated)
             .map_err(|e| (from, e))?;
         let vote: Vote = decode("snapshot vote", from, &header.vote).map_err(|e| (from, e))?;
         let meta: SnapshotMeta =
@@ -437,10 +497,13 @@ impl RaftService for RaftServiceImpl {
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
         const RPC: &str = "append entries";
+        let authenticated = self
+            .authenticate(request.extensions())
+            .map_err(|e| self.fail(RPC, request.get_ref().from_node_id, e))?;
         let payload = request.into_inner();
         let from = payload.from_node_id;
         let rpc: AppendEntriesRequest<TypeConfig> = self
-            .open(&payload, "append entries request")
+            .open(&payload, "append entries request", authenticated)
             .map_err(|e| self.fail(RPC, from, e))?;
         tracing::debug!(peer = from, entries = rpc.entries.len(), "append entries");
         let response = self
@@ -454,10 +517,13 @@ impl RaftService for RaftServiceImpl {
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         const RPC: &str = "vote";
+        let authenticated = self
+            .authenticate(request.extensions())
+            .map_err(|e| self.fail(RPC, request.get_ref().from_node_id, e))?;
         let payload = request.into_inner();
         let from = payload.from_node_id;
         let rpc: VoteRequest<TypeConfig> = self
-            .open(&payload, "vote request")
+            .open(&payload, "vote request", authenticated)
             .map_err(|e| self.fail(RPC, from, e))?;
         tracing::debug!(peer = from, vote = %rpc.vote, "vote");
         let response = self
@@ -474,10 +540,13 @@ impl RaftService for RaftServiceImpl {
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
         const RPC: &str = "pre-vote";
+        let authenticated = self
+            .authenticate(request.extensions())
+            .map_err(|e| self.fail(RPC, request.get_ref().from_node_id, e))?;
         let payload = request.into_inner();
         let from = payload.from_node_id;
         let rpc: VoteRequest<TypeConfig> = self
-            .open(&payload, "pre-vote request")
+            .open(&payload, "pre-vote request", authenticated)
             .map_err(|e| self.fail(RPC, from, e))?;
         tracing::debug!(peer = from, vote = %rpc.vote, "pre-vote");
         let response = self
@@ -494,10 +563,13 @@ impl RaftService for RaftServiceImpl {
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
         const RPC: &str = "transfer leader";
+        let authenticated = self
+            .authenticate(request.extensions())
+            .map_err(|e| self.fail(RPC, request.get_ref().from_node_id, e))?;
         let payload = request.into_inner();
         let from = payload.from_node_id;
         let rpc: TransferLeaderRequest<TypeConfig> = self
-            .open(&payload, "transfer leader request")
+            .open(&payload, "transfer leader request", authenticated)
             .map_err(|e| self.fail(RPC, from, e))?;
         tracing::info!(peer = from, "leadership offered by the leader");
         let response = self
@@ -513,9 +585,13 @@ impl RaftService for RaftServiceImpl {
         &self,
         request: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<RaftPayload>, Status> {
+        const RPC: &str = "install snapshot";
+        let authenticated = self
+            .authenticate(request.extensions())
+            .map_err(|e| self.fail(RPC, 0, e))?;
         let mut stream = request.into_inner();
-        self.install(&mut stream)
+        self.install(&mut stream, authenticated)
             .await
-            .map_err(|(from, e)| self.fail("install snapshot", from, e))
+            .map_err(|(from, e)| self.fail(RPC, from, e))
     }
 }
