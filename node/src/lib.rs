@@ -9,6 +9,7 @@ pub mod cli_client;
 pub mod config;
 pub mod convert;
 pub mod dev;
+pub mod edge;
 pub mod observe;
 pub mod probe;
 pub mod reset;

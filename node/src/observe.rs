@@ -35,6 +35,12 @@ pub mod names {
     pub const ADMISSION_IN_FLIGHT: &str = "switchboard_admission_in_flight";
     /// Client requests waiting for a slot, by `class`.
     pub const ADMISSION_QUEUED: &str = "switchboard_admission_queued";
+    /// Connections the gRPC port holds (`node/src/edge.rs`).
+    pub const EDGE_CONNECTIONS: &str = "switchboard_edge_connections";
+    /// Connections closed and requests refused at the edge, by `reason` (`connections`,
+    /// `connections_per_client`, `handshake_timeout`, `connection`, `client`, `request_time`,
+    /// `message_bytes`).
+    pub const EDGE_REFUSED: &str = "switchboard_edge_refused_total";
 }
 
 /// How often gauges are refreshed besides on every Raft metrics change.

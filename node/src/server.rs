@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{Api, ApiConfig};
 use crate::config::NodeConfig;
+use crate::edge::Edge;
 use crate::transport::{self, NetworkFactory, TransportConfig};
 use crate::{Raft, observe};
 
@@ -156,8 +157,10 @@ pub async fn serve(
     }
 
     let bytes_max = config.grpc_message_bytes_max;
-    let grpc = tonic::transport::Server::builder()
-        .concurrency_limit_per_connection(config.grpc_concurrency_max)
+    let edge = Edge::new(config.edge);
+    let grpc = edge
+        .server_builder()
+        .layer(edge.layer())
         .layer(tower::layer::layer_fn(|inner| Timed { inner }))
         .add_service(
             CallServiceServer::new(api.clone())
@@ -169,7 +172,10 @@ pub async fn serve(
                 .max_decoding_message_size(bytes_max)
                 .max_encoding_message_size(bytes_max),
         )
-        .add_service(ClusterServiceServer::new(api.clone()))
+        .add_service(
+            ClusterServiceServer::new(api.clone())
+                .max_decoding_message_size(config.cluster_message_bytes_max),
+        )
         .add_service(transport::raft_service(
             raft.clone(),
             transport_config,
@@ -179,12 +185,8 @@ pub async fn serve(
         .add_service(reflection)
         .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(
-            // TCP_NODELAY on every accepted connection: with Nagle on, a reply written as
-            // several small HTTP/2 frames waits for the peer's delayed ACK (~40 ms on Linux),
-            // which put a 40 ms floor under every replicated write (the follower's
-            // AppendEntries reply) and every client reply. Tonic's builder default
-            // (`tcp_nodelay(true)`) does not apply to an incoming stream we pass ourselves.
-            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+            // Connection bounds and TCP_NODELAY on every accepted connection (edge.rs says why).
+            edge.incoming(grpc_listener),
             shutdown.clone().cancelled_owned(),
         );
     let served = grpc.await;
