@@ -92,10 +92,10 @@ pub struct ServeArgs {
     /// [default: 512].
     #[arg(long, env = "SWITCHBOARD_HTTP2_STREAMS_PER_CONNECTION_MAX")]
     pub http2_streams_per_connection_max: Option<u32>,
-    /// Connections the gRPC port holds at once; more are closed when accepted [default: 4096].
+    /// Connections the gRPC port holds at once; more are closed when accepted [default: 16384].
     #[arg(long, env = "SWITCHBOARD_CONNECTIONS_MAX")]
     pub connections_max: Option<usize>,
-    /// Connections from one client address; more are closed when accepted [default: 64].
+    /// Connections from one client address; more are closed when accepted [default: 1024].
     #[arg(long, env = "SWITCHBOARD_CONNECTIONS_PER_CLIENT_MAX")]
     pub connections_per_client_max: Option<usize>,
     /// Interval of HTTP/2 keepalive pings [default: 10000].

@@ -51,10 +51,13 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use crate::observe::names;
 
-/// Default most connections held by the gRPC port at once.
-pub const CONNECTIONS_MAX: usize = 4_096;
-/// Default most connections from one client address (peers and clients alike).
-pub const CONNECTIONS_PER_CLIENT_MAX: usize = 64;
+/// Default most connections held by the gRPC port at once (the systemd unit allows 65,536
+/// open files; each idle HTTP/2 connection holds a few tens of KiB).
+pub const CONNECTIONS_MAX: usize = 16_384;
+/// Default most connections from one client address (peers and clients alike): room for a
+/// client host's connection pool (the overload test and the benchmark open 200-256 from one
+/// address), not for a flood.
+pub const CONNECTIONS_PER_CLIENT_MAX: usize = 1_024;
 /// Default most requests in flight on one connection (a request is in flight until its
 /// response body ends).
 pub const REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX: usize = 256;
