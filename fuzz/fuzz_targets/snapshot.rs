@@ -23,11 +23,14 @@ use raft_store::snapshot::{Records, verify};
 use raft_store::{LogId, StoredMembership};
 use sha2::{Digest, Sha256};
 
-/// One file per fuzzing process, rewritten for every input.
+/// One file per fuzzing process, rewritten for every input; in memory (`/dev/shm`) where there
+/// is one, for speed.
 fn path() -> &'static PathBuf {
     static DIR: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
     let (_, path) = DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("a temporary directory");
+        let dir = tempfile::tempdir_in("/dev/shm")
+            .or_else(|_| tempfile::tempdir())
+            .expect("a temporary directory");
         let path = dir.path().join("fuzz.snap");
         (dir, path)
     });
