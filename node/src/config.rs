@@ -108,7 +108,7 @@ pub struct ServeArgs {
     /// then it is closed [default: 10000].
     #[arg(long, env = "SWITCHBOARD_HANDSHAKE_TIMEOUT_MS")]
     pub handshake_timeout_ms: Option<u64>,
-    /// Longest time of a unary public request; then it is answered DEADLINE_EXCEEDED
+    /// Longest time of a client read or write; then it is answered DEADLINE_EXCEEDED
     /// [default: 30000].
     #[arg(long, env = "SWITCHBOARD_REQUEST_TIME_MS_MAX")]
     pub request_time_ms_max: Option<u64>,

@@ -1,7 +1,7 @@
 //! Limits at the edge of the gRPC port: how many connections a node holds (in total and per
 //! client address), how many requests each connection and each client address may have in
-//! flight, how long a connection may take to send its first request, how long a unary public
-//! request may take, and which answer an oversized message gets.
+//! flight, how long a connection may take to send its first request, how long a client read or
+//! write may take, and which answer an oversized message gets.
 //!
 //! Why: before these, the only bound was tonic's per-connection concurrency limit, which queues
 //! (holding each stream's memory) rather than refuses, and nothing bounded connections, idle or
@@ -14,8 +14,9 @@
 //!   `x-switchboard-overloaded: connection` or `client` (so the client library backs off);
 //! - a connection that sends no request within [`EdgeConfig::handshake_timeout`] (a client that
 //!   never completes the HTTP/2 or TLS handshake, or trickles it) is closed;
-//! - a unary public request still unanswered after [`EdgeConfig::request_time_max`] is answered
-//!   `DEADLINE_EXCEEDED` (its handler is dropped: writes are idempotent by request id);
+//! - a client read or write (the RPC table's `read` and `write` kinds, all unary) still
+//!   unanswered after [`EdgeConfig::request_time_max`] is answered `DEADLINE_EXCEEDED` (its
+//!   handler is dropped: writes are idempotent by request id);
 //! - a request message over its service's decoding bound is `RESOURCE_EXHAUSTED` (tonic says
 //!   `OUT_OF_RANGE`; gRPC's convention, and other servers, say `RESOURCE_EXHAUSTED`).
 //!
@@ -72,7 +73,7 @@ pub const HTTP2_KEEPALIVE_INTERVAL_MS: u64 = 10_000;
 pub const HTTP2_KEEPALIVE_TIMEOUT_MS: u64 = 20_000;
 /// Default longest time from accepting a connection to its first request.
 pub const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
-/// Default longest time of a unary public request: above the write timeout and the read wait
+/// Default longest time of a client read or write: above the write timeout and the read wait
 /// (5 s each by default), which answer first in the ordinary case.
 pub const REQUEST_TIME_MS_MAX: u64 = 30_000;
 /// Default largest request message of the cluster service (status, membership, snapshots): its
@@ -80,6 +81,31 @@ pub const REQUEST_TIME_MS_MAX: u64 = 30_000;
 pub const CLUSTER_MESSAGE_BYTES_MAX: usize = 64 << 10;
 /// Pause after a failed `accept` (out of file descriptors): retrying at once would spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// Table callback: every public RPC's path with its kind (`read`, `write`, `leader`, `pinned`).
+macro_rules! rpc_path_kinds {
+    (package $package:literal ($_module:ident); $(service $service:ident ($($_modules:tt)*) {
+        $($(#[$_doc:meta])* $rpc:ident $_method:ident ($_req:ident) -> $_resp:ident
+            [$kind:ident, $($_how:tt)*])*
+    })*) => {
+        &[$($((
+            concat!("/", $package, ".", stringify!($service), "/", stringify!($rpc)),
+            stringify!($kind),
+        ),)*)*]
+    };
+}
+
+/// The public RPCs, by path, with their kinds.
+const RPC_PATH_KINDS: &[(&str, &str)] = proto::switchboard_rpcs!(rpc_path_kinds);
+
+/// Whether `path` is a client read or write, whose time the edge bounds. Cluster
+/// administration is not bounded here: `AddLearner` waits for the learner to catch up, which
+/// may rightly take longer; the client's own deadline bounds it.
+fn time_bounded(path: &str) -> bool {
+    RPC_PATH_KINDS
+        .iter()
+        .any(|(p, kind)| *p == path && matches!(*kind, "read" | "write"))
+}
 
 /// The header that tells a client its request was refused for load, not for what it asked.
 const OVERLOADED_HEADER: &str = client::OVERLOADED_HEADER;
@@ -321,7 +347,7 @@ impl Edge {
             .http2_keepalive_timeout(Some(config.http2_keepalive_timeout))
     }
 
-    /// The tower layer that bounds requests in flight and unary request time.
+    /// The tower layer that bounds requests in flight and the time of client reads and writes.
     pub fn layer(&self) -> EdgeLayer {
         EdgeLayer { edge: self.clone() }
     }
@@ -513,8 +539,8 @@ impl<S> tower::Layer<S> for EdgeLayer {
     }
 }
 
-/// Bounds requests in flight per connection and per client address, bounds the time of unary
-/// public requests, and answers an oversized request message with `RESOURCE_EXHAUSTED`.
+/// Bounds requests in flight per connection and per client address, bounds the time of client
+/// reads and writes, and answers an oversized request message with `RESOURCE_EXHAUSTED`.
 #[derive(Debug, Clone)]
 pub struct EdgeService<S> {
     inner: S,
@@ -577,7 +603,7 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let path = request.uri().path();
         let peer = proto::RAFT_RPC_PATHS.contains(&path);
-        let unary_public = proto::RPC_PATHS.contains(&path);
+        let bounded = time_bounded(path);
         let remote = remote_addr(request.extensions());
         let in_flight = match self.edge.acquire(remote, !peer) {
             Ok(in_flight) => in_flight,
@@ -586,7 +612,7 @@ where
         let time_max = self.edge.shared.config.request_time_max;
         let response = self.inner.call(request);
         Box::pin(async move {
-            let response = if unary_public {
+            let response = if bounded {
                 match tokio::time::timeout(time_max, response).await {
                     Ok(response) => response?,
                     Err(_) => {
@@ -670,6 +696,17 @@ mod tests {
         drop(first);
         edge.admit((), addr([10, 0, 0, 1], 3))
             .expect("a slot freed by the closed connection");
+    }
+
+    #[test]
+    fn only_client_reads_and_writes_are_time_bounded() {
+        assert!(time_bounded("/switchboard.v1.CallService/CreateCall"));
+        assert!(time_bounded("/switchboard.v1.EventService/ListEvents"));
+        assert!(!time_bounded("/switchboard.v1.ClusterService/AddLearner"));
+        assert!(!time_bounded(
+            "/switchboard.raft.v1.RaftService/InstallSnapshot"
+        ));
+        assert!(!time_bounded("/grpc.health.v1.Health/Check"));
     }
 
     #[tokio::test]

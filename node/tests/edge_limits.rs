@@ -37,7 +37,9 @@ const RSS_GROWTH_BYTES_MAX: u64 = 32 << 20;
 const FLOODER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 const BYSTANDER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
 const SLOW: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 4);
-const STATUS_PATH: &str = "/switchboard.v1.ClusterService/Status";
+/// A client read: admitted at the edge, then held in decoding (its body never ends) before
+/// the node's own read admission is reached.
+const FLOOD_PATH: &str = "/switchboard.v1.CallService/GetCall";
 /// How the `h2` client reports a stream the server refused with `REFUSED_STREAM`.
 const REFUSED_STREAM: &str =
     "stream error received: refused stream before processing any application logic";
@@ -111,7 +113,7 @@ enum Outcome {
     Transport(String),
 }
 
-/// Opens `streams` Status requests on one HTTP/2 connection from `source`, each with its
+/// Opens `streams` `GetCall` requests on one HTTP/2 connection from `source`, each with its
 /// request body left open, and reports each outcome on `outcomes`.
 async fn flood_connection(
     source: Ipv4Addr,
@@ -140,7 +142,7 @@ async fn one_stream(sender: h2::client::SendRequest<Bytes>, addr: SocketAddr) ->
         Ok(sender) => sender,
         Err(e) => return Outcome::Transport(e.to_string()),
     };
-    let request = http::Request::post(format!("http://{addr}{STATUS_PATH}"))
+    let request = http::Request::post(format!("http://{addr}{FLOOD_PATH}"))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
         .body(())
