@@ -11,6 +11,7 @@ use domain::redact::{HASH_KEY_BYTES_MAX, HashKey, Policy};
 use serde::Deserialize;
 
 use crate::admission::{self, AdmissionConfig, ClassLimits};
+use crate::edge::{self, EdgeConfig};
 use crate::pii::PiiConfig;
 use crate::tls::{Security, TlsFiles};
 
@@ -75,12 +76,46 @@ pub struct ServeArgs {
     /// How long a read may wait for the read index or `min_index`.
     #[arg(long, env = "SWITCHBOARD_READ_WAIT_MS_MAX")]
     pub read_wait_ms_max: Option<u64>,
-    /// Largest gRPC message accepted or sent.
+    /// Largest gRPC message accepted or sent by the call and event services; a larger
+    /// request is refused with RESOURCE_EXHAUSTED [default: 4194304].
     #[arg(long, env = "SWITCHBOARD_GRPC_MESSAGE_BYTES_MAX")]
     pub grpc_message_bytes_max: Option<usize>,
-    /// Concurrent gRPC requests served per connection.
+    /// Largest request message of the cluster service; a larger one is refused with
+    /// RESOURCE_EXHAUSTED [default: 65536].
+    #[arg(long, env = "SWITCHBOARD_CLUSTER_MESSAGE_BYTES_MAX")]
+    pub cluster_message_bytes_max: Option<usize>,
+    /// gRPC requests in flight per connection; more are refused with RESOURCE_EXHAUSTED, not
+    /// queued [default: 256].
     #[arg(long, env = "SWITCHBOARD_GRPC_CONCURRENCY_MAX")]
     pub grpc_concurrency_max: Option<usize>,
+    /// gRPC requests in flight per client address over all its connections (the Raft service
+    /// is not counted); more are refused with RESOURCE_EXHAUSTED [default: 1024].
+    #[arg(long, env = "SWITCHBOARD_REQUESTS_IN_FLIGHT_PER_CLIENT_MAX")]
+    pub requests_in_flight_per_client_max: Option<usize>,
+    /// HTTP/2 streams a connection may open at once (SETTINGS_MAX_CONCURRENT_STREAMS)
+    /// [default: 512].
+    #[arg(long, env = "SWITCHBOARD_HTTP2_STREAMS_PER_CONNECTION_MAX")]
+    pub http2_streams_per_connection_max: Option<u32>,
+    /// Connections the gRPC port holds at once; more are closed when accepted [default: 16384].
+    #[arg(long, env = "SWITCHBOARD_CONNECTIONS_MAX")]
+    pub connections_max: Option<usize>,
+    /// Connections from one client address; more are closed when accepted [default: 1024].
+    #[arg(long, env = "SWITCHBOARD_CONNECTIONS_PER_CLIENT_MAX")]
+    pub connections_per_client_max: Option<usize>,
+    /// Interval of HTTP/2 keepalive pings [default: 10000].
+    #[arg(long, env = "SWITCHBOARD_HTTP2_KEEPALIVE_INTERVAL_MS")]
+    pub http2_keepalive_interval_ms: Option<u64>,
+    /// Wait for a keepalive ping's answer before closing the connection [default: 20000].
+    #[arg(long, env = "SWITCHBOARD_HTTP2_KEEPALIVE_TIMEOUT_MS")]
+    pub http2_keepalive_timeout_ms: Option<u64>,
+    /// Longest time from accepting a connection to its first request (handshakes included);
+    /// then it is closed [default: 10000].
+    #[arg(long, env = "SWITCHBOARD_HANDSHAKE_TIMEOUT_MS")]
+    pub handshake_timeout_ms: Option<u64>,
+    /// Longest time of a client read or write; then it is answered DEADLINE_EXCEEDED
+    /// [default: 30000].
+    #[arg(long, env = "SWITCHBOARD_REQUEST_TIME_MS_MAX")]
+    pub request_time_ms_max: Option<u64>,
     /// Client reads (the `read` RPCs) served at once; more wait in the read queue
     /// [default: 4, two per core of a 2-core machine: raise it with the cores].
     #[arg(long, env = "SWITCHBOARD_READS_IN_FLIGHT_MAX")]
@@ -159,7 +194,8 @@ pub struct NodeConfig {
     pub write_timeout: Duration,
     pub read_wait_max: Duration,
     pub grpc_message_bytes_max: usize,
-    pub grpc_concurrency_max: usize,
+    pub cluster_message_bytes_max: usize,
+    pub edge: EdgeConfig,
     pub admission: AdmissionConfig,
     /// The token key set (JWKS); `None` only with `insecure`.
     pub token_keys: Option<PathBuf>,
@@ -214,6 +250,8 @@ fn invalid(
 pub const CONFIG_FILE_BYTES_MAX: u64 = 1 << 20;
 /// Most tenants with a PII policy of their own.
 pub const PII_TENANT_POLICIES_MAX: usize = 10_000;
+/// Largest accepted connection or per-client in-flight bound.
+pub const EDGE_COUNT_LIMIT: usize = 1_000_000;
 
 // Bounds of a cluster member's record. They live with the node's configuration rather than in
 // `domain::limits` because a member is Raft membership, which the domain never sees; the API
@@ -253,7 +291,12 @@ impl ServeArgs {
             });
         }
         let bytes = std::fs::read(path).map_err(file_error)?;
-        serde_json::from_slice(&bytes).map_err(|e| ConfigError::FileFormat {
+        Self::parse_file(path, &bytes)
+    }
+
+    /// Parses the bytes of a config file read from `path` (named in errors).
+    pub fn parse_file(path: &Path, bytes: &[u8]) -> Result<ServeArgs, ConfigError> {
+        serde_json::from_slice(bytes).map_err(|e| ConfigError::FileFormat {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })
@@ -265,6 +308,12 @@ impl ServeArgs {
             Some(path) => Self::load_file(path)?,
             None => ServeArgs::default(),
         };
+        self.resolve_with_file(file)
+    }
+
+    /// Merges these flags/env over `file` (a parsed config file) over defaults, then
+    /// validates.
+    pub fn resolve_with_file(self, file: ServeArgs) -> Result<NodeConfig, ConfigError> {
         macro_rules! pick {
             ($field:ident) => {
                 self.$field.clone().or(file.$field.clone())
@@ -351,7 +400,31 @@ impl ServeArgs {
             write_timeout: Duration::from_millis(pick!(write_timeout_ms).unwrap_or(5_000)),
             read_wait_max: Duration::from_millis(pick!(read_wait_ms_max).unwrap_or(5_000)),
             grpc_message_bytes_max: pick!(grpc_message_bytes_max).unwrap_or(4 << 20),
-            grpc_concurrency_max: pick!(grpc_concurrency_max).unwrap_or(256),
+            cluster_message_bytes_max: pick!(cluster_message_bytes_max)
+                .unwrap_or(edge::CLUSTER_MESSAGE_BYTES_MAX),
+            edge: EdgeConfig {
+                connections_max: pick!(connections_max).unwrap_or(edge::CONNECTIONS_MAX),
+                connections_per_client_max: pick!(connections_per_client_max)
+                    .unwrap_or(edge::CONNECTIONS_PER_CLIENT_MAX),
+                requests_in_flight_per_connection_max: pick!(grpc_concurrency_max)
+                    .unwrap_or(edge::REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX),
+                requests_in_flight_per_client_max: pick!(requests_in_flight_per_client_max)
+                    .unwrap_or(edge::REQUESTS_IN_FLIGHT_PER_CLIENT_MAX),
+                http2_streams_per_connection_max: pick!(http2_streams_per_connection_max)
+                    .unwrap_or(edge::HTTP2_STREAMS_PER_CONNECTION_MAX),
+                http2_keepalive_interval: Duration::from_millis(
+                    pick!(http2_keepalive_interval_ms).unwrap_or(edge::HTTP2_KEEPALIVE_INTERVAL_MS),
+                ),
+                http2_keepalive_timeout: Duration::from_millis(
+                    pick!(http2_keepalive_timeout_ms).unwrap_or(edge::HTTP2_KEEPALIVE_TIMEOUT_MS),
+                ),
+                handshake_timeout: Duration::from_millis(
+                    pick!(handshake_timeout_ms).unwrap_or(edge::HANDSHAKE_TIMEOUT_MS),
+                ),
+                request_time_max: Duration::from_millis(
+                    pick!(request_time_ms_max).unwrap_or(edge::REQUEST_TIME_MS_MAX),
+                ),
+            },
             admission: AdmissionConfig {
                 reads: ClassLimits {
                     in_flight_max: pick!(reads_in_flight_max)
@@ -545,14 +618,69 @@ impl NodeConfig {
                 "must be from 64 KiB to 256 MiB",
             ));
         }
-        if !(1..=65_536).contains(&self.grpc_concurrency_max) {
+        if !(4 << 10..=256 << 20).contains(&self.cluster_message_bytes_max) {
             return Err(invalid(
-                "grpc-concurrency-max",
-                self.grpc_concurrency_max,
-                "must be from 1 to 65536",
+                "cluster-message-bytes-max",
+                self.cluster_message_bytes_max,
+                "must be from 4 KiB to 256 MiB",
             ));
         }
+        self.validate_edge()?;
         self.validate_admission()
+    }
+
+    fn validate_edge(&self) -> Result<(), ConfigError> {
+        let edge = &self.edge;
+        for (option, value, limit) in [
+            ("connections-max", edge.connections_max, EDGE_COUNT_LIMIT),
+            (
+                "connections-per-client-max",
+                edge.connections_per_client_max,
+                edge.connections_max,
+            ),
+            (
+                "grpc-concurrency-max",
+                edge.requests_in_flight_per_connection_max,
+                65_536,
+            ),
+            (
+                "requests-in-flight-per-client-max",
+                edge.requests_in_flight_per_client_max,
+                EDGE_COUNT_LIMIT,
+            ),
+            (
+                "http2-streams-per-connection-max",
+                usize::try_from(edge.http2_streams_per_connection_max).unwrap_or(usize::MAX),
+                65_536,
+            ),
+        ] {
+            if !(1..=limit).contains(&value) {
+                return Err(invalid(option, value, format!("must be from 1 to {limit}")));
+            }
+        }
+        for (option, value) in [
+            ("http2-keepalive-interval-ms", edge.http2_keepalive_interval),
+            ("http2-keepalive-timeout-ms", edge.http2_keepalive_timeout),
+            ("handshake-timeout-ms", edge.handshake_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(option, 0, "must be positive"));
+            }
+        }
+        // The edge's bound is the last resort: the write timeout and the read wait answer
+        // first, with their own errors.
+        let floor = self.write_timeout.max(self.read_wait_max);
+        if edge.request_time_max < floor {
+            return Err(invalid(
+                "request-time-ms-max",
+                edge.request_time_max.as_millis(),
+                format!(
+                    "must be at least --write-timeout-ms and --read-wait-ms-max ({} ms)",
+                    floor.as_millis()
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn validate_admission(&self) -> Result<(), ConfigError> {
@@ -749,6 +877,68 @@ mod tests {
         .resolve()
         .expect_err("queue over the limit");
         assert!(err.to_string().contains("read-queue-max"), "{err}");
+    }
+
+    #[test]
+    fn edge_limits_default_and_are_validated() {
+        let config = args().resolve().expect("valid");
+        assert_eq!(config.edge, EdgeConfig::default());
+        assert_eq!(
+            config.cluster_message_bytes_max,
+            edge::CLUSTER_MESSAGE_BYTES_MAX
+        );
+        let config = ServeArgs {
+            grpc_concurrency_max: Some(8),
+            connections_per_client_max: Some(2),
+            handshake_timeout_ms: Some(250),
+            ..args()
+        }
+        .resolve()
+        .expect("valid");
+        assert_eq!(config.edge.requests_in_flight_per_connection_max, 8);
+        assert_eq!(config.edge.connections_per_client_max, 2);
+        assert_eq!(config.edge.handshake_timeout, Duration::from_millis(250));
+        for (bad, option) in [
+            (
+                ServeArgs {
+                    connections_max: Some(10),
+                    connections_per_client_max: Some(11),
+                    ..args()
+                },
+                "connections-per-client-max",
+            ),
+            (
+                ServeArgs {
+                    http2_streams_per_connection_max: Some(0),
+                    ..args()
+                },
+                "http2-streams-per-connection-max",
+            ),
+            (
+                ServeArgs {
+                    handshake_timeout_ms: Some(0),
+                    ..args()
+                },
+                "handshake-timeout-ms",
+            ),
+            (
+                ServeArgs {
+                    request_time_ms_max: Some(4_000),
+                    ..args()
+                },
+                "request-time-ms-max",
+            ),
+            (
+                ServeArgs {
+                    cluster_message_bytes_max: Some(1 << 30),
+                    ..args()
+                },
+                "cluster-message-bytes-max",
+            ),
+        ] {
+            let err = bad.resolve().expect_err(option);
+            assert!(err.to_string().contains(option), "{option}: {err}");
+        }
     }
 
     #[test]

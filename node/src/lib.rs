@@ -12,6 +12,7 @@ pub mod cli_client;
 pub mod config;
 pub mod convert;
 pub mod dev;
+pub mod edge;
 pub mod erasure;
 pub mod observe;
 pub mod pii;

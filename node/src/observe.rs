@@ -52,6 +52,12 @@ pub mod names {
     /// is in the log), by `kind` (`address`, `card`, `email`, `phone`) and `policy` (`mask`,
     /// `hash`).
     pub const PII_REDACTIONS: &str = "switchboard_pii_redactions_total";
+    /// Connections the gRPC port holds (`node/src/edge.rs`).
+    pub const EDGE_CONNECTIONS: &str = "switchboard_edge_connections";
+    /// Connections closed and requests refused at the edge, by `reason` (`connections`,
+    /// `connections_per_client`, `handshake_timeout`, `connection`, `client`, `request_time`,
+    /// `message_bytes`).
+    pub const EDGE_REFUSED: &str = "switchboard_edge_refused_total";
 }
 
 /// How often gauges are refreshed besides on every Raft metrics change.

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{Api, ApiConfig};
 use crate::auth::{Auth, Verifier};
 use crate::config::NodeConfig;
+use crate::edge::Edge;
 use crate::tls::{self, Dialer, NodeIdentity, Security, Tls};
 use crate::transport::{self, NetworkFactory, TransportConfig};
 use crate::{Raft, observe};
@@ -202,11 +203,17 @@ async fn serve_loaded(
             }
         });
     }
-    let (grpc_incoming, grpc_accept) = tls::incoming(
+    // Connection bounds first (before any TLS handshake), then TLS: see `edge.rs`.
+    let edge = Edge::new(config.edge);
+    let (grpc_incoming, grpc_accept) = tls::incoming_admitted(
         grpc_listener,
         tls.clone(),
         tls::Port::Grpc,
         shutdown.clone(),
+        {
+            let edge = edge.clone();
+            move |tcp, remote| edge.admit_counted(tcp, remote)
+        },
     );
     tasks.spawn(grpc_accept);
     let http_addr = http_listener.local_addr()?;
@@ -235,8 +242,9 @@ async fn serve_loaded(
     }
 
     let bytes_max = config.grpc_message_bytes_max;
-    let grpc = tonic::transport::Server::builder()
-        .concurrency_limit_per_connection(config.grpc_concurrency_max)
+    let grpc = edge
+        .server_builder()
+        .layer(edge.layer())
         .layer(tower::layer::layer_fn(|inner| Timed { inner }))
         .add_service(
             CallServiceServer::new(api.clone())
@@ -248,7 +256,10 @@ async fn serve_loaded(
                 .max_decoding_message_size(bytes_max)
                 .max_encoding_message_size(bytes_max),
         )
-        .add_service(ClusterServiceServer::new(api.clone()))
+        .add_service(
+            ClusterServiceServer::new(api.clone())
+                .max_decoding_message_size(config.cluster_message_bytes_max),
+        )
         .add_service(transport::raft_service(
             raft.clone(),
             transport_config,

@@ -619,7 +619,7 @@ fn settings(args: &BenchArgs, env: &Env) -> BTreeMap<String, String> {
                 config.write_timeout,
                 config.read_wait_max,
                 config.grpc_message_bytes_max,
-                config.grpc_concurrency_max
+                config.edge.requests_in_flight_per_connection_max
             ),
         );
     }

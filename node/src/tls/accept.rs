@@ -52,26 +52,31 @@ pub struct PeerInfo {
     pub node: Result<Option<NodeIdentity>, IdentityError>,
 }
 
+/// What an accepted TCP connection becomes before TLS: itself (the HTTP port), or the gRPC
+/// port's edge-admitted connection (`crate::edge::Admitted`), bounded per client and in total.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for T {}
+
 /// An accepted connection: plaintext (`--insecure`) or TLS.
 #[derive(Debug)]
-pub struct Conn {
-    stream: Stream,
+pub struct Conn<IO = TcpStream> {
+    stream: Stream<IO>,
     info: PeerInfo,
 }
 
 #[derive(Debug)]
-enum Stream {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+enum Stream<IO> {
+    Plain(IO),
+    Tls(Box<tokio_rustls::server::TlsStream<IO>>),
 }
 
-impl Conn {
+impl<IO> Conn<IO> {
     pub fn info(&self) -> &PeerInfo {
         &self.info
     }
 }
 
-impl tonic::transport::server::Connected for Conn {
+impl<IO: Transport> tonic::transport::server::Connected for Conn<IO> {
     type ConnectInfo = PeerInfo;
 
     fn connect_info(&self) -> PeerInfo {
@@ -79,7 +84,7 @@ impl tonic::transport::server::Connected for Conn {
     }
 }
 
-impl AsyncRead for Conn {
+impl<IO: Transport> AsyncRead for Conn<IO> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -92,7 +97,7 @@ impl AsyncRead for Conn {
     }
 }
 
-impl AsyncWrite for Conn {
+impl<IO: Transport> AsyncWrite for Conn<IO> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -149,19 +154,35 @@ pub fn incoming(
     ReceiverStream<io::Result<Conn>>,
     impl Future<Output = ()> + Send + 'static,
 ) {
-    let (tx, rx) = mpsc::channel(ACCEPTED_QUEUE_MAX);
-    (
-        ReceiverStream::new(rx),
-        accept_loop(listener, tls, port, tx, shutdown),
-    )
+    incoming_admitted(listener, tls, port, shutdown, |tcp, _| Some(tcp))
 }
 
-async fn accept_loop(
+/// [`incoming`], with every accepted TCP connection first passed to `admit` (before its TLS
+/// handshake): `None` closes it at once.
+pub fn incoming_admitted<IO: Transport>(
     listener: TcpListener,
     tls: Option<Arc<Tls>>,
     port: Port,
-    tx: mpsc::Sender<io::Result<Conn>>,
     shutdown: CancellationToken,
+    admit: impl Fn(TcpStream, SocketAddr) -> Option<IO> + Send + 'static,
+) -> (
+    ReceiverStream<io::Result<Conn<IO>>>,
+    impl Future<Output = ()> + Send + 'static,
+) {
+    let (tx, rx) = mpsc::channel(ACCEPTED_QUEUE_MAX);
+    (
+        ReceiverStream::new(rx),
+        accept_loop(listener, tls, port, tx, shutdown, admit),
+    )
+}
+
+async fn accept_loop<IO: Transport>(
+    listener: TcpListener,
+    tls: Option<Arc<Tls>>,
+    port: Port,
+    tx: mpsc::Sender<io::Result<Conn<IO>>>,
+    shutdown: CancellationToken,
+    admit: impl Fn(TcpStream, SocketAddr) -> Option<IO>,
 ) {
     let mut handshakes = JoinSet::new();
     loop {
@@ -192,6 +213,9 @@ async fn accept_loop(
         if let Err(error) = tcp.set_nodelay(true) {
             tracing::debug!(%remote, %error, "failed to set TCP_NODELAY");
         }
+        let Some(tcp) = admit(tcp, remote) else {
+            continue;
+        };
         let Some(tls) = &tls else {
             let conn = Conn {
                 stream: Stream::Plain(tcp),

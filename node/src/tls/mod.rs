@@ -34,7 +34,7 @@ use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 
-pub use accept::{Conn, HttpListener, PeerInfo, Port, incoming};
+pub use accept::{Conn, HttpListener, PeerInfo, Port, Transport, incoming, incoming_admitted};
 pub use dial::Dialer;
 pub use identity::{IdentityError, NodeIdentity};
 
