@@ -34,6 +34,10 @@ pub struct KeygenArgs {
     /// Replace a signing key of the same id.
     #[arg(long)]
     pub force: bool,
+    /// Do nothing when the key set and this key's signing key already exist (a compose or
+    /// init step that runs at every start).
+    #[arg(long, conflicts_with = "force")]
+    pub if_missing: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -77,6 +81,13 @@ fn parse_ttl(text: &str) -> Result<Duration, String> {
 pub fn run(command: TokenCommand) -> Result<(), KeyError> {
     match command {
         TokenCommand::Keygen(args) => {
+            let key = args.dir.join(auth::files::signing_key(&args.kid));
+            let set = args.dir.join(auth::files::KEY_SET);
+            if args.if_missing && key.exists() && set.exists() {
+                println!("signing key: {} (kept)", key.display());
+                println!("key set:     {} (kept)", set.display());
+                return Ok(());
+            }
             let (key, set) = auth::keygen(&args.dir, &args.kid, args.force)?;
             println!("signing key: {}", key.display());
             println!("key set:     {}", set.display());
