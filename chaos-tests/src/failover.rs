@@ -24,6 +24,7 @@ fn create(run: usize, attempt: u64) -> v1::CreateCallRequest {
 async fn try_write(
     addr: &str,
     tls: Option<&client::TlsConfig>,
+    token: Option<&str>,
     request: v1::CreateCallRequest,
 ) -> bool {
     let Ok(endpoint) = client::endpoint(addr, tls) else {
@@ -34,6 +35,9 @@ async fn try_write(
     };
     let mut request = tonic::Request::new(request);
     request.set_timeout(ATTEMPT_TIMEOUT);
+    if let Some(value) = token.and_then(|t| format!("Bearer {t}").parse().ok()) {
+        request.metadata_mut().insert("authorization", value);
+    }
     CallServiceClient::new(channel)
         .create_call(request)
         .await
@@ -49,7 +53,13 @@ pub async fn trial(
     let mut cluster = ProcessCluster::start(binary, 3, node_args)?;
     let leader = cluster.wait_for_leader(LEADER_WAIT).await?;
     anyhow::ensure!(
-        try_write(&cluster.grpc(leader), cluster.tls(), create(run, 0)).await,
+        try_write(
+            &cluster.grpc(leader),
+            cluster.tls(),
+            cluster.admin_token(),
+            create(run, 0),
+        )
+        .await,
         "write before the kill failed"
     );
     let survivors: Vec<String> = cluster
@@ -63,7 +73,14 @@ pub async fn trial(
     let mut attempt = 1;
     loop {
         for addr in &survivors {
-            if try_write(addr, cluster.tls(), create(run, attempt)).await {
+            if try_write(
+                addr,
+                cluster.tls(),
+                cluster.admin_token(),
+                create(run, attempt),
+            )
+            .await
+            {
                 return Ok(killed.elapsed());
             }
             attempt += 1;

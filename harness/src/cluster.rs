@@ -81,6 +81,13 @@ pub type AuthChannel =
 #[derive(Debug, Clone)]
 pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
 
+impl Bearer {
+    /// Sends `token` (nothing when `None`, or when it is not a header value).
+    pub fn new(token: Option<&str>) -> Self {
+        Self(token.and_then(|t| format!("Bearer {t}").parse().ok()))
+    }
+}
+
 impl tonic::service::Interceptor for Bearer {
     fn call(
         &mut self,
@@ -354,11 +361,7 @@ impl ProcessCluster {
                 endpoint: addr.to_owned(),
                 source,
             })?;
-        let bearer = Bearer(
-            self.admin_token
-                .as_deref()
-                .and_then(|t| format!("Bearer {t}").parse().ok()),
-        );
+        let bearer = Bearer::new(self.admin_token.as_deref());
         Ok(tonic::service::interceptor::InterceptedService::new(
             channel, bearer,
         ))

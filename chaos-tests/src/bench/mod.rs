@@ -176,7 +176,7 @@ impl Cluster {
                 let pool = if client == "library" {
                     sb::library_pool(&c.client_config(), size)?
                 } else {
-                    sb::raw_pool(&[c.grpc(leader)], c.tls(), size).await?
+                    sb::raw_pool(&[c.grpc(leader)], c.tls(), c.admin_token(), size).await?
                 };
                 Ok(pool.into_iter().map(Conn::Sb).collect())
             }
@@ -194,7 +194,7 @@ impl Cluster {
     /// Read connections spread round-robin over every node.
     async fn read_pool(&self, size: usize) -> anyhow::Result<Vec<Conn>> {
         match self {
-            Cluster::Sb(c) => Ok(sb::raw_pool(&c.endpoints(), c.tls(), size)
+            Cluster::Sb(c) => Ok(sb::raw_pool(&c.endpoints(), c.tls(), c.admin_token(), size)
                 .await?
                 .into_iter()
                 .map(Conn::Sb)

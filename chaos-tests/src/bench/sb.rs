@@ -19,7 +19,7 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// One connection of the benchmark's pool.
 #[derive(Debug, Clone)]
 pub enum SbConn {
-    Raw(CallServiceClient<tonic::transport::Channel>),
+    Raw(CallServiceClient<harness::AuthChannel>),
     Library(Client),
 }
 
@@ -27,6 +27,7 @@ pub enum SbConn {
 pub async fn raw_pool(
     addrs: &[String],
     tls: Option<&client::TlsConfig>,
+    token: Option<&str>,
     size: usize,
 ) -> anyhow::Result<Vec<SbConn>> {
     let mut pool = Vec::with_capacity(size);
@@ -36,6 +37,10 @@ pub async fn raw_pool(
             .timeout(REQUEST_TIMEOUT)
             .connect()
             .await?;
+        let channel = tonic::service::interceptor::InterceptedService::new(
+            channel,
+            harness::Bearer::new(token),
+        );
         pool.push(SbConn::Raw(CallServiceClient::new(channel)));
     }
     Ok(pool)
