@@ -9,16 +9,14 @@
 
 use domain::{Call, Event, Head, Remembered, Turn};
 use libfuzzer_sys::fuzz_target;
-use raft_store::codec::{decode, encode};
+use raft_store::codec::{Record, decode, encode};
 use raft_store::marks::MarkValue;
 use raft_store::{Entry, LogId, Proposal, StoredMembership, Vote};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 const KEY: &[u8] = b"fuzz";
 
 /// Decodes `bytes` as a `T`; when it decodes, checks that encoding is stable from there on.
-fn record<T: Serialize + DeserializeOwned>(what: &'static str, bytes: &[u8]) {
+fn record<T: Record>(what: &'static str, bytes: &[u8]) {
     let Ok(value) = decode::<T>(what, KEY, bytes) else {
         return;
     };
