@@ -35,7 +35,7 @@ async fn try_write(
     };
     let mut request = tonic::Request::new(request);
     request.set_timeout(ATTEMPT_TIMEOUT);
-    if let Some(value) = token.and_then(|t| format!("Bearer {t}").parse().ok()) {
+    if let Some(value) = token.and_then(|t| client::BearerToken::new(t).header_value()) {
         request.metadata_mut().insert("authorization", value);
     }
     CallServiceClient::new(channel)

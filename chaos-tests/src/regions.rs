@@ -308,7 +308,7 @@ async fn channel(addr: &str) -> anyhow::Result<Channel> {
 async fn status(addr: &str) -> anyhow::Result<v1::StatusResponse> {
     let mut request = tonic::Request::new(v1::StatusRequest {});
     request.set_timeout(RPC_TIMEOUT);
-    if let Some(value) = token().and_then(|t| format!("Bearer {t}").parse().ok()) {
+    if let Some(value) = token().and_then(|t| client::BearerToken::new(t).header_value()) {
         request.metadata_mut().insert("authorization", value);
     }
     Ok(ClusterServiceClient::new(channel(addr).await?)

@@ -126,7 +126,9 @@ impl BearerToken {
         &self.0
     }
 
-    fn header_value(&self) -> Option<MetadataValue<Ascii>> {
+    /// The `authorization` metadata value, `Bearer <token>`; `None` when the token is not a
+    /// header value. Every client of the wire (this library, raw test channels) sends this.
+    pub fn header_value(&self) -> Option<MetadataValue<Ascii>> {
         format!("Bearer {}", self.0).parse().ok()
     }
 }

@@ -84,7 +84,7 @@ pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>
 impl Bearer {
     /// Sends `token` (nothing when `None`, or when it is not a header value).
     pub fn new(token: Option<&str>) -> Self {
-        Self(token.and_then(|t| format!("Bearer {t}").parse().ok()))
+        Self(token.and_then(|t| client::BearerToken::new(t).header_value()))
     }
 }
 

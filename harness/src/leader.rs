@@ -127,7 +127,7 @@ fn endpoint(addr: &str, tls: Option<&TlsConfig>) -> Result<Endpoint, Error> {
 /// A `Status` request carrying `token` as its bearer token, when there is one.
 fn status_request(token: Option<&str>) -> tonic::Request<StatusRequest> {
     let mut request = tonic::Request::new(StatusRequest {});
-    if let Some(value) = token.and_then(|t| format!("Bearer {t}").parse().ok()) {
+    if let Some(value) = token.and_then(|t| client::BearerToken::new(t).header_value()) {
         request.metadata_mut().insert("authorization", value);
     }
     request

@@ -516,10 +516,9 @@ impl Api {
         let mut request = GrpcRequest::new(v1::ReadIndexRequest {});
         request.set_timeout(wait);
         if let Some(token) = caller.token() {
-            let bearer = format!("Bearer {token}");
-            let value = bearer
-                .parse()
-                .map_err(|_| ApiError::Auth(AuthError::NotBearer))?;
+            let value = client::BearerToken::new(token)
+                .header_value()
+                .ok_or(ApiError::Auth(AuthError::NotBearer))?;
             request
                 .metadata_mut()
                 .insert(crate::auth::AUTHORIZATION_HEADER, value);
