@@ -692,14 +692,13 @@ async fn a_new_signing_key_is_accepted_after_sighup_without_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_actions_are_audit_events_with_their_actor_and_nobody_writes_the_trail() {
-    let cluster = ProcessCluster::start(binary(), 3, &[]).expect("start cluster");
+    let mut cluster = ProcessCluster::start(binary(), 3, &[]).expect("start cluster");
     let admin = client(
         &cluster,
         &cluster
             .token("ops@example", "*", "admin")
             .expect("admin token"),
     );
-    let leader = leader_addr(&cluster, &admin).await;
 
     // Refused admin actions are recorded too, with their outcome.
     let bad = admin
@@ -717,16 +716,30 @@ async fn admin_actions_are_audit_events_with_their_actor_and_nobody_writes_the_t
         .expect_err("node 77 is not a member");
     assert_eq!(not_member.code, Code::InvalidArgument, "{not_member:?}");
     assert!(not_member.message.contains("77"), "{not_member:?}");
-    // A snapshot asked of the leader itself.
-    let leader_only = Client::new(ClientConfig {
-        endpoints: vec![leader],
-        ..admin.config().clone()
-    })
-    .expect("client config");
-    leader_only
-        .trigger_snapshot(v1::TriggerSnapshotRequest {})
-        .await
-        .expect("snapshot");
+    // A snapshot asked of the leader itself: only the leader writes the trail (a follower logs
+    // it), so it is asked again if leadership moved between finding the leader and the call.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let leader = cluster
+            .wait_for_leader(LEADER_WAIT)
+            .await
+            .expect("the nodes agree on a leader");
+        let leader_only = Client::new(ClientConfig {
+            endpoints: vec![cluster.grpc(leader)],
+            ..admin.config().clone()
+        })
+        .expect("client config");
+        leader_only
+            .trigger_snapshot(v1::TriggerSnapshotRequest {})
+            .await
+            .expect("snapshot");
+        let still = cluster.status(leader).await.expect("status of the leader");
+        if still.leader_id == Some(leader) {
+            break;
+        }
+        assert!(attempts < 5, "leadership kept moving");
+    }
 
     let events = admin
         .list_events(v1::ListEventsRequest {
