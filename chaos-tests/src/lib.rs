@@ -14,6 +14,7 @@ pub mod regions;
 pub mod relay;
 pub mod rng;
 pub mod soak;
+pub mod watch_bench;
 
 use std::path::PathBuf;
 

@@ -20,6 +20,8 @@ enum Cli {
     },
     /// Benchmark Switchboard against etcd side by side on this machine.
     Bench(chaos_tests::bench::BenchArgs),
+    /// Measure WatchEvents: write throughput and commit-to-delivery latency with N watchers.
+    WatchBench(chaos_tests::watch_bench::WatchBenchArgs),
     /// Run a chaos drill: real processes, real faults, invariant checkers.
     Drill(chaos_tests::drill::DrillArgs),
     /// Run many seeded drills in turn, rotating fault groups; table in <out>/soak.md.
@@ -37,6 +39,7 @@ async fn main() -> anyhow::Result<ExitCode> {
             chaos_tests::failover::measure(runs, &node_args).await?;
         }
         Cli::Bench(args) => chaos_tests::bench::run(args).await?,
+        Cli::WatchBench(args) => chaos_tests::watch_bench::run(args).await?,
         Cli::Drill(args) => {
             if !chaos_tests::drill::run(args).await? {
                 return Ok(ExitCode::FAILURE);

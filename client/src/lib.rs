@@ -17,6 +17,9 @@
 //! ([`proto::switchboard_rpcs!`]): its row for an RPC says how the first attempt is routed,
 //! whether the request carries an idempotency key, and how a response names the leader.
 //!
+//! [`Client::watch_events`] streams the event log as it commits and resumes on another node,
+//! from the last position delivered, when its node fails ([`EventWatch`]).
+//!
 //! It must not interpret domain rules or rewrite requests beyond minting a missing
 //! `request_id`: the server is the only judge of what is valid.
 
@@ -41,6 +44,10 @@ use tonic::{
 };
 use tracing::debug;
 
+mod watch;
+
+pub use watch::EventWatch;
+
 /// gRPC metadata carrying the bearer token (`Bearer <JWT>`).
 pub const AUTHORIZATION_HEADER: &str = "authorization";
 
@@ -56,6 +63,9 @@ pub const REJECTION_HEADER: &str = "x-switchboard-rejection";
 /// backoff (a write with the same `request_id`) is safe. Without it, `RESOURCE_EXHAUSTED` means
 /// a message over a size bound, which no retry changes.
 pub const OVERLOADED_HEADER: &str = "x-switchboard-overloaded";
+
+/// gRPC metadata on the status that ends a watch (`WatchEvents`): the position to resume from.
+pub const RESUME_FROM_HEADER: &str = "x-switchboard-resume-from";
 
 /// The local dev cluster started by `switchboard dev`: the default endpoints.
 pub const DEV_ENDPOINTS: &[&str] = &["127.0.0.1:7101", "127.0.0.1:7102", "127.0.0.1:7103"];

@@ -11,6 +11,7 @@
 mod apply;
 mod command;
 mod decide;
+mod filter;
 mod idempotency;
 pub mod limits;
 pub mod memory;
@@ -20,6 +21,7 @@ pub mod redact;
 pub use apply::{Change, View, apply};
 pub use command::{CallLimit, Command, CommandKind, Rejection, Request, Stamp};
 pub use decide::{Expired, RequestKey, StateReader, Step, decide};
+pub use filter::EventFilter;
 pub use idempotency::{Decision, Outcome, Receipt, Remembered};
 pub use model::{
     Call, CallId, CallState, Channel, ContextSnapshot, ERASED_PAYLOAD, Erasure, Event, Handoff,

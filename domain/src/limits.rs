@@ -53,6 +53,8 @@ pub const PAGE_SIZE_DEFAULT: u32 = 100;
 pub const PAGE_BYTES_MAX: usize = 1024 * 1024;
 /// Most recent turns a context read may ask for.
 pub const CONTEXT_TURNS_MAX: u32 = 100;
+/// Most event-type prefixes one watch filters on.
+pub const WATCH_TYPE_PREFIXES_MAX: usize = 16;
 
 /// The input field a violation is about; its `Display` is the name clients see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,6 +87,10 @@ pub enum Field {
     LastTurns,
     State,
     Actor,
+    /// A watch's event-type prefixes. Appended: stored rejections name fields by index.
+    EventTypePrefixes,
+    /// A watch's progress interval.
+    ProgressInterval,
 }
 
 impl Field {
@@ -118,6 +124,8 @@ impl Field {
             Field::LastTurns => "last_turns",
             Field::State => "state",
             Field::Actor => "actor",
+            Field::EventTypePrefixes => "event_type_prefixes",
+            Field::ProgressInterval => "progress_interval_ms",
         }
     }
 }

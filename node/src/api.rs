@@ -61,6 +61,8 @@ pub struct ApiConfig {
     pub pii: PiiConfig,
     /// How to reach the leader for a read index (mutual TLS unless `--insecure`).
     pub dialer: crate::tls::Dialer,
+    /// The watches this node serves (`WatchEvents`).
+    pub watches: crate::watch::Watches,
 }
 
 /// The three public services share one `Api`; clones are cheap.
@@ -177,6 +179,27 @@ macro_rules! serve_rpcs {
 }
 
 proto::switchboard_rpcs!(serve_rpcs);
+
+/// The streaming service of [`proto::switchboard_watch_rpcs!`], by hand: tonic's trait wants a
+/// named stream type per method, which a table callback cannot spell. Authentication and the
+/// role check are those of the row (`access: read`); a watch takes no admission slot (it would
+/// hold it for its whole life) but one of `--watchers-max` places.
+#[tonic::async_trait]
+impl v1::watch_service_server::WatchService for Api {
+    type WatchEventsStream = crate::watch::WatchStream;
+
+    async fn watch_events(
+        &self,
+        request: GrpcRequest<v1::WatchEventsRequest>,
+    ) -> Result<GrpcResponse<Self::WatchEventsStream>, Status> {
+        let caller = self.authorize(request.metadata(), "watch_events", Access::Read);
+        let result = match caller {
+            Ok(caller) => Api::watch_events(self, &caller, request.into_inner()).await,
+            Err(error) => Err(error),
+        };
+        self.reply(result)
+    }
+}
 
 impl Api {
     pub fn new(raft: Raft, reader: Reader, config: ApiConfig) -> Self {
@@ -865,6 +888,49 @@ impl Api {
             .await?;
         response.meta = meta;
         Ok(response)
+    }
+}
+
+/// `WatchService` handlers.
+impl Api {
+    async fn watch_events(
+        &self,
+        caller: &Caller,
+        req: v1::WatchEventsRequest,
+    ) -> Result<crate::watch::WatchStream, ApiError> {
+        // The caller's tenant (an admin: every tenant) unless the body names one it may watch.
+        let tenant_id = if req.tenant_id.is_empty() {
+            caller.tenant_scope().map(str::to_owned)
+        } else {
+            Some(caller.tenant(&req.tenant_id)?)
+        };
+        let call_id = match req.call_id.as_str() {
+            "" => None,
+            text => Some(convert::call_id(text)?),
+        };
+        let filter = domain::EventFilter {
+            tenant_id,
+            call_id,
+            type_prefixes: req.event_type_prefixes,
+            metadata: req.metadata.into_iter().collect(),
+        };
+        filter.check()?;
+        // A call the caller cannot see is not found, as for every read of a call.
+        if let (Some(call_id), Some(tenant_id)) = (call_id, filter.tenant_id.clone()) {
+            self.off_runtime(move |reader| reader.get_call(&tenant_id, &call_id))
+                .await?;
+        }
+        let progress = match req.progress_interval_ms {
+            0 => crate::watch::PROGRESS_INTERVAL_DEFAULT,
+            ms => Duration::from_millis(u64::from(ms)).clamp(
+                crate::watch::PROGRESS_INTERVAL_MIN,
+                crate::watch::PROGRESS_INTERVAL_MAX,
+            ),
+        };
+        self.inner
+            .config
+            .watches
+            .open(filter, req.from_position, progress)
     }
 }
 

@@ -27,7 +27,8 @@ use proto::v1::{
     ListEventsResponse, ListTurnsRequest, ListTurnsResponse, LogEventRequest, LogEventResponse,
     Member, MembershipResponse, PromoteRequest, ReadMeta, ReadOptions, RemoveRequest,
     RequestHandoffRequest, StartCallRequest, StatusRequest, StatusResponse, TriggerSnapshotRequest,
-    TriggerSnapshotResponse, Turn, UpdateContextRequest, Urgency, WriteMeta, log_event_request,
+    TriggerSnapshotResponse, Turn, UpdateContextRequest, Urgency, WatchEventsRequest, WriteMeta,
+    log_event_request,
 };
 use serde::Serialize;
 use tonic::Code;
@@ -447,6 +448,26 @@ pub enum EventsCommand {
         /// Most events to show (0: server default).
         #[arg(long, default_value_t = 0)]
         limit: u32,
+    },
+    /// Follow the event log as it commits, one line per event (`-o json`: one JSON object per
+    /// line), resuming on another node from the last event shown if the node fails. Runs until
+    /// interrupted, or until --count events were shown.
+    Watch {
+        /// Only this call's events.
+        #[arg(long = "call", value_name = "CALL_ID")]
+        call_id: Option<String>,
+        /// Only event types starting with PREFIX (repeat: any of them).
+        #[arg(long = "type", value_name = "PREFIX")]
+        type_prefixes: Vec<String>,
+        /// Only events with this metadata pair (repeat: all of them).
+        #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+        metadata: Vec<(String, String)>,
+        /// First position to show; without it, from the next event to commit.
+        #[arg(long)]
+        from: Option<u64>,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
     },
 }
 
@@ -962,6 +983,43 @@ async fn events(opts: &ClientOpts, command: EventsCommand) -> Result<(), CliErro
                 events_text(r, "--from-position")
             })
         }
+        EventsCommand::Watch {
+            call_id,
+            type_prefixes,
+            metadata,
+            from,
+            count,
+        } => {
+            let mut watch = client.watch_events(WatchEventsRequest {
+                from_position: from,
+                tenant_id: tenant(opts),
+                call_id: call_id.unwrap_or_default(),
+                event_type_prefixes: type_prefixes,
+                metadata: metadata.into_iter().collect(),
+                progress_interval_ms: 0,
+            });
+            let mut shown = 0u64;
+            while count.is_none_or(|count| shown < count) {
+                let message = watch.next().await?;
+                for event in &message.events {
+                    if count.is_some_and(|count| shown >= count) {
+                        break;
+                    }
+                    let line = match opts.output {
+                        OutputFormat::Json => serde_json::to_string(event)?,
+                        OutputFormat::Text => event_line(event),
+                    };
+                    let mut stdout = std::io::stdout().lock();
+                    match writeln!(stdout, "{line}").and_then(|()| stdout.flush()) {
+                        // A reader that went away (`| head`) ends the watch, not in failure.
+                        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+                        other => other?,
+                    }
+                    shown += 1;
+                }
+            }
+            Ok(())
+        }
     }
 }
 
@@ -1247,23 +1305,22 @@ fn list_calls_text(response: &ListCallsResponse) -> String {
     lines.join("\n")
 }
 
-fn events_text(response: &ListEventsResponse, next_flag: &str) -> String {
+/// One event as a line: position, call, sequence number, type, payload.
+fn event_line(event: &proto::v1::Event) -> String {
     use proto::v1::event::Payload;
-    let mut lines: Vec<String> = response
-        .events
-        .iter()
-        .map(|event| {
-            let payload = match &event.payload {
-                Some(Payload::PayloadJson(json)) => json.clone(),
-                Some(Payload::PayloadBytes(bytes)) => format!("<{} bytes>", bytes.len()),
-                None => String::new(),
-            };
-            format!(
-                "{} {} seq={} {} {}",
-                event.position, event.call_id, event.sequence_number, event.event_type, payload
-            )
-        })
-        .collect();
+    let payload = match &event.payload {
+        Some(Payload::PayloadJson(json)) => json.clone(),
+        Some(Payload::PayloadBytes(bytes)) => format!("<{} bytes>", bytes.len()),
+        None => String::new(),
+    };
+    format!(
+        "{} {} seq={} {} {}",
+        event.position, event.call_id, event.sequence_number, event.event_type, payload
+    )
+}
+
+fn events_text(response: &ListEventsResponse, next_flag: &str) -> String {
+    let mut lines: Vec<String> = response.events.iter().map(event_line).collect();
     if lines.is_empty() {
         lines.push("no events".to_owned());
     }

@@ -14,6 +14,7 @@ use crate::admission::{self, AdmissionConfig, ClassLimits};
 use crate::edge::{self, EdgeConfig};
 use crate::pii::PiiConfig;
 use crate::tls::{Security, TlsFiles};
+use crate::watch::{self, WatchConfig};
 
 /// `switchboard serve` options. Every option is optional here so that a config file can fill
 /// what the command line leaves out; [`ServeArgs::resolve`] applies the defaults.
@@ -134,6 +135,20 @@ pub struct ServeArgs {
     /// RESOURCE_EXHAUSTED [default: 1000].
     #[arg(long, env = "SWITCHBOARD_ADMISSION_QUEUE_WAIT_MS_MAX")]
     pub admission_queue_wait_ms_max: Option<u64>,
+    /// Watches (`WatchEvents`) this node serves at once; more are refused with
+    /// RESOURCE_EXHAUSTED [default: 4096].
+    #[arg(long, env = "SWITCHBOARD_WATCHERS_MAX")]
+    pub watchers_max: Option<usize>,
+    /// How far (events) the log may move past what a watch's consumer was sent while it reads
+    /// nothing; then the watch ends with RESOURCE_EXHAUSTED and the position to resume from
+    /// [default: 10000].
+    #[arg(long, env = "SWITCHBOARD_WATCH_LAG_MAX")]
+    pub watch_lag_max: Option<u64>,
+    /// How long this node serves watches without hearing from a leader; then they end with
+    /// UNAVAILABLE and the position to resume from, so that clients resume on a node that
+    /// follows the log [default: 3000, at least 3 election timeouts].
+    #[arg(long, env = "SWITCHBOARD_WATCH_CONTACT_MS_MAX")]
+    pub watch_contact_ms_max: Option<u64>,
     /// Public keys that verify clients' bearer tokens: a JWKS file (`switchboard token keygen`
     /// writes one), re-read on SIGHUP. Required unless --insecure.
     #[arg(long, env = "SWITCHBOARD_TOKEN_KEYS")]
@@ -197,6 +212,7 @@ pub struct NodeConfig {
     pub cluster_message_bytes_max: usize,
     pub edge: EdgeConfig,
     pub admission: AdmissionConfig,
+    pub watch: WatchConfig,
     /// The token key set (JWKS); `None` only with `insecure`.
     pub token_keys: Option<PathBuf>,
     pub pii: PiiConfig,
@@ -441,6 +457,18 @@ impl ServeArgs {
                         .unwrap_or(admission::ADMISSION_QUEUE_WAIT_MS_MAX),
                 ),
             },
+            watch: WatchConfig {
+                watchers_max: pick!(watchers_max).unwrap_or(watch::WATCHERS_MAX),
+                lag_max: pick!(watch_lag_max).unwrap_or(watch::WATCH_LAG_MAX),
+                contact_max: Duration::from_millis(
+                    pick!(watch_contact_ms_max).unwrap_or(
+                        watch::WATCH_CONTACT_MAX_MS.max(
+                            3 * pick!(election_timeout_max_ms)
+                                .unwrap_or(DEFAULT_ELECTION_TIMEOUT_MAX_MS),
+                        ),
+                    ),
+                ),
+            },
             token_keys: pick!(token_keys),
             pii: Self::pii(
                 pick!(pii_policy),
@@ -626,7 +654,35 @@ impl NodeConfig {
             ));
         }
         self.validate_edge()?;
+        self.validate_watch()?;
         self.validate_admission()
+    }
+
+    fn validate_watch(&self) -> Result<(), ConfigError> {
+        let watch = &self.watch;
+        if !(1..=EDGE_COUNT_LIMIT).contains(&watch.watchers_max) {
+            return Err(invalid(
+                "watchers-max",
+                watch.watchers_max,
+                format!("must be from 1 to {EDGE_COUNT_LIMIT}"),
+            ));
+        }
+        if watch.lag_max == 0 {
+            return Err(invalid("watch-lag-max", 0, "must be positive"));
+        }
+        // A follower hears from the leader every heartbeat; an election takes up to the
+        // election timeout. Less than that would end watches of a healthy node.
+        if watch.contact_max < self.election_timeout_max {
+            return Err(invalid(
+                "watch-contact-ms-max",
+                watch.contact_max.as_millis(),
+                format!(
+                    "must be at least --election-timeout-max-ms ({} ms)",
+                    self.election_timeout_max.as_millis()
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn validate_edge(&self) -> Result<(), ConfigError> {

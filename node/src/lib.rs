@@ -23,6 +23,7 @@ pub mod status;
 pub mod tls;
 pub mod token;
 pub mod transport;
+pub mod watch;
 
 /// The Raft instance every node runs.
 pub type Raft = openraft::Raft<raft_store::TypeConfig, raft_store::StateMachine>;

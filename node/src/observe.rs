@@ -52,6 +52,13 @@ pub mod names {
     /// is in the log), by `kind` (`address`, `card`, `email`, `phone`) and `policy` (`mask`,
     /// `hash`).
     pub const PII_REDACTIONS: &str = "switchboard_pii_redactions_total";
+    /// Watches this node serves (`WatchEvents`).
+    pub const WATCHERS: &str = "switchboard_watchers";
+    /// Events sent to watchers.
+    pub const WATCH_EVENTS_SENT: &str = "switchboard_watch_events_sent_total";
+    /// Watches ended, by `reason` (`consumer_left`, `behind`, `contact_lost`, `shutting_down`,
+    /// `storage`).
+    pub const WATCH_ENDED: &str = "switchboard_watch_ended_total";
     /// Connections the gRPC port holds (`node/src/edge.rs`).
     pub const EDGE_CONNECTIONS: &str = "switchboard_edge_connections";
     /// Connections closed and requests refused at the edge, by `reason` (`connections`,

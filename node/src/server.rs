@@ -12,6 +12,7 @@ use openraft::async_runtime::WatchReceiver;
 use proto::v1::call_service_server::CallServiceServer;
 use proto::v1::cluster_service_server::ClusterServiceServer;
 use proto::v1::event_service_server::EventServiceServer;
+use proto::v1::watch_service_server::WatchServiceServer;
 use raft_store::{Claim, Identity, Member};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -163,6 +164,16 @@ async fn serve_loaded(
     );
     bootstrap(&raft, &config, claim).await?;
 
+    let contact = transport::LeaderContact::new();
+    let watches = crate::watch::Watches::start(
+        config.node_id,
+        raft.clone(),
+        reader.clone(),
+        contact.clone(),
+        config.watch,
+        shutdown.clone(),
+    )
+    .context("failed to start serving watches")?;
     let api = Api::new(
         raft.clone(),
         reader.clone(),
@@ -175,11 +186,13 @@ async fn serve_loaded(
             auth: auth.clone(),
             pii: config.pii.clone(),
             dialer,
+            watches,
         },
     );
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<CallServiceServer<Api>>().await;
     health.set_serving::<EventServiceServer<Api>>().await;
+    health.set_serving::<WatchServiceServer<Api>>().await;
     health.set_serving::<ClusterServiceServer<Api>>().await;
     // v1 and v1alpha: grpcurl and older tools speak only the latter.
     let reflection = tonic_reflection::server::Builder::configure()
@@ -257,6 +270,11 @@ async fn serve_loaded(
                 .max_encoding_message_size(bytes_max),
         )
         .add_service(
+            WatchServiceServer::new(api.clone())
+                .max_decoding_message_size(bytes_max)
+                .max_encoding_message_size(bytes_max),
+        )
+        .add_service(
             ClusterServiceServer::new(api.clone())
                 .max_decoding_message_size(config.cluster_message_bytes_max),
         )
@@ -264,6 +282,7 @@ async fn serve_loaded(
             raft.clone(),
             transport_config,
             snapshots,
+            contact,
         ))
         .add_service(health_service)
         .add_service(reflection)
@@ -434,6 +453,7 @@ where
         let path = request.uri().path();
         let method = proto::RPC_PATHS
             .iter()
+            .chain(proto::WATCH_RPC_PATHS)
             .chain(proto::RAFT_RPC_PATHS)
             .find(|m| **m == path)
             .copied();

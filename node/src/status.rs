@@ -85,6 +85,12 @@ pub enum ApiError {
         matched_index: u64,
         last_log_index: u64,
     },
+    #[error("watch refused: {0}")]
+    WatchRefused(crate::watch::WatchEnd),
+    #[error(
+        "this node serves {watchers_max} watches, its bound (--watchers-max); watch on another node"
+    )]
+    WatchersFull { watchers_max: usize },
 }
 
 /// The one conversion of openraft's API errors: a fatal error stops Raft, every other error is
@@ -250,6 +256,9 @@ impl From<ApiError> for Status {
             ApiError::ShuttingDown | ApiError::Fatal(Fatal::Stopped) => {
                 Status::unavailable(message)
             }
+            // Another node may serve it: the client moves on.
+            ApiError::WatchRefused(_) => Status::unavailable(message),
+            ApiError::WatchersFull { .. } => Status::resource_exhausted(message),
             ApiError::Read(ReadError::Storage(_))
             | ApiError::Fatal(_)
             | ApiError::NoOutcome { .. }

@@ -115,10 +115,29 @@ async fn call_raw(
             format!("Bearer {token}").parse().expect("ascii token"),
         );
     }
+    let streaming = proto::WATCH_RPC_PATHS.contains(&path);
     let path = http::uri::PathAndQuery::try_from(path).expect("rpc path");
-    grpc.unary(request, path, Raw)
-        .await
-        .map(tonic::Response::into_inner)
+    if !streaming {
+        return grpc
+            .unary(request, path, Raw)
+            .await
+            .map(tonic::Response::into_inner);
+    }
+    // A stream answers with messages until the caller leaves: what arrives in a second is the
+    // answer (a refusal is the stream's status, before any message).
+    let mut stream = grpc
+        .server_streaming(request, path, Raw)
+        .await?
+        .into_inner();
+    let mut body = Vec::new();
+    let until = tokio::time::Instant::now() + Duration::from_secs(1);
+    while let Ok(message) = tokio::time::timeout_at(until, stream.message()).await {
+        match message? {
+            Some(bytes) => body.extend(bytes),
+            None => break,
+        }
+    }
+    Ok(body)
 }
 
 /// What an RPC needs and whom it concerns.
@@ -345,6 +364,20 @@ fn cases(call_id: &str) -> BTreeMap<&'static str, Case> {
         case(Needs::Read, false, false, |_| {
             v1::ListEventsRequest {
                 read: linearizable(),
+                ..Default::default()
+            }
+            .encode_to_vec()
+        }),
+    );
+    let c = id.clone();
+    cases.insert(
+        "/switchboard.v1.WatchService/WatchEvents",
+        case(Needs::Read, true, true, move |tenant| {
+            v1::WatchEventsRequest {
+                tenant_id: tenant.to_owned(),
+                call_id: c(),
+                from_position: Some(1),
+                progress_interval_ms: 100,
                 ..Default::default()
             }
             .encode_to_vec()

@@ -106,7 +106,12 @@ impl TestNode {
         )
         .await
         .expect("start raft");
-        let service = raft_service(raft.clone(), config, snapshots.clone());
+        let service = raft_service(
+            raft.clone(),
+            config,
+            snapshots.clone(),
+            node::transport::LeaderContact::new(),
+        );
         let stop = CancellationToken::new();
         let server = tokio::spawn(
             tonic::transport::Server::builder()

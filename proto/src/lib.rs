@@ -5,13 +5,14 @@
 //! to domain types belong to `domain` and `node`, so that this crate changes only when the
 //! wire does. Field numbers are forever: never reuse or renumber one, reserve it instead.
 //!
-//! Every RPC is also declared once in a table ([`switchboard_rpcs!`], [`switchboard_raft_rpcs!`],
+//! Every RPC is also declared once in a table ([`switchboard_rpcs!`], [`switchboard_watch_rpcs!`],
+//! [`switchboard_raft_rpcs!`],
 //! see [`rpcs`]) from which the client methods, the node's service impls and the metrics' method
 //! list are generated.
 
 pub mod rpcs;
 
-pub use rpcs::{RAFT_RPC_PATHS, RPC_PATHS};
+pub use rpcs::{RAFT_RPC_PATHS, RPC_PATHS, WATCH_RPC_PATHS};
 
 pub mod codec;
 

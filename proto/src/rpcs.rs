@@ -28,6 +28,7 @@
 //!   the leader first, local reads to any node);
 //! - `leader`: cluster administration the leader answers (others redirect);
 //! - `pinned`: aimed at one node, never redirected;
+//! - `watch`: a server stream any node serves ([`switchboard_watch_rpcs!`]);
 //! - `peer` and `peer_stream`: node-to-node Raft transport, unary and client-streaming.
 //!
 //! Leader evidence (`leader_from:`):
@@ -135,6 +136,28 @@ macro_rules! switchboard_rpcs {
     };
 }
 
+/// The public server-streaming RPCs, package `switchboard.v1`, in the same shape as
+/// [`switchboard_rpcs!`], kind `watch`: a stream any node serves from its own applied state,
+/// never redirected and never bounded in time. They are a table of their own because a
+/// streaming method has another signature in tonic's traits and in the client, so the callbacks
+/// that generate unary methods do not apply to them.
+#[macro_export]
+macro_rules! switchboard_watch_rpcs {
+    ($callback:ident) => {
+        $callback! {
+            package "switchboard.v1" (v1);
+            service WatchService (
+                watch_service_server::WatchService,
+                watch_service_client::WatchServiceClient
+            ) {
+                /// Streams the matching events as they commit, from a position or from now.
+                WatchEvents watch_events(WatchEventsRequest) -> WatchEventsResponse
+                    [watch, leader_from: no, access: read]
+            }
+        }
+    };
+}
+
 /// The internal Raft transport, package `switchboard.raft.v1`, in the same shape as
 /// [`switchboard_rpcs!`].
 #[macro_export]
@@ -175,8 +198,11 @@ macro_rules! rpc_paths {
     };
 }
 
-/// The gRPC path of every public RPC, e.g. `/switchboard.v1.CallService/CreateCall`.
+/// The gRPC path of every public unary RPC, e.g. `/switchboard.v1.CallService/CreateCall`.
 pub const RPC_PATHS: &[&str] = switchboard_rpcs!(rpc_paths);
+
+/// The gRPC path of every public streaming RPC, e.g. `/switchboard.v1.WatchService/WatchEvents`.
+pub const WATCH_RPC_PATHS: &[&str] = switchboard_watch_rpcs!(rpc_paths);
 
 /// The gRPC path of every Raft transport RPC, e.g. `/switchboard.raft.v1.RaftService/Vote`.
 pub const RAFT_RPC_PATHS: &[&str] = switchboard_raft_rpcs!(rpc_paths);
@@ -230,7 +256,7 @@ mod tests {
                         input: format!(".{}.{}", $package, stringify!($req)),
                         output: format!(".{}.{}", $package, stringify!($resp)),
                         client_streaming: stringify!($kind) == "peer_stream",
-                        server_streaming: false,
+                        server_streaming: stringify!($kind) == "watch",
                     },
                 ));
             )*)*
@@ -283,6 +309,7 @@ mod tests {
         let mut tables = BTreeMap::new();
         for (path, declared) in switchboard_rpcs!(declared)
             .into_iter()
+            .chain(switchboard_watch_rpcs!(declared))
             .chain(switchboard_raft_rpcs!(declared))
         {
             assert!(
@@ -313,7 +340,12 @@ mod tests {
             super::RAFT_RPC_PATHS.len(),
             switchboard_raft_rpcs!(declared).len()
         );
+        assert_eq!(
+            super::WATCH_RPC_PATHS.len(),
+            switchboard_watch_rpcs!(declared).len()
+        );
         assert!(super::RPC_PATHS.contains(&"/switchboard.v1.CallService/CreateCall"));
+        assert!(super::WATCH_RPC_PATHS.contains(&"/switchboard.v1.WatchService/WatchEvents"));
         assert!(
             super::RAFT_RPC_PATHS.contains(&"/switchboard.raft.v1.RaftService/InstallSnapshot")
         );

@@ -28,7 +28,7 @@ pub use erasure::{DiskPass, Eraser};
 pub use error::Error;
 pub use identity::{Claim, Identity, IdentityError};
 pub use log_store::LogStore;
-pub use reader::{At, Context, EVENTS_SCANNED_MAX, Page, ReadError, Reader};
+pub use reader::{At, Context, EVENTS_SCANNED_MAX, EventScan, Page, ReadError, Reader};
 pub use snapshot::SnapshotFile;
 pub use state_machine::{Applied, StateMachine};
 pub use types::{

@@ -16,7 +16,7 @@ use crate::keys::{self, CF_SM, SM_LAST_APPLIED};
 use crate::state_machine::Applied;
 use crate::types::LogId;
 use domain::limits::{self, CONTEXT_TURNS_MAX, Field, Invalid, Problem};
-use domain::{Call, CallId, CallState, Event, Handoff, Labels, Turn};
+use domain::{Call, CallId, CallState, Event, EventFilter, Handoff, Head, Labels, Turn};
 
 /// A value read at a known applied index.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,6 +30,19 @@ pub struct At<T> {
 pub struct Page<T, C> {
     pub items: Vec<T>,
     pub next: Option<C>,
+}
+
+/// What one scan of the event log found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventScan {
+    /// The matching events, in position order.
+    pub items: Vec<Event>,
+    /// The first position not looked at: the next scan starts here.
+    pub next: u64,
+    /// Whether the scan reached the end of the log (else a bound ended it).
+    pub complete: bool,
+    /// The position the next event to commit will get, in the same view.
+    pub head: u64,
 }
 
 /// A call's context as agents read it.
@@ -346,14 +359,50 @@ impl Reader {
                 .flatten();
             return Self::at(&view, Page { items, next });
         };
-        // One tenant's events out of the cluster-wide log: every event is looked at, at most
-        // `EVENTS_SCANNED_MAX` per page, so a page costs bounded work however sparse the
-        // tenant's events are; `next` resumes after the last event looked at (a page may be
-        // empty and still have a next one).
+        // One tenant's events out of the cluster-wide log: a page costs bounded work however
+        // sparse the tenant's events are, and may be empty and still have a next one.
+        let filter = EventFilter {
+            tenant_id: Some(tenant_id.to_owned()),
+            ..EventFilter::default()
+        };
+        let scan = Self::scan_view(&view, &filter, from, limit)?;
+        let next = (!scan.complete).then_some(scan.next);
+        Self::at(
+            &view,
+            Page {
+                items: scan.items,
+                next,
+            },
+        )
+    }
+
+    /// The events matching `filter` from position `from` (0 means from the first): at most
+    /// `limit` of them and [`limits::PAGE_BYTES_MAX`] stored bytes, out of at most
+    /// [`EVENTS_SCANNED_MAX`] events looked at, so one scan costs bounded work however sparse
+    /// the matches are.
+    pub fn scan_events(
+        &self,
+        filter: &EventFilter,
+        from: u64,
+        limit: u32,
+    ) -> Result<At<EventScan>, ReadError> {
+        let limit = limits::page_size(limit)?;
+        let view = self.view();
+        let scan = Self::scan_view(&view, filter, from, limit)?;
+        Self::at(&view, scan)
+    }
+
+    fn scan_view(
+        view: &View<'_>,
+        filter: &EventFilter,
+        from: u64,
+        limit: u32,
+    ) -> Result<EventScan, ReadError> {
+        let head: Head = view.get("head", keys::SM_HEAD)?.unwrap_or_else(Head::new);
         let mut budget = PageBudget::new(limit);
         let mut items = Vec::new();
-        let mut next = None;
         let mut position = from.max(1);
+        let mut complete = true;
         let rows = view.snap.iterator_cf(
             view.cf(),
             IteratorMode::From(&keys::event(position), Direction::Forward),
@@ -364,21 +413,27 @@ impl Reader {
                 break;
             }
             if scanned == EVENTS_SCANNED_MAX {
-                next = Some(position);
+                complete = false;
                 break;
             }
             let event: Event = decode("event", &key, &value)?;
             let after = event.position + 1;
-            if event.tenant_id == tenant_id {
+            if filter.matches(&event) {
                 if !budget.take(key.len() + value.len()) {
-                    next = Some(event.position);
+                    position = event.position;
+                    complete = false;
                     break;
                 }
                 items.push(event);
             }
             position = after;
         }
-        Self::at(&view, Page { items, next })
+        Ok(EventScan {
+            items,
+            next: position,
+            complete,
+            head: head.next_position,
+        })
     }
 
     /// A tenant's calls (in one state, or all), in call-id order, after `after`.

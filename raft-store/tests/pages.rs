@@ -295,3 +295,61 @@ fn one_tenants_events_are_listed_alone_and_completely_in_bounded_pages() {
     assert!(globex.iter().all(|e| e.tenant_id == "globex"));
     assert_eq!(globex.len() + acme.len(), all.len());
 }
+
+#[test]
+fn a_filtered_scan_resumes_where_it_stopped_and_says_where_the_log_ends() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let foreign = raft_store::EVENTS_SCANNED_MAX as u64 + 10;
+    let store = store_with_two_tenants(dir.path(), 20, foreign, 5);
+    let reader: Reader = store.state_machine.reader();
+    let mut all = Vec::new();
+    let mut next = Some(0);
+    while let Some(from) = next {
+        let page = reader
+            .list_events(None, from, PAGE_SIZE_MAX)
+            .expect("list events")
+            .value;
+        all.extend(page.items);
+        next = page.next;
+    }
+    let filter = domain::EventFilter {
+        tenant_id: Some("acme".to_owned()),
+        type_prefixes: vec!["call.".to_owned()],
+        ..domain::EventFilter::default()
+    };
+    let mut from = 1;
+    let mut got = Vec::new();
+    let mut scans = 0;
+    let head = loop {
+        let scan = reader.scan_events(&filter, from, 3).expect("scan").value;
+        scans += 1;
+        assert!(scan.next >= from, "a scan never goes back");
+        assert!(
+            scan.items
+                .iter()
+                .all(|e| e.position >= from && e.position < scan.next)
+        );
+        got.extend(scan.items);
+        from = scan.next;
+        if scan.complete {
+            break scan.head;
+        }
+        assert!(scans < 1_000, "the scans never reached the end");
+    };
+    let expected: Vec<u64> = all
+        .iter()
+        .filter(|e| filter.matches(e))
+        .map(|e| e.position)
+        .collect();
+    assert!(!expected.is_empty());
+    assert_eq!(got.iter().map(|e| e.position).collect::<Vec<_>>(), expected);
+    // The log holds every position below the head, and the last scan looked at all of them.
+    let end = reader
+        .scan_events(&domain::EventFilter::default(), u64::MAX, 1)
+        .expect("scan at the end")
+        .value;
+    assert_eq!(end.head, head);
+    assert_eq!(all.last().map(|e| e.position + 1), Some(head));
+    assert!(end.items.is_empty() && end.complete);
+    assert_eq!(from, head, "the last scan stopped at the log's end");
+}

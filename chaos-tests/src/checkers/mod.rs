@@ -14,6 +14,7 @@ pub mod lifecycle_linearizable;
 pub mod no_orphans;
 pub mod sequences;
 pub mod stale_reads;
+pub mod watch_streams;
 
 use std::collections::BTreeMap;
 

@@ -13,6 +13,7 @@ pub mod clock;
 pub mod cluster;
 pub mod disk;
 pub mod nemesis;
+pub mod watchers;
 pub mod workload;
 
 use std::collections::BTreeMap;
@@ -30,6 +31,8 @@ use crate::rng::Rng;
 use cluster::{DrillCluster, Mode};
 use nemesis::{FaultKind, FaultRecord, Nemesis, Timing};
 
+/// How long the watchers may take, once the healed log's end is known, to deliver up to it.
+const WATCH_DRAIN_WAIT: Duration = Duration::from_secs(30);
 /// Pages of the event log read per node after healing (1000 events each).
 const EVENT_PAGES_MAX: u32 = 10_000;
 /// Attempts to read one page of a node's event log after healing.
@@ -257,6 +260,9 @@ async fn drill(seed: u64, args: &DrillArgs) -> anyhow::Result<bool> {
         .collect();
     let shared = workload::Shared::new(history.clone(), seed, cluster.reach(), node_clients);
 
+    // Watchers run through both phases, then drain to the end of the healed log.
+    let (drain_watchers, mut watchers) = watchers::start(&cluster.reach(), WATCH_DRAIN_WAIT)?;
+
     // Safety phase.
     println!("-- safety phase: workload + faults {faults:?}");
     let mut clients = tokio::task::JoinSet::new();
@@ -330,12 +336,38 @@ async fn drill(seed: u64, args: &DrillArgs) -> anyhow::Result<bool> {
         .or_else(|| nodes.iter().find(|n| n.events.is_some()))
         .and_then(|n| n.events.clone())
         .unwrap_or_default();
+    let head = final_log.last().map_or(1, |e| e.position + 1);
+    drain_watchers.send_replace(Some(head));
+    let mut watch_records = Vec::new();
+    let watchers_deadline = Instant::now() + WATCH_DRAIN_WAIT + Duration::from_secs(5);
+    while let Ok(Some(joined)) = tokio::time::timeout(
+        watchers_deadline.saturating_duration_since(Instant::now()),
+        watchers.join_next(),
+    )
+    .await
+    {
+        match joined {
+            Ok(record) => watch_records.push(record),
+            Err(e) => println!("   watcher task failed: {e}"),
+        }
+    }
+    watchers.abort_all();
     let facts = Facts {
         ops: history.ops(),
         final_log,
         nodes,
     };
     let mut verdicts = checkers::check_all(&facts);
+    let mut watch_verdict = checkers::watch_streams::check(&facts.final_log, &watch_records);
+    if watch_records.len() < watchers::specs().len() {
+        watch_verdict.violation(format!(
+            "{} of {} watchers did not finish within {:?}",
+            watchers::specs().len() - watch_records.len(),
+            watchers::specs().len(),
+            WATCH_DRAIN_WAIT
+        ));
+    }
+    verdicts.push(watch_verdict);
     verdicts.push(checkers::leader_under_flood::check(&floods));
     if faults.iter().any(|f| f.opt_in()) {
         verdicts.extend(checkers::disk::check_all(&facts, &disk_facts));

@@ -82,6 +82,52 @@ pub use crate::tls::Dialer;
 pub use client::{Network, NetworkFactory};
 pub use service::{RaftServiceImpl, raft_service};
 
+/// When this node last heard from a leader it follows (an `AppendEntries` it accepted or
+/// answered with a conflict): how a follower knows it is cut off, which it cannot tell from its
+/// own applied index. Clones share the instant.
+#[derive(Debug, Clone)]
+pub struct LeaderContact {
+    epoch: std::time::Instant,
+    /// Milliseconds from `epoch` to the last contact; 0 is never.
+    last_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Default for LeaderContact {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LeaderContact {
+    pub fn new() -> Self {
+        Self {
+            epoch: std::time::Instant::now(),
+            last_ms: std::sync::Arc::default(),
+        }
+    }
+
+    /// Records a contact now.
+    pub fn touch(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        self.last_ms
+            .fetch_max(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Time since the last contact; `None` if there was none.
+    pub fn since(&self) -> Option<Duration> {
+        match self.last_ms.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            ms => Some(
+                self.epoch
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(ms)),
+            ),
+        }
+    }
+}
+
 /// Largest snapshot a node accepts, in bytes.
 pub const SNAPSHOT_BYTES_MAX: u64 = 64 << 30;
 /// Largest gRPC message of the Raft service, either way. An AppendEntries request holds up to

@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{Fatal, RaftError};
-use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, TransferLeaderRequest, VoteRequest,
+};
 use proto::raft_v1::raft_service_server::{RaftService, RaftServiceServer};
 use proto::raft_v1::snapshot_chunk::Kind;
 use proto::raft_v1::{RaftPayload, SnapshotChunk, SnapshotHeader, SnapshotTrailer};
@@ -40,6 +42,7 @@ pub struct RaftServiceImpl {
     config: Arc<TransportConfig>,
     snapshots: SnapshotDir,
     receiving: Arc<Semaphore>,
+    contact: super::LeaderContact,
 }
 
 impl std::fmt::Debug for RaftServiceImpl {
@@ -59,6 +62,7 @@ pub fn raft_service(
     raft: crate::Raft,
     config: TransportConfig,
     snapshots: SnapshotDir,
+    contact: super::LeaderContact,
 ) -> RaftServiceServer<RaftServiceImpl> {
     remove_leftovers(&snapshots);
     let service = RaftServiceImpl {
@@ -66,6 +70,7 @@ pub fn raft_service(
         config: Arc::new(config),
         snapshots,
         receiving: Arc::new(Semaphore::new(SNAPSHOT_RECEIVES_MAX)),
+        contact,
     };
     RaftServiceServer::new(service)
         .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
@@ -511,6 +516,10 @@ impl RaftService for RaftServiceImpl {
             .append_entries(rpc)
             .await
             .map_err(|e| self.fail(RPC, from, self.stopped(e)))?;
+        // A leader this node still follows reached it (whatever the entries' fate).
+        if !matches!(response, AppendEntriesResponse::HigherVote(_)) {
+            self.contact.touch();
+        }
         self.reply("append entries response", from, &response)
             .map_err(|e| self.fail(RPC, from, e))
     }
