@@ -188,6 +188,7 @@ async fn one_run(
         let call = calls_client
             .create_call(v1::CreateCallRequest {
                 tenant_id: "bench".to_owned(),
+                request_id: format!("create-{n}"),
                 source: format!("writer-{n}"),
                 channel: v1::Channel::Voice.into(),
                 ..Default::default()
@@ -199,8 +200,8 @@ async fn one_run(
         calls_client
             .start_call(v1::StartCallRequest {
                 tenant_id: "bench".to_owned(),
+                request_id: format!("start-{n}"),
                 call_id: call.call_id.clone(),
-                ..Default::default()
             })
             .await?;
         calls.push(call.call_id);
@@ -310,6 +311,7 @@ async fn one_run(
                 let answer = calls_client
                     .log_event(v1::LogEventRequest {
                         tenant_id: "bench".to_owned(),
+                        request_id: format!("{call_id}-{n}"),
                         call_id: call_id.clone(),
                         event_type: "bench.tick".to_owned(),
                         payload: Some(v1::log_event_request::Payload::PayloadJson(format!(

@@ -189,15 +189,15 @@ impl Watches {
         config: WatchConfig,
         shutdown: CancellationToken,
     ) -> Result<Self, ApiError> {
-        let start = reader.scan_events(&EventFilter::default(), u64::MAX, 1)?;
-        let (head_tx, head) = watch::channel(start.value.head);
+        let start = reader.event_head().map_err(raft_store::ReadError::from)?;
+        let (head_tx, head) = watch::channel(start);
         let (tail, _) = broadcast::channel(TAIL_BATCHES_RETAINED);
         let (contact_tx, contact_rx) = watch::channel(Ok(()));
         tokio::spawn(run_tail(
             reader.clone(),
             tail.clone(),
             head_tx,
-            start.value.head,
+            start,
             shutdown.clone(),
         ));
         tokio::spawn(monitor_contact(
@@ -505,15 +505,23 @@ async fn run_tail(
             () = shutdown.cancelled() => return,
             changed = applied.changed() => if changed.is_err() { return },
         }
+        // Nobody to hand events to: only the head moves (a watcher that comes reads storage up
+        // to it).
+        if tail.receiver_count() == 0 {
+            match reader.event_head() {
+                Ok(at) => {
+                    next = next.max(at);
+                    head.send_replace(next);
+                }
+                Err(error) => {
+                    tracing::error!(%error, "the watch tail could not read the log's end")
+                }
+            }
+            continue;
+        }
         // Everything applied so far, a page at a time; a snapshot install may have added many.
         loop {
-            // Nobody to hand events to: only the head moves (a watcher that comes reads storage
-            // up to it).
-            let from = if tail.receiver_count() == 0 {
-                u64::MAX
-            } else {
-                next
-            };
+            let from = next;
             let reader = reader.clone();
             let read = tokio::task::spawn_blocking(move || {
                 reader.scan_events(&EventFilter::default(), from, PAGE_EVENTS)
@@ -532,11 +540,6 @@ async fn run_tail(
                     continue;
                 }
             };
-            if from == u64::MAX {
-                next = next.max(scan.value.head);
-                head.send_replace(next);
-                break;
-            }
             if scan.value.next <= next {
                 break;
             }

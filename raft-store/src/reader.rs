@@ -168,13 +168,24 @@ impl View<'_> {
         Ok(log_id.map_or(0, |id| id.index))
     }
 
+    /// An iterator over keys in `[start, end)`. The bound is given to RocksDB, not only
+    /// checked here: without it, an iterator that runs out of live keys in the range walks on
+    /// over every deleted key after it (the state index's tombstones follow the event table),
+    /// which made each read of the log's end cost as many steps as calls had changed state.
+    fn range(&self, start: &[u8], end: &[u8]) -> rocksdb::DBIteratorWithThreadMode<'_, DB> {
+        let mut options = rocksdb::ReadOptions::default();
+        options.set_iterate_upper_bound(end.to_vec());
+        self.snap.iterator_cf_opt(
+            self.cf(),
+            options,
+            IteratorMode::From(start, Direction::Forward),
+        )
+    }
+
     /// Up to `limit` entries with keys in `[start, end)`.
     fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<Row>, Error> {
         let mut out = Vec::new();
-        for item in self
-            .snap
-            .iterator_cf(self.cf(), IteratorMode::From(start, Direction::Forward))
-        {
+        for item in self.range(start, end) {
             let (key, value) = item.map_err(Error::rocks("scan state machine"))?;
             if out.len() >= limit || key.as_ref() >= end {
                 break;
@@ -376,6 +387,15 @@ impl Reader {
         )
     }
 
+    /// The position the next event to commit will get: a point read, for a caller that only
+    /// needs to know where the log ends.
+    pub fn event_head(&self) -> Result<u64, Error> {
+        let view = self.view();
+        // A store that applied nothing has no head yet: the first event gets position 1.
+        let head: Option<Head> = view.get("head", keys::SM_HEAD)?;
+        Ok(head.map_or_else(|| Head::new().next_position, |h| h.next_position))
+    }
+
     /// The events matching `filter` from position `from` (0 means from the first): at most
     /// `limit` of them and [`limits::PAGE_BYTES_MAX`] stored bytes, out of at most
     /// [`EVENTS_SCANNED_MAX`] events looked at, so one scan costs bounded work however sparse
@@ -403,10 +423,7 @@ impl Reader {
         let mut items = Vec::new();
         let mut position = from.max(1);
         let mut complete = true;
-        let rows = view.snap.iterator_cf(
-            view.cf(),
-            IteratorMode::From(&keys::event(position), Direction::Forward),
-        );
+        let rows = view.range(&keys::event(position), &[keys::table::EVENT + 1]);
         for (scanned, item) in rows.enumerate() {
             let (key, value) = item.map_err(Error::rocks("scan state machine"))?;
             if key.first() != Some(&keys::table::EVENT) {
