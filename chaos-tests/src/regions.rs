@@ -120,7 +120,7 @@ fn init_tls(args: &RegionsArgs) -> anyhow::Result<()> {
         .filter(|path| path.exists());
     let token = match key {
         Some(key) => Some(crate::drill::cluster::issue_admin_token(
-            &std::env::current_exe()?,
+            &crate::switchboard_binary()?,
             &key,
         )?),
         None => None,

@@ -382,7 +382,7 @@ impl DrillCluster {
         // The same step writes the cluster's token key set and signing key there too.
         let token = match &certs_dir {
             Some(dir) => Some(issue_admin_token(
-                &std::env::current_exe()?,
+                &crate::switchboard_binary()?,
                 &dir.join("tokens").join("token-signing-k1.pem"),
             )?),
             None => None,
