@@ -15,6 +15,7 @@ const PROTO_FILES: &[&str] = &[
     "switchboard/v1/common.proto",
     "switchboard/v1/events.proto",
     "switchboard/v1/calls.proto",
+    "switchboard/v1/activity.proto",
     "switchboard/v1/cluster.proto",
     "switchboard/v1/raft.proto",
 ];

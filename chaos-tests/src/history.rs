@@ -96,6 +96,9 @@ pub struct SeenEvent {
     /// Leader-stamped time of the event (the log's clock when it was applied), Unix ms.
     #[serde(default)]
     pub at_ms: u64,
+    /// An agent activity record (not a call's event).
+    #[serde(default)]
+    pub activity: bool,
 }
 
 /// The leader-stamped times of one call as a response showed them (Unix ms).

@@ -10,6 +10,7 @@ pub mod failover;
 pub mod history;
 pub mod netns;
 pub mod proxy;
+pub mod query_bench;
 pub mod regions;
 pub mod relay;
 pub mod rng;

@@ -22,6 +22,8 @@ enum Cli {
     Bench(chaos_tests::bench::BenchArgs),
     /// Measure WatchEvents: write throughput and commit-to-delivery latency with N watchers.
     WatchBench(chaos_tests::watch_bench::WatchBenchArgs),
+    /// Measure QueryEvents and EventStats latency over a large activity log (default 1M).
+    QueryBench(chaos_tests::query_bench::QueryBenchArgs),
     /// Run a chaos drill: real processes, real faults, invariant checkers.
     Drill(chaos_tests::drill::DrillArgs),
     /// Run many seeded drills in turn, rotating fault groups; table in <out>/soak.md.
@@ -40,6 +42,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         }
         Cli::Bench(args) => chaos_tests::bench::run(args).await?,
         Cli::WatchBench(args) => chaos_tests::watch_bench::run(args).await?,
+        Cli::QueryBench(args) => chaos_tests::query_bench::run(args).await?,
         Cli::Drill(args) => {
             if !chaos_tests::drill::run(args).await? {
                 return Ok(ExitCode::FAILURE);

@@ -44,8 +44,10 @@ use tonic::{
 };
 use tracing::debug;
 
+mod activity;
 mod watch;
 
+pub use activity::{ACTIVITY_BATCH_MAX, ActivityEmitter, EmitterConfig, EmitterStats};
 pub use watch::EventWatch;
 
 /// gRPC metadata carrying the bearer token (`Bearer <JWT>`).

@@ -417,13 +417,14 @@ impl Change {
             position,
             event_id: event_id(position),
             event_type: event_type.to_owned(),
-            call_id: self.call.call_id,
+            call_id: Some(self.call.call_id),
             tenant_id: self.call.tenant_id.clone(),
             trace_id: self.call.trace_id.clone(),
             sequence_number,
             at_ms: self.head.clock_ms,
             payload,
             metadata,
+            activity: None,
         });
         self.head.next_position = position + 1;
         self.call.last_sequence_number = sequence_number;

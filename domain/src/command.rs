@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::model::{CallId, CallState, Channel, Labels, Payload, Urgency, event_type};
+use crate::activity::{self, ActivityInput, Retention};
 use crate::limits::{
     self, ACTOR_BYTES_MAX, ENTITY_BOUNDS, EVENT_PAYLOAD_BYTES_MAX, EVENT_TYPE_BYTES_MAX, Field,
     Invalid, LANGUAGE_BYTES_MAX, METADATA_BOUNDS, Problem, REASON_BYTES_MAX, REQUEST_ID_BYTES_MAX,
@@ -62,6 +63,17 @@ pub enum Command {
         /// Who asked: the subject of the caller's token.
         actor: String,
     },
+    /// Appends agent activity records (one to `ACTIVITY_BATCH_MAX`, all or none). Entry format 3.
+    RecordActivity {
+        entries: Vec<ActivityInput>,
+    },
+    /// Sets the tenant's activity retention (an admin action). Entry format 3.
+    SetRetention {
+        retention: Retention,
+    },
+    /// Removes the tenant's activity past its retention, a bounded number per entry (the
+    /// leader proposes it for tenants with a retention; an admin may too). Entry format 3.
+    CompactActivity,
 }
 
 /// The kind of a command, for rejections and metrics.
@@ -75,6 +87,9 @@ pub enum CommandKind {
     RequestHandoff,
     EndCall,
     EraseCall,
+    RecordActivity,
+    SetRetention,
+    CompactActivity,
 }
 
 impl CommandKind {
@@ -88,6 +103,9 @@ impl CommandKind {
             CommandKind::RequestHandoff => "RequestHandoff",
             CommandKind::EndCall => "EndCall",
             CommandKind::EraseCall => "EraseCall",
+            CommandKind::RecordActivity => "RecordActivity",
+            CommandKind::SetRetention => "SetRetention",
+            CommandKind::CompactActivity => "CompactActivity",
         }
     }
 }
@@ -109,13 +127,30 @@ impl Command {
             Command::RequestHandoff { .. } => CommandKind::RequestHandoff,
             Command::EndCall { .. } => CommandKind::EndCall,
             Command::EraseCall { .. } => CommandKind::EraseCall,
+            Command::RecordActivity { .. } => CommandKind::RecordActivity,
+            Command::SetRetention { .. } => CommandKind::SetRetention,
+            Command::CompactActivity => CommandKind::CompactActivity,
         }
     }
 
-    /// The call a command addresses; `None` for `CreateCall`, whose id the leader mints.
+    /// Whether the command is about the tenant's activity, not one call.
+    pub fn is_activity(&self) -> bool {
+        matches!(
+            self,
+            Command::RecordActivity { .. }
+                | Command::SetRetention { .. }
+                | Command::CompactActivity
+        )
+    }
+
+    /// The call a command addresses; `None` for `CreateCall`, whose id the leader mints, and
+    /// for the tenant's activity commands.
     pub fn call_id(&self) -> Option<CallId> {
         match self {
-            Command::CreateCall { .. } => None,
+            Command::CreateCall { .. }
+            | Command::RecordActivity { .. }
+            | Command::SetRetention { .. }
+            | Command::CompactActivity => None,
             Command::StartCall { call_id }
             | Command::AppendTurn { call_id, .. }
             | Command::LogEvent { call_id, .. }
@@ -208,6 +243,9 @@ impl Command {
                 limits::check_bytes(Field::Reason, reason, REASON_BYTES_MAX)?;
                 limits::check_required(Field::Actor, actor, ACTOR_BYTES_MAX)
             }
+            Command::RecordActivity { entries } => activity::validate_batch(entries),
+            Command::SetRetention { retention } => retention.validate(),
+            Command::CompactActivity => Ok(()),
         }
     }
 
@@ -297,6 +335,32 @@ impl Command {
                 c.str(reason);
                 c.str(actor);
             }
+            Command::RecordActivity { entries } => {
+                c.u64(entries.len() as u64);
+                for entry in entries {
+                    let a = &entry.activity;
+                    c.str(entry.activity_type.event_type());
+                    c.str(&a.agent_type);
+                    c.str(&a.agent_name);
+                    c.str(&a.project_id);
+                    c.str(&a.task_id);
+                    c.str(&a.task_description);
+                    c.str(a.severity.as_str());
+                    c.str(a.status.as_str());
+                    c.str(&a.message);
+                    match &entry.call_id {
+                        Some(id) => c.id(id),
+                        None => c.opt_str(None),
+                    }
+                    c.str(&entry.payload);
+                    c.map(&entry.metadata);
+                }
+            }
+            Command::SetRetention { retention } => {
+                c.opt_u64(retention.age_ms);
+                c.opt_u64(retention.records);
+            }
+            Command::CompactActivity => {}
         }
         c.finish()
     }
@@ -337,6 +401,13 @@ impl Canonical {
     fn u64(&mut self, value: u64) {
         self.0.update([b'u']);
         self.0.update(value.to_be_bytes());
+    }
+
+    fn opt_u64(&mut self, value: Option<u64>) {
+        match value {
+            Some(value) => self.u64(value),
+            None => self.0.update([b'n']),
+        }
     }
 
     fn id(&mut self, id: &CallId) {

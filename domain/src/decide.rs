@@ -7,11 +7,12 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::activity::{self, ActivityChange, Retention};
 use crate::apply::{self, View};
 use crate::command::{Rejection, Request};
-use crate::idempotency::{Decision, Outcome, Receipt, Remembered, expiry_cutoff_ms};
+use crate::idempotency::{CallReceipt, Decision, Outcome, Receipt, Remembered, expiry_cutoff_ms};
 use crate::limits::{HANDOFF_TURNS_MAX, IDEMPOTENCY_PRUNE_PER_ENTRY_MAX};
-use crate::model::{Call, CallId, Head, Turn};
+use crate::model::{Call, CallId, Event, Head, Turn};
 
 /// Read access to the applied state that [`decide`] may ask for; what it does not ask for it
 /// does not need. Implemented by the store (over its write overlay) and by [`crate::memory`].
@@ -38,6 +39,12 @@ pub trait StateReader {
         before_ms: u64,
         limit: usize,
     ) -> Result<Vec<RequestKey>, Self::Error>;
+    /// The tenant's activity retention, if one was set.
+    fn retention(&self, tenant_id: &str) -> Result<Option<Retention>, Self::Error>;
+    /// How many activity records the tenant holds.
+    fn activity_held(&self, tenant_id: &str) -> Result<u64, Self::Error>;
+    /// The tenant's oldest `limit` activity records, oldest first.
+    fn oldest_activity(&self, tenant_id: &str, limit: usize) -> Result<Vec<Event>, Self::Error>;
 }
 
 /// A row of the expiry index: when a `(tenant, request_id)` outcome was remembered.
@@ -122,6 +129,46 @@ fn decide_request<R: StateReader>(
         return Ok((head, decision));
     }
 
+    let remember = |outcome: &Outcome| Remembered {
+        fingerprint,
+        at_ms: head.clock_ms,
+        outcome: outcome.clone(),
+    };
+    // A rejection is remembered like a success, so a retry gets the same answer.
+    let rejected = |rejection| {
+        let outcome = Outcome {
+            index,
+            result: Err(rejection),
+        };
+        (
+            head,
+            Decision::Rejected {
+                remember: remember(&outcome),
+                outcome,
+            },
+        )
+    };
+    if request.command.is_activity() {
+        return Ok(match activity::decide(state, request, head)? {
+            Ok(change) => {
+                check_activity_continues(&head, &change);
+                let outcome = Outcome {
+                    index,
+                    result: Ok(Receipt::Activity(change.receipt())),
+                };
+                (
+                    change.head,
+                    Decision::Recorded {
+                        remember: remember(&outcome),
+                        change: Box::new(change),
+                        outcome,
+                    },
+                )
+            }
+            Err(rejection) => rejected(rejection),
+        });
+    }
+
     let call_id = request.command.call_id().or(request.stamp.minted_call_id);
     let call = match &call_id {
         Some(id) => state.call(id)?,
@@ -137,23 +184,18 @@ fn decide_request<R: StateReader>(
         call: call.as_ref(),
         recent_turns: &recent_turns,
     };
-    let remember = |outcome: &Outcome| Remembered {
-        fingerprint,
-        at_ms: head.clock_ms,
-        outcome: outcome.clone(),
-    };
     Ok(match apply::apply(head, view, request) {
         Ok(change) => {
             check_continues(&head, call.as_ref(), &change);
             let outcome = Outcome {
                 index,
-                result: Ok(Receipt {
+                result: Ok(Receipt::Call(CallReceipt {
                     call_id: change.call.call_id,
                     state: change.call.state(),
                     turn_index: change.turn.as_ref().map(|turn| turn.index),
                     first_position: change.positions().0,
                     last_position: change.positions().1,
-                }),
+                })),
             };
             (
                 change.head,
@@ -164,19 +206,7 @@ fn decide_request<R: StateReader>(
                 },
             )
         }
-        Err(rejection) => {
-            let outcome = Outcome {
-                index,
-                result: Err(rejection),
-            };
-            (
-                head,
-                Decision::Rejected {
-                    remember: remember(&outcome),
-                    outcome,
-                },
-            )
-        }
+        Err(rejection) => rejected(rejection),
     })
 }
 
@@ -205,6 +235,36 @@ fn recent_turns<R: StateReader>(state: &R, call: &Call, max: usize) -> Result<Ve
         turns.push(state.turn(&call.call_id, index)?);
     }
     Ok(turns)
+}
+
+/// Postcondition of every activity change: its records continue the cluster's positions
+/// without a gap and are the tenant's; what it removes is the tenant's activity, oldest first.
+fn check_activity_continues(before: &Head, change: &ActivityChange) {
+    for (offset, event) in (0u64..).zip(&change.events) {
+        assert_eq!(
+            event.position,
+            before.next_position + offset,
+            "event positions are gap-free"
+        );
+        assert!(event.activity.is_some() && event.tenant_id == change.tenant_id);
+    }
+    assert_eq!(
+        change.head.next_position,
+        before.next_position + change.events.len() as u64
+    );
+    assert!(
+        change
+            .compacted
+            .iter()
+            .all(|e| e.activity.is_some() && e.tenant_id == change.tenant_id),
+        "compaction removes only the tenant's activity"
+    );
+    assert!(
+        change
+            .compacted
+            .windows(2)
+            .all(|w| w[0].position < w[1].position)
+    );
 }
 
 /// Postcondition of every applied change: its events continue the cluster's positions and the

@@ -1,9 +1,10 @@
 //! Which events a reader wants: the filter of a watch (and of queries to come), checked against
 //! its bounds once and then matched against each event of the log.
 
+use crate::activity::Severity;
 use crate::limits::{
-    self, EVENT_TYPE_BYTES_MAX, Field, Invalid, METADATA_BOUNDS, Problem, TENANT_ID_BYTES_MAX,
-    WATCH_TYPE_PREFIXES_MAX,
+    self, AGENT_TYPE_BYTES_MAX, EVENT_TYPE_BYTES_MAX, Field, Invalid, METADATA_BOUNDS,
+    PROJECT_ID_BYTES_MAX, Problem, TASK_ID_BYTES_MAX, TENANT_ID_BYTES_MAX, WATCH_TYPE_PREFIXES_MAX,
 };
 use crate::{CallId, Event, Labels};
 
@@ -18,6 +19,15 @@ pub struct EventFilter {
     pub type_prefixes: Vec<String>,
     /// Only events whose metadata holds each of these pairs.
     pub metadata: Labels,
+    /// Only agent activity of at least this severity (call events have none, so they never
+    /// match a minimum).
+    pub min_severity: Option<Severity>,
+    /// Only agent activity of this project.
+    pub project_id: Option<String>,
+    /// Only agent activity of this task.
+    pub task_id: Option<String>,
+    /// Only agent activity of this agent type.
+    pub agent_type: Option<String>,
 }
 
 impl EventFilter {
@@ -40,7 +50,46 @@ impl EventFilter {
         for prefix in &self.type_prefixes {
             limits::check_required(Field::EventTypePrefixes, prefix, EVENT_TYPE_BYTES_MAX)?;
         }
+        if let Some(project) = &self.project_id {
+            limits::check_required(Field::ProjectId, project, PROJECT_ID_BYTES_MAX)?;
+        }
+        if let Some(task) = &self.task_id {
+            limits::check_required(Field::TaskId, task, TASK_ID_BYTES_MAX)?;
+        }
+        if let Some(agent) = &self.agent_type {
+            limits::check_required(Field::AgentType, agent, AGENT_TYPE_BYTES_MAX)?;
+        }
         limits::check_map(METADATA_BOUNDS, self.metadata.iter())
+    }
+
+    /// Whether only agent activity can match.
+    pub fn activity_only(&self) -> bool {
+        self.min_severity.is_some()
+            || self.project_id.is_some()
+            || self.task_id.is_some()
+            || self.agent_type.is_some()
+    }
+
+    fn matches_activity(&self, event: &Event) -> bool {
+        if !self.activity_only() {
+            return true;
+        }
+        let Some(activity) = &event.activity else {
+            return false;
+        };
+        self.min_severity.is_none_or(|min| activity.severity >= min)
+            && self
+                .project_id
+                .as_deref()
+                .is_none_or(|p| activity.project_id == p)
+            && self
+                .task_id
+                .as_deref()
+                .is_none_or(|t| activity.task_id == t)
+            && self
+                .agent_type
+                .as_deref()
+                .is_none_or(|a| activity.agent_type == a)
     }
 
     /// Whether `event` passes the filter.
@@ -48,7 +97,7 @@ impl EventFilter {
         self.tenant_id
             .as_deref()
             .is_none_or(|tenant| event.tenant_id == tenant)
-            && self.call_id.is_none_or(|call| event.call_id == call)
+            && self.call_id.is_none_or(|call| event.call_id == Some(call))
             && (self.type_prefixes.is_empty()
                 || self
                     .type_prefixes
@@ -58,6 +107,7 @@ impl EventFilter {
                 .metadata
                 .iter()
                 .all(|(key, value)| event.metadata.get(key) == Some(value))
+            && self.matches_activity(event)
     }
 }
 
@@ -71,7 +121,7 @@ mod tests {
             position: 1,
             event_id: event_id(1),
             event_type: event_type.to_owned(),
-            call_id: CallId::from_u128(call),
+            call_id: Some(CallId::from_u128(call)),
             tenant_id: tenant.to_owned(),
             trace_id: String::new(),
             sequence_number: 1,
@@ -81,6 +131,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
+            activity: None,
         }
     }
 
@@ -123,6 +174,7 @@ mod tests {
             call_id: Some(CallId::from_u128(7)),
             type_prefixes: vec!["call.".to_owned()],
             metadata: metadata(&[("lane", "x")]).metadata,
+            ..EventFilter::default()
         };
         assert!(all.matches(&e));
         assert!(
@@ -132,6 +184,47 @@ mod tests {
             }
             .matches(&e)
         );
+    }
+
+    #[test]
+    fn activity_parts_match_only_activity() {
+        use crate::activity::{Activity, ActivityStatus};
+        let call_event = event("acme", 7, "call.started", &[]);
+        let mut record = event("acme", 7, "agent.error", &[]);
+        record.activity = Some(Box::new(Activity {
+            agent_type: "agent-api".into(),
+            agent_name: "API".into(),
+            project_id: "P".into(),
+            task_id: "T".into(),
+            task_description: String::new(),
+            severity: Severity::Error,
+            status: ActivityStatus::Failed,
+            message: String::new(),
+        }));
+        let min = |s| EventFilter {
+            min_severity: Some(s),
+            ..EventFilter::default()
+        };
+        assert!(min(Severity::Warning).matches(&record));
+        assert!(min(Severity::Error).matches(&record));
+        assert!(!min(Severity::Critical).matches(&record));
+        assert!(!min(Severity::Debug).matches(&call_event));
+        let project = EventFilter {
+            project_id: Some("P".into()),
+            task_id: Some("T".into()),
+            agent_type: Some("agent-api".into()),
+            ..EventFilter::default()
+        };
+        assert!(project.matches(&record));
+        assert!(!project.matches(&call_event));
+        assert!(
+            !EventFilter {
+                task_id: Some("U".into()),
+                ..project
+            }
+            .matches(&record)
+        );
+        assert!(EventFilter::default().matches(&record));
     }
 
     #[test]

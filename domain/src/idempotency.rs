@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::apply::Change;
 use super::command::Rejection;
 use super::model::{CallId, CallState};
+use crate::activity::ActivityChange;
 use crate::limits::IDEMPOTENCY_WINDOW_MS;
 
 /// Records stamped before this time have left the window at `clock_ms` (`None`: none has).
@@ -18,12 +19,46 @@ pub fn expiry_cutoff_ms(clock_ms: u64) -> Option<u64> {
 
 /// What an accepted command did, in a form small enough to remember per request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Receipt {
+pub enum Receipt {
+    Call(CallReceipt),
+    Activity(ActivityReceipt),
+}
+
+/// What a call command did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallReceipt {
     pub call_id: CallId,
     pub state: CallState,
     pub turn_index: Option<u64>,
     pub first_position: u64,
     pub last_position: u64,
+}
+
+/// What an activity command did: the positions of the records it appended (both 0 when it
+/// appended none) and how many old records it removed under the tenant's retention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ActivityReceipt {
+    pub first_position: u64,
+    pub last_position: u64,
+    pub compacted: u64,
+    /// Whether records past the retention remain (another compaction would remove more).
+    pub more: bool,
+}
+
+impl Receipt {
+    pub fn call(&self) -> Option<&CallReceipt> {
+        match self {
+            Receipt::Call(receipt) => Some(receipt),
+            Receipt::Activity(_) => None,
+        }
+    }
+
+    pub fn activity(&self) -> Option<&ActivityReceipt> {
+        match self {
+            Receipt::Activity(receipt) => Some(receipt),
+            Receipt::Call(_) => None,
+        }
+    }
 }
 
 /// The outcome of a request: applied at a log index, or rejected there.
@@ -57,6 +92,12 @@ pub enum Decision {
     /// Applied: store the change and remember the outcome.
     Applied {
         change: Box<Change>,
+        outcome: Outcome,
+        remember: Remembered,
+    },
+    /// An activity command applied: store its records and removals, remember the outcome.
+    Recorded {
+        change: Box<ActivityChange>,
         outcome: Outcome,
         remember: Remembered,
     },

@@ -8,6 +8,7 @@
 //! [`StateReader`], and the result is data ([`Step`]) that the store writes. This is what makes
 //! every replica that applies the same log reach byte-identical state.
 
+pub mod activity;
 mod apply;
 mod command;
 mod decide;
@@ -18,11 +19,14 @@ pub mod memory;
 mod model;
 pub mod redact;
 
+pub use activity::{
+    Activity, ActivityChange, ActivityInput, ActivityStatus, ActivityType, Retention, Severity,
+};
 pub use apply::{Change, View, apply};
 pub use command::{CallLimit, Command, CommandKind, Rejection, Request, Stamp};
 pub use decide::{Expired, RequestKey, StateReader, Step, decide};
 pub use filter::EventFilter;
-pub use idempotency::{Decision, Outcome, Receipt, Remembered};
+pub use idempotency::{ActivityReceipt, CallReceipt, Decision, Outcome, Receipt, Remembered};
 pub use model::{
     Call, CallId, CallState, Channel, ContextSnapshot, ERASED_PAYLOAD, Erasure, Event, Handoff,
     Head, Labels, Lifecycle, Payload, Turn, Urgency, event_id, event_type,

@@ -56,6 +56,25 @@ pub const CONTEXT_TURNS_MAX: u32 = 100;
 /// Most event-type prefixes one watch filters on.
 pub const WATCH_TYPE_PREFIXES_MAX: usize = 16;
 
+/// Agent activity (`RecordActivity`): the sizes of its typed fields.
+pub const AGENT_TYPE_BYTES_MAX: usize = 100;
+pub const AGENT_NAME_BYTES_MAX: usize = 255;
+pub const PROJECT_ID_BYTES_MAX: usize = 255;
+pub const TASK_ID_BYTES_MAX: usize = 255;
+pub const TASK_DESCRIPTION_BYTES_MAX: usize = 4 * 1024;
+pub const ACTIVITY_MESSAGE_BYTES_MAX: usize = 4 * 1024;
+/// Activity payloads are JSON, and smaller than a call event's: activity is telemetry.
+pub const ACTIVITY_PAYLOAD_BYTES_MAX: usize = 16 * 1024;
+/// Entries one `RecordActivity` command carries; the whole batch is applied or none of it.
+pub const ACTIVITY_BATCH_MAX: usize = 100;
+/// Activity records one entry removes when a tenant's retention bound is passed. Larger than
+/// a batch, so a tenant that writes at the bound's edge never outgrows it.
+pub const ACTIVITY_COMPACT_PER_ENTRY_MAX: usize = 2 * ACTIVITY_BATCH_MAX;
+/// The smallest age bound a retention may set: shorter would compact what was just written.
+pub const RETENTION_AGE_MS_MIN: u64 = 60 * 1000;
+/// Values a query's exact-match lists (types, severities) may hold.
+pub const QUERY_VALUES_MAX: usize = 16;
+
 /// The input field a violation is about; its `Display` is the name clients see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Field {
@@ -91,6 +110,19 @@ pub enum Field {
     EventTypePrefixes,
     /// A watch's progress interval.
     ProgressInterval,
+    /// Agent activity's fields (appended, like every field after `Actor`).
+    AgentType,
+    AgentName,
+    ProjectId,
+    TaskId,
+    TaskDescription,
+    Message,
+    ActivityType,
+    Severity,
+    Status,
+    Entries,
+    Retention,
+    TimeRange,
 }
 
 impl Field {
@@ -126,6 +158,18 @@ impl Field {
             Field::Actor => "actor",
             Field::EventTypePrefixes => "event_type_prefixes",
             Field::ProgressInterval => "progress_interval_ms",
+            Field::AgentType => "agent_type",
+            Field::AgentName => "agent_name",
+            Field::ProjectId => "project_id",
+            Field::TaskId => "task_id",
+            Field::TaskDescription => "task_description",
+            Field::Message => "message",
+            Field::ActivityType => "activity_type",
+            Field::Severity => "severity",
+            Field::Status => "status",
+            Field::Entries => "entries",
+            Field::Retention => "retention",
+            Field::TimeRange => "time range",
         }
     }
 }
@@ -140,14 +184,27 @@ impl std::fmt::Display for Field {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Problem {
     Empty,
-    BytesOver { bytes_max: u64, bytes: u64 },
-    EntriesOver { entries_max: u64, entries: u64 },
+    BytesOver {
+        bytes_max: u64,
+        bytes: u64,
+    },
+    EntriesOver {
+        entries_max: u64,
+        entries: u64,
+    },
     NotInUnitRange,
     NotJson,
     Reserved,
     Malformed,
     Unspecified,
     OpaquePii,
+    /// A retention bound below its minimum ([`RETENTION_AGE_MS_MIN`]) or a count of zero.
+    BelowMinimum {
+        min: u64,
+        value: u64,
+    },
+    /// A range whose start is after its end.
+    Inverted,
 }
 
 /// One field that breaks one bound: the payload of an `INVALID_ARGUMENT`.
@@ -179,6 +236,10 @@ impl std::fmt::Display for Problem {
                 f,
                 "holds personal data that cannot be redacted inside opaque bytes: send it as JSON"
             ),
+            Problem::BelowMinimum { min, value } => {
+                write!(f, "is {value}, below the minimum of {min}")
+            }
+            Problem::Inverted => write!(f, "starts after it ends"),
         }
     }
 }

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::activity::Retention;
 use crate::command::Request;
 use crate::decide::{RequestKey, StateReader, Step};
 use crate::idempotency::{Decision, Remembered};
@@ -19,8 +20,10 @@ pub struct Memory {
     pub turns: BTreeMap<(CallId, u64), Turn>,
     pub remembered: BTreeMap<(String, String), Remembered>,
     pub expiry: BTreeSet<RequestKey>,
-    /// Every event appended, in position order.
+    /// Every event appended and not compacted, in position order.
     pub log: Vec<Event>,
+    /// Tenants' activity retention.
+    pub retention: BTreeMap<String, Retention>,
 }
 
 /// A read the step needed found nothing where the state promises something.
@@ -45,6 +48,7 @@ impl Memory {
             remembered: BTreeMap::new(),
             expiry: BTreeSet::new(),
             log: Vec::new(),
+            retention: BTreeMap::new(),
         }
     }
 
@@ -78,11 +82,25 @@ impl Memory {
                         }
                     }
                     for event in &mut self.log {
-                        if event.call_id == call_id && event.sequence_number <= erasure.events {
+                        if event.activity.is_none()
+                            && event.call_id == Some(call_id)
+                            && event.sequence_number <= erasure.events
+                        {
                             *event = event.erased();
                         }
                     }
                 }
+                self.log.extend(change.events.iter().cloned());
+                Some(remember)
+            }
+            Decision::Recorded {
+                change, remember, ..
+            } => {
+                if let Some(retention) = change.retention {
+                    self.retention.insert(change.tenant_id.clone(), retention);
+                }
+                let gone: BTreeSet<u64> = change.compacted.iter().map(|e| e.position).collect();
+                self.log.retain(|e| !gone.contains(&e.position));
                 self.log.extend(change.events.iter().cloned());
                 Some(remember)
             }
@@ -97,6 +115,15 @@ impl Memory {
             self.remembered.insert(key, remember.clone());
         }
         self.head = step.head;
+    }
+}
+
+impl Memory {
+    /// The tenant's activity records, oldest first.
+    pub fn activity_of<'a>(&'a self, tenant_id: &'a str) -> impl Iterator<Item = &'a Event> + 'a {
+        self.log
+            .iter()
+            .filter(move |e| e.activity.is_some() && e.tenant_id == tenant_id)
     }
 }
 
@@ -123,6 +150,18 @@ impl StateReader for Memory {
             .remembered
             .get(&(tenant_id.to_owned(), request_id.to_owned()))
             .cloned())
+    }
+
+    fn retention(&self, tenant_id: &str) -> Result<Option<Retention>, Missing> {
+        Ok(self.retention.get(tenant_id).copied())
+    }
+
+    fn activity_held(&self, tenant_id: &str) -> Result<u64, Missing> {
+        Ok(self.activity_of(tenant_id).count() as u64)
+    }
+
+    fn oldest_activity(&self, tenant_id: &str, limit: usize) -> Result<Vec<Event>, Missing> {
+        Ok(self.activity_of(tenant_id).take(limit).cloned().collect())
     }
 
     fn remembered_before(&self, before_ms: u64, limit: usize) -> Result<Vec<RequestKey>, Missing> {

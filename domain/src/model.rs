@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::activity::Activity;
+
 pub type CallId = Uuid;
 pub type Labels = BTreeMap<String, String>;
 
@@ -332,14 +334,18 @@ pub struct Event {
     /// Derived from `position` alone (see [`event_id`]).
     pub event_id: Uuid,
     pub event_type: String,
-    pub call_id: CallId,
+    /// The call the event belongs to; for agent activity, the call it is about, if any.
+    pub call_id: Option<CallId>,
     pub tenant_id: String,
     pub trace_id: String,
-    /// Per call, gap-free, from 1.
+    /// Per aggregate, gap-free, from 1: a call's events count up; an activity record is its own
+    /// aggregate (DESIGN §7), so it is 1.
     pub sequence_number: u64,
     pub at_ms: u64,
     pub payload: Payload,
     pub metadata: Labels,
+    /// Set on agent activity records ([`crate::activity`]): their typed fields.
+    pub activity: Option<Box<Activity>>,
 }
 
 /// System event types; semantic events logged by clients may not use them.

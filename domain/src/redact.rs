@@ -759,9 +759,14 @@ impl Redactor<'_> {
     /// is found (they cannot be rewritten without breaking their encoding, and must not be
     /// proposed raw).
     pub fn command(&self, command: Command) -> Result<(Command, Redactions), Invalid> {
-        if let Command::LogEvent { metadata, .. } = &command
-            && metadata.contains_key(REDACTIONS_METADATA_KEY)
-        {
+        let reserved_key = match &command {
+            Command::LogEvent { metadata, .. } => metadata.contains_key(REDACTIONS_METADATA_KEY),
+            Command::RecordActivity { entries } => entries
+                .iter()
+                .any(|e| e.metadata.contains_key(REDACTIONS_METADATA_KEY)),
+            _ => false,
+        };
+        if reserved_key {
             return Err(Invalid::new(Field::MetadataKey, Problem::Reserved));
         }
         let mut summary = Redactions::new();
@@ -848,6 +853,25 @@ impl Redactor<'_> {
                 reason: self.text(&reason, s),
                 actor,
             },
+            // Agent activity: the free text (task description, message), the JSON payload and
+            // metadata values; names and ids are left alone.
+            Command::RecordActivity { entries } => Command::RecordActivity {
+                entries: entries
+                    .into_iter()
+                    .map(|mut entry| -> Result<_, Invalid> {
+                        let a = &mut entry.activity;
+                        a.task_description = self.text(&a.task_description, s);
+                        a.message = self.text(&a.message, s);
+                        entry.payload = match self.payload(Payload::Json(entry.payload), s)? {
+                            Payload::Json(text) => text,
+                            Payload::Bytes(_) => unreachable!("a JSON payload stays JSON"),
+                        };
+                        entry.metadata = self.labels(entry.metadata, s);
+                        Ok(entry)
+                    })
+                    .collect::<Result<_, _>>()?,
+            },
+            command @ (Command::SetRetention { .. } | Command::CompactActivity) => command,
         };
         Ok((command, summary))
     }

@@ -16,9 +16,9 @@ use domain::limits::{
 use domain::memory::Memory;
 use domain::redact::{REDACTIONS_METADATA_KEY, Redactor};
 use domain::{
-    Call, CallId, CallLimit, CallState, Change, Channel, Command, CommandKind, Decision, Event,
-    Handoff, Head, Labels, Lifecycle, Outcome, Payload, Receipt, Rejection, Request, Stamp, Turn,
-    Urgency, View, apply, decide, event_id, event_type,
+    Call, CallId, CallLimit, CallReceipt, CallState, Change, Channel, Command, CommandKind,
+    Decision, Event, Handoff, Head, Labels, Lifecycle, Outcome, Payload, Receipt, Rejection,
+    Request, Stamp, Turn, Urgency, View, apply, decide, event_id, event_type,
 };
 use uuid::Uuid;
 
@@ -262,7 +262,7 @@ impl Scenario {
     fn events_of(&self, id: CallId) -> Vec<&Event> {
         self.log
             .iter()
-            .filter(|event| event.call_id == id)
+            .filter(|event| event.call_id == Some(id))
             .collect()
     }
 
@@ -322,7 +322,7 @@ fn assert_event(
         event.sequence_number, sequence_number,
         "sequence number of {event_type}"
     );
-    assert_eq!(event.call_id, call.call_id);
+    assert_eq!(event.call_id, Some(call.call_id));
     assert_eq!(event.tenant_id, call.tenant_id);
     assert_eq!(event.trace_id, call.trace_id);
     assert_eq!(event.at_ms, at_ms, "at_ms of {event_type}");
@@ -427,13 +427,13 @@ mod lifecycle {
             outcome,
             Outcome {
                 index: 1,
-                result: Ok(Receipt {
+                result: Ok(Receipt::Call(CallReceipt {
                     call_id: id,
                     state: CallState::Created,
                     turn_index: None,
                     first_position: 1,
                     last_position: 1,
-                }),
+                })),
             }
         );
         let call = s.call(id);
@@ -886,12 +886,12 @@ mod lifecycle {
         assert!(
             s.events_of(a)
                 .iter()
-                .all(|e| e.tenant_id == ACME && e.call_id == a)
+                .all(|e| e.tenant_id == ACME && e.call_id == Some(a))
         );
         assert!(
             s.events_of(b)
                 .iter()
-                .all(|e| e.tenant_id == GLOBEX && e.call_id == b)
+                .all(|e| e.tenant_id == GLOBEX && e.call_id == Some(b))
         );
         assert_eq!(
             s.event_types_of(a),
@@ -943,25 +943,25 @@ mod lifecycle {
             outcome,
             Outcome {
                 index: 4,
-                result: Ok(Receipt {
+                result: Ok(Receipt::Call(CallReceipt {
                     call_id: id,
                     state: CallState::Active,
                     turn_index: Some(2),
                     first_position: 4,
                     last_position: 4,
-                }),
+                })),
             }
         );
         let outcome = outcome_of_applied(s.send(ACME, "end", end(id)));
         assert_eq!(
             outcome.result,
-            Ok(Receipt {
+            Ok(Receipt::Call(CallReceipt {
                 call_id: id,
                 state: CallState::Ended,
                 turn_index: None,
                 first_position: 5,
                 last_position: 5,
-            })
+            }))
         );
         assert_eq!(outcome.index, 5);
     }
@@ -1138,7 +1138,7 @@ mod unknown_calls {
             !s.calls.contains_key(&GHOST),
             "turns and events never exist without their call"
         );
-        assert!(s.log.iter().all(|e| e.call_id == known));
+        assert!(s.log.iter().all(|e| e.call_id == Some(known)));
     }
 
     #[test]
@@ -1395,8 +1395,8 @@ mod idempotency {
             panic!("expected a replayed success");
         };
         assert_eq!(
-            receipt.state,
-            CallState::Active,
+            receipt.call().map(|r| r.state),
+            Some(CallState::Active),
             "the receipt is the original one"
         );
         // A handoff retried across a leader change: still exactly one handoff.
@@ -1491,7 +1491,13 @@ mod idempotency {
         s.set_clock(remember.at_ms + IDEMPOTENCY_WINDOW_MS + 1);
         let fresh = outcome_of_applied(s.send(ACME, "turn-1", turn(id, "early")));
         assert_eq!(fresh.index, 5);
-        assert_eq!(fresh.result.as_ref().map(|r| r.turn_index), Ok(Some(1)));
+        assert_eq!(
+            fresh
+                .result
+                .as_ref()
+                .map(|r| r.call().and_then(|r| r.turn_index)),
+            Ok(Some(1))
+        );
         assert_eq!(s.call(id).turn_count, 1);
         // ... and the new outcome is what is remembered from now on.
         assert_eq!(
@@ -1508,18 +1514,27 @@ mod idempotency {
         let Ok(receipt) = &started.result else {
             panic!("start succeeded");
         };
-        assert_eq!(receipt.state, CallState::Active);
+        assert_eq!(receipt.call().map(|r| r.state), Some(CallState::Active));
         let remembered_at = s.remembered[&(ACME.to_owned(), "r".to_owned())].at_ms;
         s.set_clock(remembered_at + IDEMPOTENCY_WINDOW_MS + 1);
         let ended = outcome_of_applied(s.send(ACME, "r", end(id)));
-        assert_eq!(ended.result.map(|r| r.state), Ok(CallState::Ended));
+        assert_eq!(
+            ended.result.map(|r| r.call().map(|r| r.state)),
+            Ok(Some(CallState::Ended))
+        );
     }
 
     #[test]
     fn a_retried_create_call_with_a_newly_minted_id_replays_the_original_call() {
         let mut s = Scenario::new();
         let original = outcome_of_applied(s.send(ACME, "create-1", create_call()));
-        assert_eq!(original.result.as_ref().map(|r| r.call_id), Ok(minted(1)));
+        assert_eq!(
+            original
+                .result
+                .as_ref()
+                .map(|r| r.call().map(|r| r.call_id)),
+            Ok(Some(minted(1)))
+        );
         let before = s.stored();
 
         // The retry reaches a new leader, which mints another id.
@@ -2649,5 +2664,227 @@ mod redaction {
             other => panic!("expected a replay, got {other:?}"),
         }
         assert_eq!(s.turns_of(id).len(), 1);
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Agent activity
+// ------------------------------------------------------------------------------------------------
+
+mod activity {
+    use domain::limits::{ACTIVITY_COMPACT_PER_ENTRY_MAX, RETENTION_AGE_MS_MIN};
+    use domain::{
+        Activity, ActivityChange, ActivityInput, ActivityReceipt, ActivityStatus, ActivityType,
+        Retention, Severity,
+    };
+
+    use super::*;
+
+    fn entry(task: &str, call_id: Option<CallId>) -> ActivityInput {
+        ActivityInput {
+            activity_type: ActivityType::Progress,
+            activity: Activity {
+                agent_type: "agent-api".into(),
+                agent_name: "API Agent".into(),
+                project_id: "P-1".into(),
+                task_id: task.into(),
+                task_description: "build the endpoint".into(),
+                severity: Severity::Info,
+                status: ActivityStatus::InProgress,
+                message: "halfway".into(),
+            },
+            call_id,
+            payload: r#"{"percent":50}"#.into(),
+            metadata: Labels::new(),
+        }
+    }
+
+    fn record(entries: Vec<ActivityInput>) -> Command {
+        Command::RecordActivity { entries }
+    }
+
+    impl Scenario {
+        #[track_caller]
+        fn recorded(&mut self, tenant: &str, command: Command) -> ActivityChange {
+            let request_id = self.fresh_request_id();
+            match self.send(tenant, &request_id, command) {
+                Decision::Recorded { change, .. } => *change,
+                other => panic!("expected the activity command to apply, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_batch_takes_consecutive_positions_between_call_events() {
+        let mut s = Scenario::new();
+        let id = s.active(ACME);
+        let change = s.recorded(
+            ACME,
+            record(vec![entry("T-1", None), entry("T-2", Some(id))]),
+        );
+        assert_eq!(
+            change.receipt(),
+            ActivityReceipt {
+                first_position: 3,
+                last_position: 4,
+                compacted: 0,
+                more: false
+            }
+        );
+        let records: Vec<&Event> = s.log.iter().filter(|e| e.activity.is_some()).collect();
+        assert_eq!(records.len(), 2);
+        assert_eq!(records[0].event_type, "agent.progress");
+        assert_eq!(records[0].call_id, None);
+        assert_eq!(records[0].sequence_number, 1);
+        assert_eq!(records[0].trace_id, "");
+        // A record about a call carries the call's id and trace, and leaves its sequence alone.
+        assert_eq!(records[1].call_id, Some(id));
+        assert_eq!(records[1].trace_id, s.call(id).trace_id);
+        assert_eq!(s.call(id).last_sequence_number, 2);
+        assert_eq!(s.ok(ACME, turn(id, "next")).events[0].position, 5);
+    }
+
+    #[test]
+    fn a_record_about_an_unknown_or_foreign_call_rejects_the_whole_batch() {
+        let mut s = Scenario::new();
+        let theirs = s.create(GLOBEX);
+        let before = s.stored();
+        for call in [GHOST, theirs] {
+            assert_eq!(
+                s.rejected(
+                    ACME,
+                    record(vec![entry("T-1", None), entry("T-2", Some(call))])
+                ),
+                Rejection::UnknownCall { call_id: call }
+            );
+        }
+        assert_eq!(s.stored(), before, "nothing of a rejected batch is written");
+    }
+
+    #[test]
+    fn invalid_entries_are_rejected_naming_the_field() {
+        let mut s = Scenario::new();
+        let mut long = entry("T", None);
+        long.activity.agent_type = "x".repeat(101);
+        assert_eq!(s.invalid(ACME, record(vec![long])).field, Field::AgentType);
+        assert_eq!(s.invalid(ACME, record(vec![])).field, Field::Entries);
+        let mut not_json = entry("T", None);
+        not_json.payload = "{".into();
+        assert_eq!(
+            s.invalid(ACME, record(vec![not_json])).field,
+            Field::Payload
+        );
+    }
+
+    #[test]
+    fn a_retried_batch_is_answered_once() {
+        let mut s = Scenario::new();
+        let first = s.send(ACME, "batch-1", record(vec![entry("T", None)]));
+        let Decision::Recorded { outcome, .. } = first else {
+            panic!("recorded");
+        };
+        assert_eq!(
+            s.send(ACME, "batch-1", record(vec![entry("T", None)])),
+            Decision::Replay(outcome)
+        );
+        assert_eq!(s.activity_of(ACME).count(), 1);
+    }
+
+    #[test]
+    fn retention_by_count_keeps_the_newest_and_never_touches_calls() {
+        let mut s = Scenario::new();
+        let id = s.active(ACME);
+        for n in 0..5 {
+            s.recorded(ACME, record(vec![entry(&format!("T-{n}"), Some(id))]));
+        }
+        s.recorded(GLOBEX, record(vec![entry("G", None)]));
+        let set = s.recorded(
+            ACME,
+            Command::SetRetention {
+                retention: Retention {
+                    age_ms: None,
+                    records: Some(2),
+                },
+            },
+        );
+        assert_eq!(set.compacted.len(), 3);
+        let kept: Vec<&str> = s
+            .activity_of(ACME)
+            .map(|e| e.activity.as_ref().map_or("", |a| a.task_id.as_str()))
+            .collect();
+        assert_eq!(kept, ["T-3", "T-4"]);
+        // Recording past the bound compacts in the same entry.
+        let change = s.recorded(ACME, record(vec![entry("T-5", None)]));
+        assert_eq!(change.compacted.len(), 1);
+        assert_eq!(s.activity_of(ACME).count(), 2);
+        assert_eq!(s.activity_of(GLOBEX).count(), 1, "another tenant's stays");
+        assert_eq!(
+            s.log.iter().filter(|e| e.activity.is_none()).count(),
+            2,
+            "call events are never compacted"
+        );
+    }
+
+    #[test]
+    fn retention_by_age_uses_the_leaders_clock_and_a_bounded_number_per_entry() {
+        let mut s = Scenario::new();
+        let n = ACTIVITY_COMPACT_PER_ENTRY_MAX + 50;
+        for chunk in 0..n.div_ceil(100) {
+            let size = (n - chunk * 100).min(100);
+            s.recorded(ACME, record(vec![entry("old", None); size]));
+        }
+        s.recorded(
+            ACME,
+            Command::SetRetention {
+                retention: Retention {
+                    age_ms: Some(RETENTION_AGE_MS_MIN),
+                    records: None,
+                },
+            },
+        );
+        assert_eq!(s.activity_of(ACME).count(), n, "nothing is old yet");
+        s.set_clock(s.clock_ms + RETENTION_AGE_MS_MIN + 1_000);
+        s.recorded(ACME, record(vec![entry("new", None)]));
+        let compacted = s.recorded(ACME, Command::CompactActivity);
+        assert_eq!(compacted.receipt().compacted, 50);
+        assert!(!compacted.more);
+        let tasks: Vec<&str> = s
+            .activity_of(ACME)
+            .map(|e| e.activity.as_ref().map_or("", |a| a.task_id.as_str()))
+            .collect();
+        assert_eq!(tasks, ["new"]);
+    }
+
+    #[test]
+    fn retention_is_validated() {
+        let mut s = Scenario::new();
+        let invalid = s.invalid(
+            ACME,
+            Command::SetRetention {
+                retention: Retention {
+                    age_ms: Some(1),
+                    records: None,
+                },
+            },
+        );
+        assert_eq!(invalid.field, Field::Retention);
+    }
+
+    #[test]
+    fn activity_text_is_redacted_before_it_is_proposed() {
+        let mut s = Scenario::new();
+        let mut e = entry("T", None);
+        e.activity.message = "call me at jane@example.com".into();
+        e.payload = r#"{"email":"jane@example.com"}"#.into();
+        let decision = s.send_redacted(ACME, "r", record(vec![e]), Redactor::Mask);
+        assert!(
+            matches!(decision, Decision::Recorded { .. }),
+            "{decision:?}"
+        );
+        let stored = s.activity_of(ACME).next().expect("recorded");
+        let activity = stored.activity.as_ref().expect("typed");
+        assert!(!activity.message.contains("jane@"), "{}", activity.message);
+        assert!(!format!("{:?}", stored.payload).contains("jane@"));
+        assert!(stored.metadata.contains_key(REDACTIONS_METADATA_KEY));
     }
 }

@@ -14,7 +14,7 @@ pub const ADVANCE_MS: u64 = 30_000;
 pub const START_MS: u64 = 1_750_000_000_000;
 
 /// The write RPCs, by the frame's `kind` (modulo their number).
-pub const KINDS: [&str; 7] = [
+pub const KINDS: [&str; 8] = [
     "CreateCall",
     "StartCall",
     "AppendTurn",
@@ -22,6 +22,7 @@ pub const KINDS: [&str; 7] = [
     "UpdateContext",
     "RequestHandoff",
     "EndCall",
+    "RecordActivity",
 ];
 
 /// One frame of the input.

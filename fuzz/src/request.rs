@@ -27,7 +27,8 @@ fn write_request(kind: usize, message: &[u8]) -> Option<WriteRequest> {
         3 => convert::log_event(v1::LogEventRequest::decode(message).ok()?),
         4 => convert::update_context(v1::UpdateContextRequest::decode(message).ok()?),
         5 => convert::request_handoff(v1::RequestHandoffRequest::decode(message).ok()?),
-        _ => convert::end_call(v1::EndCallRequest::decode(message).ok()?),
+        6 => convert::end_call(v1::EndCallRequest::decode(message).ok()?),
+        _ => convert::record_activity(v1::RecordActivityRequest::decode(message).ok()?),
     };
     converted.ok()
 }
@@ -120,6 +121,20 @@ fn step(state: &mut Memory, request: &Request, index: u64) -> Decision {
                 let _ = convert::wire_turn(turn);
             }
         }
+        Decision::Recorded { change, .. } => {
+            assert!(valid, "an invalid request was recorded: {request:?}");
+            assert_eq!(
+                state.head.next_position,
+                before.head.next_position + change.events.len() as u64
+            );
+            assert_eq!(
+                state.log.len() + change.compacted.len(),
+                before.log.len() + change.events.len()
+            );
+            for event in &change.events {
+                let _ = convert::wire_event(event);
+            }
+        }
         Decision::Rejected { outcome, .. }
         | Decision::Refused(outcome)
         | Decision::Replay(outcome) => {
@@ -134,7 +149,10 @@ fn step(state: &mut Memory, request: &Request, index: u64) -> Decision {
         }
     }
     // A retry of what was just remembered, at the next index, replays the outcome.
-    if let Decision::Applied { outcome, .. } | Decision::Rejected { outcome, .. } = &step.decision {
+    if let Decision::Applied { outcome, .. }
+    | Decision::Recorded { outcome, .. }
+    | Decision::Rejected { outcome, .. } = &step.decision
+    {
         let again = domain::decide(&*state, request, index + 1).expect("memory reads");
         assert_eq!(
             again.decision,

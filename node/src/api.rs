@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use domain::limits::{Field, Invalid, Problem};
-use domain::{Call, CallId, Change, Receipt, Request, Stamp};
+use domain::{ActivityReceipt, Call, CallId, CallReceipt, Change, Receipt, Request, Stamp};
 use openraft::async_runtime::WatchReceiver;
 use openraft::{ChangeMembers, ReadPolicy};
 use proto::v1;
@@ -35,6 +35,7 @@ use crate::Raft;
 use crate::admission::{Admission, AdmissionConfig, Class, Permit};
 use crate::auth::{Access, Auth, AuthError, Caller};
 use crate::convert::{self, WriteRequest};
+use crate::observe::names;
 use crate::pii::PiiConfig;
 use crate::status::ApiError;
 
@@ -90,7 +91,7 @@ impl std::fmt::Debug for Api {
     }
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -102,9 +103,26 @@ fn millis(duration: Duration) -> u64 {
 
 /// An accepted write, ready to be turned into a response.
 pub(crate) struct Written {
-    pub(crate) receipt: Receipt,
+    receipt: Receipt,
     change: Option<Box<Change>>,
     meta: v1::WriteMeta,
+}
+
+impl Written {
+    /// The receipt of a call command (which the domain always answers with one).
+    pub(crate) fn call(&self) -> &CallReceipt {
+        self.receipt
+            .call()
+            .expect("a call command is answered with a call receipt")
+    }
+
+    /// The receipt of an activity command.
+    pub(crate) fn activity(&self) -> ActivityReceipt {
+        *self
+            .receipt
+            .activity()
+            .expect("an activity command is answered with an activity receipt")
+    }
 }
 
 /// The admission class of an RPC kind of the table: client reads and writes are admitted,
@@ -427,7 +445,7 @@ impl Api {
             Some(change) => Ok(change.call.clone()),
             None => Ok(self
                 .reader()
-                .get_call(tenant_id, &written.receipt.call_id)?
+                .get_call(tenant_id, &written.call().call_id)?
                 .value),
         }
     }
@@ -664,7 +682,7 @@ impl Api {
         let call_id = write.command.call_id();
         let written = self.write(write).await?;
         let call = self.call_after(&tenant_id, &written)?;
-        let turn = match (&written.change, written.receipt.turn_index, call_id) {
+        let turn = match (&written.change, written.call().turn_index, call_id) {
             (Some(change), _, _) => change.turn.clone(),
             (None, Some(index), Some(call_id)) => self
                 .reader()
@@ -694,7 +712,7 @@ impl Api {
             Some(change) => change.events.first().cloned(),
             None => self
                 .reader()
-                .list_events(None, written.receipt.first_position, 1)?
+                .list_events(None, written.call().first_position, 1)?
                 .value
                 .items
                 .into_iter()
@@ -891,6 +909,196 @@ impl Api {
     }
 }
 
+/// `EventService` queries over the secondary indexes.
+impl Api {
+    async fn query_events(
+        &self,
+        caller: &Caller,
+        req: v1::QueryEventsRequest,
+    ) -> Result<v1::QueryEventsResponse, ApiError> {
+        // Indexes are per tenant: an admin names one.
+        let tenant_id = caller.tenant(&req.tenant_id)?;
+        let call_id = match req.call_id.as_str() {
+            "" => None,
+            text => Some(convert::call_id(text)?),
+        };
+        let after = match req.page_token.as_str() {
+            "" => None,
+            token => Some(
+                token
+                    .parse::<u64>()
+                    .map_err(|_| Invalid::new(Field::PageToken, Problem::Malformed))?,
+            ),
+        };
+        let query = raft_store::EventQuery {
+            filter: domain::EventFilter {
+                tenant_id: Some(tenant_id),
+                call_id,
+                type_prefixes: Vec::new(),
+                metadata: req.metadata.into_iter().collect(),
+                min_severity: convert::min_severity(req.min_severity)?,
+                project_id: non_empty(req.project_id),
+                task_id: non_empty(req.task_id),
+                agent_type: non_empty(req.agent_type),
+            },
+            types: req.event_types,
+            from_ms: (req.from_ms > 0).then_some(req.from_ms),
+            to_ms: (req.to_ms > 0).then_some(req.to_ms),
+            newest_first: req.newest_first,
+            after,
+            limit: req.limit,
+            with_total: req.with_total,
+        };
+        let (mut response, meta) = self
+            .serve_read(caller, req.read, move |reader| {
+                // A call the caller cannot see is not found, as for every read of a call.
+                if let (Some(call_id), Some(tenant_id)) =
+                    (&query.filter.call_id, &query.filter.tenant_id)
+                {
+                    reader.get_call(tenant_id, call_id)?;
+                }
+                let at = reader.query_events(&query)?;
+                Ok(at_map(at, |page| v1::QueryEventsResponse {
+                    events: page.items.iter().map(convert::wire_event).collect(),
+                    next_page_token: page.next.map(|p| p.to_string()).unwrap_or_default(),
+                    total: page.total.map_or(0, |t| t.count),
+                    total_exact: page.total.is_some_and(|t| t.exact),
+                    meta: None,
+                }))
+            })
+            .await?;
+        response.meta = meta;
+        Ok(response)
+    }
+
+    async fn event_stats(
+        &self,
+        caller: &Caller,
+        req: v1::EventStatsRequest,
+    ) -> Result<v1::EventStatsResponse, ApiError> {
+        let tenant_id = caller.tenant(&req.tenant_id)?;
+        let project = non_empty(req.project_id);
+        let from_ms = (req.from_ms > 0).then_some(req.from_ms);
+        let to_ms = (req.to_ms > 0).then_some(req.to_ms);
+        let bucket_ms = req.bucket_ms;
+        let (mut response, meta) = self
+            .serve_read(caller, req.read, move |reader| {
+                let at = reader.event_stats(
+                    &tenant_id,
+                    project.as_deref(),
+                    from_ms,
+                    to_ms,
+                    bucket_ms,
+                )?;
+                Ok(at_map(at, |stats| v1::EventStatsResponse {
+                    total: stats.total,
+                    activity: stats.activity,
+                    by_type: stats.by_type.into_iter().collect(),
+                    by_severity: stats
+                        .by_severity
+                        .into_iter()
+                        .map(|(s, n)| (s.as_str().to_owned(), n))
+                        .collect(),
+                    agents: stats
+                        .agents
+                        .iter()
+                        .map(|a| v1::AgentStats {
+                            agent_type: a.agent_type.clone(),
+                            records: a.records,
+                            completed: a.completed,
+                            errors: a.errors,
+                            success_rate: a.success_rate(),
+                        })
+                        .collect(),
+                    buckets: stats
+                        .buckets
+                        .iter()
+                        .map(|(start_ms, events)| v1::TimeBucket {
+                            start_ms: *start_ms,
+                            events: *events,
+                        })
+                        .collect(),
+                    meta: None,
+                }))
+            })
+            .await?;
+        response.meta = meta;
+        Ok(response)
+    }
+}
+
+/// `ActivityService` handlers.
+impl Api {
+    async fn record_activity(
+        &self,
+        caller: &Caller,
+        req: v1::RecordActivityRequest,
+    ) -> Result<v1::RecordActivityResponse, ApiError> {
+        let written = self
+            .write(scoped(caller, convert::record_activity(req)?)?)
+            .await?;
+        let receipt = written.activity();
+        if !written.meta.replayed {
+            let records = receipt.last_position + 1 - receipt.first_position.max(1);
+            metrics::counter!(names::ACTIVITY_RECORDED).increment(records);
+            metrics::counter!(names::ACTIVITY_COMPACTED).increment(receipt.compacted);
+        }
+        Ok(v1::RecordActivityResponse {
+            first_position: receipt.first_position,
+            last_position: receipt.last_position,
+            compacted: receipt.compacted,
+            meta: Some(written.meta),
+        })
+    }
+
+    async fn set_retention(
+        &self,
+        caller: &Caller,
+        req: v1::SetRetentionRequest,
+    ) -> Result<v1::RetentionResponse, ApiError> {
+        let input = serde_json::json!({
+            "tenant_id": truncated(&req.tenant_id),
+            "max_age_ms": req.max_age_ms,
+            "max_records": req.max_records,
+        });
+        let result = self
+            .retention_write(caller, convert::set_retention(req)?)
+            .await;
+        self.audit(caller, "set_retention", input, &result).await;
+        result
+    }
+
+    async fn compact_activity(
+        &self,
+        caller: &Caller,
+        req: v1::CompactActivityRequest,
+    ) -> Result<v1::RetentionResponse, ApiError> {
+        let input = serde_json::json!({ "tenant_id": truncated(&req.tenant_id) });
+        let result = self
+            .retention_write(caller, convert::compact_activity(req)?)
+            .await;
+        self.audit(caller, "compact_activity", input, &result).await;
+        result
+    }
+
+    async fn retention_write(
+        &self,
+        caller: &Caller,
+        write: WriteRequest,
+    ) -> Result<v1::RetentionResponse, ApiError> {
+        let written = self.write(scoped(caller, write)?).await?;
+        let receipt = written.activity();
+        if !written.meta.replayed {
+            metrics::counter!(names::ACTIVITY_COMPACTED).increment(receipt.compacted);
+        }
+        Ok(v1::RetentionResponse {
+            compacted: receipt.compacted,
+            more: receipt.more,
+            meta: Some(written.meta),
+        })
+    }
+}
+
 /// `WatchService` handlers.
 impl Api {
     async fn watch_events(
@@ -913,6 +1121,10 @@ impl Api {
             call_id,
             type_prefixes: req.event_type_prefixes,
             metadata: req.metadata.into_iter().collect(),
+            min_severity: convert::min_severity(req.min_severity)?,
+            project_id: non_empty(req.project_id),
+            task_id: non_empty(req.task_id),
+            agent_type: non_empty(req.agent_type),
         };
         filter.check()?;
         // A call the caller cannot see is not found, as for every read of a call.
@@ -1181,6 +1393,11 @@ fn truncated(text: &str) -> String {
         end -= 1;
     }
     text[..end].to_owned()
+}
+
+/// An optional text field of a request: empty means not given.
+fn non_empty(text: String) -> Option<String> {
+    (!text.is_empty()).then_some(text)
 }
 
 /// A value read at an index, converted (to its wire form) at the same index.

@@ -138,7 +138,7 @@ impl Api {
                         trace_id: None,
                     },
                 };
-                let call_id = self.write(write).await?.receipt.call_id;
+                let call_id = self.write(write).await?.call().call_id;
                 // Events go to calls that have started.
                 let start = WriteRequest {
                     tenant_id: AUDIT_TENANT.to_owned(),

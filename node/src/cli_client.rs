@@ -66,6 +66,8 @@ pub enum ClientCommand {
     Call(Box<CallArgs>),
     /// Read the event log.
     Events(Box<EventsArgs>),
+    /// Record agent activity; set its retention.
+    Activity(Box<crate::cli_activity::ActivityArgs>),
 }
 
 /// Options shared by every client subcommand; they may be given before or after the
@@ -161,7 +163,11 @@ pub struct ClientOpts {
 /// The proto enum value a CLI word names: `handed-off` is `CALL_STATE_HANDED_OFF`. The CLI's
 /// value enums carry help text, so they are written out; they convert by name, and a test holds
 /// each against its proto enum, so they cannot drift from the contract.
-fn proto_value<A: ValueEnum, E>(arg: A, prefix: &str, from_name: fn(&str) -> Option<E>) -> E {
+pub(crate) fn proto_value<A: ValueEnum, E>(
+    arg: A,
+    prefix: &str,
+    from_name: fn(&str) -> Option<E>,
+) -> E {
     let word = arg
         .to_possible_value()
         .expect("the CLI value enums skip no variant");
@@ -468,7 +474,23 @@ pub enum EventsCommand {
         /// Stop after this many events.
         #[arg(long)]
         count: Option<u64>,
+        /// Only activity of at least this severity.
+        #[arg(long, value_enum)]
+        min_severity: Option<crate::cli_activity::SeverityArg>,
+        /// Only activity of this project.
+        #[arg(long)]
+        project: Option<String>,
+        /// Only activity of this task.
+        #[arg(long)]
+        task: Option<String>,
+        /// Only activity of this agent type.
+        #[arg(long)]
+        agent: Option<String>,
     },
+    /// Find a tenant's events by filters, newest first, a page at a time (secondary indexes).
+    Query(Box<crate::cli_activity::QueryArgs>),
+    /// Totals of a tenant's events: by type, severity, agent (with success rate), hour.
+    Stats(Box<crate::cli_activity::StatsArgs>),
 }
 
 /// Why a client command failed.
@@ -573,6 +595,10 @@ pub async fn execute(command: ClientCommand) -> Result<(), CliError> {
         ClientCommand::Events(args) => {
             let EventsArgs { opts, command } = *args;
             events(&opts, command).await
+        }
+        ClientCommand::Activity(args) => {
+            let crate::cli_activity::ActivityArgs { opts, command } = *args;
+            crate::cli_activity::activity(&opts, command).await
         }
     }
 }
@@ -680,16 +706,16 @@ pub fn client_config(opts: &ClientOpts) -> Result<ClientConfig, CliError> {
     })
 }
 
-fn connect(opts: &ClientOpts) -> Result<Client, CliError> {
+pub(crate) fn connect(opts: &ClientOpts) -> Result<Client, CliError> {
     Ok(Client::new(client_config(opts)?)?)
 }
 
 /// The tenant a request names: `--tenant`, or empty for the token's own.
-fn tenant(opts: &ClientOpts) -> String {
+pub(crate) fn tenant(opts: &ClientOpts) -> String {
     opts.tenant.clone().unwrap_or_default()
 }
 
-fn read_options(opts: &ClientOpts) -> Option<ReadOptions> {
+pub(crate) fn read_options(opts: &ClientOpts) -> Option<ReadOptions> {
     let consistency = proto_value(opts.consistency, "CONSISTENCY_", Consistency::from_str_name);
     Some(ReadOptions {
         consistency: consistency.into(),
@@ -697,7 +723,7 @@ fn read_options(opts: &ClientOpts) -> Option<ReadOptions> {
     })
 }
 
-fn request_id(opts: &ClientOpts) -> String {
+pub(crate) fn request_id(opts: &ClientOpts) -> String {
     // Empty lets the client library mint a UUIDv7.
     opts.request_id.clone().unwrap_or_default()
 }
@@ -989,6 +1015,10 @@ async fn events(opts: &ClientOpts, command: EventsCommand) -> Result<(), CliErro
             metadata,
             from,
             count,
+            min_severity,
+            project,
+            task,
+            agent,
         } => {
             let mut watch = client.watch_events(WatchEventsRequest {
                 from_position: from,
@@ -997,6 +1027,13 @@ async fn events(opts: &ClientOpts, command: EventsCommand) -> Result<(), CliErro
                 event_type_prefixes: type_prefixes,
                 metadata: metadata.into_iter().collect(),
                 progress_interval_ms: 0,
+                min_severity: min_severity.map_or(
+                    proto::v1::Severity::Unspecified,
+                    crate::cli_activity::severity,
+                ) as i32,
+                project_id: project.unwrap_or_default(),
+                task_id: task.unwrap_or_default(),
+                agent_type: agent.unwrap_or_default(),
             });
             let mut shown = 0u64;
             while count.is_none_or(|count| shown < count) {
@@ -1020,11 +1057,13 @@ async fn events(opts: &ClientOpts, command: EventsCommand) -> Result<(), CliErro
             }
             Ok(())
         }
+        EventsCommand::Query(args) => crate::cli_activity::query(opts, &client, *args).await,
+        EventsCommand::Stats(args) => crate::cli_activity::stats(opts, &client, *args).await,
     }
 }
 
 /// Prints `value` as proto3 JSON or as the text `text` makes of it.
-fn emit<T: Serialize>(
+pub(crate) fn emit<T: Serialize>(
     output: OutputFormat,
     value: &T,
     text: impl FnOnce(&T) -> String,
@@ -1121,7 +1160,7 @@ fn format_ms(ms: u64) -> String {
     )
 }
 
-fn write_meta_suffix(meta: Option<&WriteMeta>) -> String {
+pub(crate) fn write_meta_suffix(meta: Option<&WriteMeta>) -> String {
     match meta {
         Some(meta) if meta.replayed => format!(" (index {}, replayed)", meta.index),
         Some(meta) => format!(" (index {})", meta.index),
@@ -1129,7 +1168,7 @@ fn write_meta_suffix(meta: Option<&WriteMeta>) -> String {
     }
 }
 
-fn read_meta_line(meta: Option<&ReadMeta>) -> String {
+pub(crate) fn read_meta_line(meta: Option<&ReadMeta>) -> String {
     meta.map(|m| {
         format!(
             "(read at applied index {} on node {})",
@@ -1306,13 +1345,26 @@ fn list_calls_text(response: &ListCallsResponse) -> String {
 }
 
 /// One event as a line: position, call, sequence number, type, payload.
-fn event_line(event: &proto::v1::Event) -> String {
+pub(crate) fn event_line(event: &proto::v1::Event) -> String {
     use proto::v1::event::Payload;
     let payload = match &event.payload {
         Some(Payload::PayloadJson(json)) => json.clone(),
         Some(Payload::PayloadBytes(bytes)) => format!("<{} bytes>", bytes.len()),
         None => String::new(),
     };
+    if let Some(a) = &event.activity {
+        let severity = proto::v1::Severity::try_from(a.severity)
+            .map_or("?", |s| s.as_str_name().trim_start_matches("SEVERITY_"));
+        let about = if event.call_id.is_empty() {
+            String::new()
+        } else {
+            format!(" call={}", event.call_id)
+        };
+        return format!(
+            "{} {} [{severity}] {}/{} task={}{about} {} {payload}",
+            event.position, event.event_type, a.agent_type, a.agent_name, a.task_id, a.message
+        );
+    }
     format!(
         "{} {} seq={} {} {}",
         event.position, event.call_id, event.sequence_number, event.event_type, payload
@@ -1426,6 +1478,19 @@ mod tests {
         assert_eq!(
             words_of::<ConsistencyArg>(),
             proto_words("CONSISTENCY_", Consistency::as_str_name)
+        );
+        use crate::cli_activity::{ActivityTypeArg, SeverityArg, StatusArg};
+        assert_eq!(
+            words_of::<ActivityTypeArg>(),
+            proto_words("ACTIVITY_TYPE_", proto::v1::ActivityType::as_str_name)
+        );
+        assert_eq!(
+            words_of::<SeverityArg>(),
+            proto_words("SEVERITY_", proto::v1::Severity::as_str_name)
+        );
+        assert_eq!(
+            words_of::<StatusArg>(),
+            proto_words("ACTIVITY_STATUS_", proto::v1::ActivityStatus::as_str_name)
         );
         assert_eq!(
             proto_value(StateArg::HandedOff, "CALL_STATE_", CallState::from_str_name),

@@ -9,8 +9,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use domain::limits::{Field, Invalid, Problem};
 use domain::{
-    Call, CallId, CallState, Channel, Command, ContextSnapshot, Erasure, Event, Handoff, Labels,
-    Lifecycle, Payload, Rejection, Turn, Urgency,
+    Activity, ActivityInput, ActivityStatus, ActivityType, Call, CallId, CallState, Channel,
+    Command, ContextSnapshot, Erasure, Event, Handoff, Labels, Lifecycle, Payload, Rejection,
+    Retention, Severity, Turn, Urgency,
 };
 use proto::v1;
 use raft_store::Member;
@@ -371,7 +372,7 @@ pub fn wire_event(event: &Event) -> v1::Event {
         position: event.position,
         event_id: event.event_id.to_string(),
         event_type: event.event_type.clone(),
-        call_id: event.call_id.to_string(),
+        call_id: event.call_id.map(|id| id.to_string()).unwrap_or_default(),
         tenant_id: event.tenant_id.clone(),
         trace_id: event.trace_id.clone(),
         sequence_number: event.sequence_number,
@@ -381,7 +382,162 @@ pub fn wire_event(event: &Event) -> v1::Event {
             Payload::Bytes(bytes) => v1::event::Payload::PayloadBytes(bytes.clone()),
         }),
         metadata: wire_labels(&event.metadata),
+        activity: event.activity.as_deref().map(wire_activity),
     }
+}
+
+pub fn wire_activity(activity: &Activity) -> v1::Activity {
+    v1::Activity {
+        agent_type: activity.agent_type.clone(),
+        agent_name: activity.agent_name.clone(),
+        project_id: activity.project_id.clone(),
+        task_id: activity.task_id.clone(),
+        task_description: activity.task_description.clone(),
+        severity: wire_severity(activity.severity) as i32,
+        status: wire_status(activity.status) as i32,
+        message: activity.message.clone(),
+    }
+}
+
+pub fn wire_severity(severity: Severity) -> v1::Severity {
+    match severity {
+        Severity::Debug => v1::Severity::Debug,
+        Severity::Info => v1::Severity::Info,
+        Severity::Warning => v1::Severity::Warning,
+        Severity::Error => v1::Severity::Error,
+        Severity::Critical => v1::Severity::Critical,
+    }
+}
+
+fn wire_status(status: ActivityStatus) -> v1::ActivityStatus {
+    match status {
+        ActivityStatus::Started => v1::ActivityStatus::Started,
+        ActivityStatus::InProgress => v1::ActivityStatus::InProgress,
+        ActivityStatus::Completed => v1::ActivityStatus::Completed,
+        ActivityStatus::Paused => v1::ActivityStatus::Paused,
+        ActivityStatus::Failed => v1::ActivityStatus::Failed,
+        ActivityStatus::Conflict => v1::ActivityStatus::Conflict,
+    }
+}
+
+/// A severity of a record: it must be set.
+fn severity(value: i32) -> Result<Severity, Invalid> {
+    min_severity(value)?.ok_or(Invalid::new(Field::Severity, Problem::Unspecified))
+}
+
+/// A filter's minimum severity: unspecified means none.
+pub fn min_severity(value: i32) -> Result<Option<Severity>, Invalid> {
+    match v1::Severity::try_from(value) {
+        Ok(v1::Severity::Unspecified) => Ok(None),
+        Ok(v1::Severity::Debug) => Ok(Some(Severity::Debug)),
+        Ok(v1::Severity::Info) => Ok(Some(Severity::Info)),
+        Ok(v1::Severity::Warning) => Ok(Some(Severity::Warning)),
+        Ok(v1::Severity::Error) => Ok(Some(Severity::Error)),
+        Ok(v1::Severity::Critical) => Ok(Some(Severity::Critical)),
+        Err(_) => Err(Invalid::new(Field::Severity, Problem::Malformed)),
+    }
+}
+
+fn status(value: i32) -> Result<ActivityStatus, Invalid> {
+    match v1::ActivityStatus::try_from(value) {
+        Ok(v1::ActivityStatus::Unspecified) => {
+            Err(Invalid::new(Field::Status, Problem::Unspecified))
+        }
+        Ok(v1::ActivityStatus::Started) => Ok(ActivityStatus::Started),
+        Ok(v1::ActivityStatus::InProgress) => Ok(ActivityStatus::InProgress),
+        Ok(v1::ActivityStatus::Completed) => Ok(ActivityStatus::Completed),
+        Ok(v1::ActivityStatus::Paused) => Ok(ActivityStatus::Paused),
+        Ok(v1::ActivityStatus::Failed) => Ok(ActivityStatus::Failed),
+        Ok(v1::ActivityStatus::Conflict) => Ok(ActivityStatus::Conflict),
+        Err(_) => Err(Invalid::new(Field::Status, Problem::Malformed)),
+    }
+}
+
+fn activity_type(value: i32) -> Result<ActivityType, Invalid> {
+    match v1::ActivityType::try_from(value) {
+        Ok(v1::ActivityType::Unspecified) => {
+            Err(Invalid::new(Field::ActivityType, Problem::Unspecified))
+        }
+        Ok(v1::ActivityType::Started) => Ok(ActivityType::Started),
+        Ok(v1::ActivityType::Progress) => Ok(ActivityType::Progress),
+        Ok(v1::ActivityType::Completed) => Ok(ActivityType::Completed),
+        Ok(v1::ActivityType::ConflictDetected) => Ok(ActivityType::ConflictDetected),
+        Ok(v1::ActivityType::Paused) => Ok(ActivityType::Paused),
+        Ok(v1::ActivityType::Error) => Ok(ActivityType::Error),
+        Err(_) => Err(Invalid::new(Field::ActivityType, Problem::Malformed)),
+    }
+}
+
+/// The wire name of an activity type, as the CLI takes it (`started`, `conflict_detected`).
+pub fn activity_type_by_name(name: &str) -> Option<v1::ActivityType> {
+    ActivityType::from_event_type(&format!("agent.{name}")).map(|t| match t {
+        ActivityType::Started => v1::ActivityType::Started,
+        ActivityType::Progress => v1::ActivityType::Progress,
+        ActivityType::Completed => v1::ActivityType::Completed,
+        ActivityType::ConflictDetected => v1::ActivityType::ConflictDetected,
+        ActivityType::Paused => v1::ActivityType::Paused,
+        ActivityType::Error => v1::ActivityType::Error,
+    })
+}
+
+fn activity_entry(entry: v1::ActivityEntry) -> Result<ActivityInput, Invalid> {
+    let activity = entry
+        .activity
+        .ok_or(Invalid::new(Field::AgentType, Problem::Empty))?;
+    Ok(ActivityInput {
+        activity_type: activity_type(entry.activity_type)?,
+        activity: Activity {
+            severity: severity(activity.severity)?,
+            status: status(activity.status)?,
+            agent_type: activity.agent_type,
+            agent_name: activity.agent_name,
+            project_id: activity.project_id,
+            task_id: activity.task_id,
+            task_description: activity.task_description,
+            message: activity.message,
+        },
+        call_id: match entry.call_id.as_str() {
+            "" => None,
+            text => Some(call_id(text)?),
+        },
+        payload: entry.payload_json,
+        metadata: labels(entry.metadata),
+    })
+}
+
+pub fn record_activity(req: v1::RecordActivityRequest) -> Result<WriteRequest, Invalid> {
+    Ok(WriteRequest {
+        command: Command::RecordActivity {
+            entries: req
+                .entries
+                .into_iter()
+                .map(activity_entry)
+                .collect::<Result<_, _>>()?,
+        },
+        tenant_id: req.tenant_id,
+        request_id: req.request_id,
+    })
+}
+
+pub fn set_retention(req: v1::SetRetentionRequest) -> Result<WriteRequest, Invalid> {
+    Ok(WriteRequest {
+        command: Command::SetRetention {
+            retention: Retention {
+                age_ms: (req.max_age_ms > 0).then_some(req.max_age_ms),
+                records: (req.max_records > 0).then_some(req.max_records),
+            },
+        },
+        tenant_id: req.tenant_id,
+        request_id: req.request_id,
+    })
+}
+
+pub fn compact_activity(req: v1::CompactActivityRequest) -> Result<WriteRequest, Invalid> {
+    Ok(WriteRequest {
+        command: Command::CompactActivity,
+        tenant_id: req.tenant_id,
+        request_id: req.request_id,
+    })
 }
 
 #[cfg(test)]

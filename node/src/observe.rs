@@ -52,6 +52,10 @@ pub mod names {
     /// is in the log), by `kind` (`address`, `card`, `email`, `phone`) and `policy` (`mask`,
     /// `hash`).
     pub const PII_REDACTIONS: &str = "switchboard_pii_redactions_total";
+    /// Activity records this node recorded as leader (`RecordActivity`).
+    pub const ACTIVITY_RECORDED: &str = "switchboard_activity_recorded_total";
+    /// Activity records retention removed by writes this node proposed as leader.
+    pub const ACTIVITY_COMPACTED: &str = "switchboard_activity_compacted_total";
     /// Watches this node serves (`WatchEvents`).
     pub const WATCHERS: &str = "switchboard_watchers";
     /// Events sent to watchers.

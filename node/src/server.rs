@@ -9,6 +9,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 use openraft::SnapshotPolicy;
 use openraft::async_runtime::WatchReceiver;
+use proto::v1::activity_service_server::ActivityServiceServer;
 use proto::v1::call_service_server::CallServiceServer;
 use proto::v1::cluster_service_server::ClusterServiceServer;
 use proto::v1::event_service_server::EventServiceServer;
@@ -192,6 +193,7 @@ async fn serve_loaded(
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<CallServiceServer<Api>>().await;
     health.set_serving::<EventServiceServer<Api>>().await;
+    health.set_serving::<ActivityServiceServer<Api>>().await;
     health.set_serving::<WatchServiceServer<Api>>().await;
     health.set_serving::<ClusterServiceServer<Api>>().await;
     // v1 and v1alpha: grpcurl and older tools speak only the latter.
@@ -208,6 +210,7 @@ async fn serve_loaded(
     tasks.spawn(observe::publish(raft.clone(), reader, shutdown.clone()));
     tasks.spawn(reload_on_hangup(auth, shutdown.clone()));
     tasks.spawn(crate::erasure::run(raft.clone(), eraser, shutdown.clone()));
+    tasks.spawn(crate::retention::run(api.clone(), shutdown.clone()));
     if let Some(tls) = &tls {
         let (tls, shutdown) = (tls.clone(), shutdown.clone());
         tasks.spawn(async move {
@@ -266,6 +269,11 @@ async fn serve_loaded(
         )
         .add_service(
             EventServiceServer::new(api.clone())
+                .max_decoding_message_size(bytes_max)
+                .max_encoding_message_size(bytes_max),
+        )
+        .add_service(
+            ActivityServiceServer::new(api.clone())
                 .max_decoding_message_size(bytes_max)
                 .max_encoding_message_size(bytes_max),
         )

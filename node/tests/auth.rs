@@ -371,6 +371,77 @@ fn cases(call_id: &str) -> BTreeMap<&'static str, Case> {
     );
     let c = id.clone();
     cases.insert(
+        "/switchboard.v1.EventService/QueryEvents",
+        case(Needs::Read, true, true, move |tenant| {
+            v1::QueryEventsRequest {
+                tenant_id: tenant.to_owned(),
+                call_id: c(),
+                with_total: true,
+                read: linearizable(),
+                ..Default::default()
+            }
+            .encode_to_vec()
+        }),
+    );
+    cases.insert(
+        "/switchboard.v1.EventService/EventStats",
+        case(Needs::Read, true, false, |tenant| {
+            v1::EventStatsRequest {
+                tenant_id: tenant.to_owned(),
+                read: linearizable(),
+                ..Default::default()
+            }
+            .encode_to_vec()
+        }),
+    );
+    let c = id.clone();
+    cases.insert(
+        "/switchboard.v1.ActivityService/RecordActivity",
+        case(Needs::Write, true, true, move |tenant| {
+            v1::RecordActivityRequest {
+                tenant_id: tenant.to_owned(),
+                request_id: rid(),
+                entries: vec![v1::ActivityEntry {
+                    activity_type: v1::ActivityType::Progress.into(),
+                    activity: Some(v1::Activity {
+                        agent_type: "agent-api".to_owned(),
+                        agent_name: "API".to_owned(),
+                        task_id: "t".to_owned(),
+                        severity: v1::Severity::Info.into(),
+                        status: v1::ActivityStatus::InProgress.into(),
+                        ..Default::default()
+                    }),
+                    call_id: c(),
+                    ..Default::default()
+                }],
+            }
+            .encode_to_vec()
+        }),
+    );
+    cases.insert(
+        "/switchboard.v1.ActivityService/SetRetention",
+        case(Needs::Admin, true, false, move |tenant| {
+            v1::SetRetentionRequest {
+                tenant_id: tenant.to_owned(),
+                request_id: rid(),
+                max_records: 1_000_000,
+                ..Default::default()
+            }
+            .encode_to_vec()
+        }),
+    );
+    cases.insert(
+        "/switchboard.v1.ActivityService/CompactActivity",
+        case(Needs::Admin, true, false, move |tenant| {
+            v1::CompactActivityRequest {
+                tenant_id: tenant.to_owned(),
+                request_id: rid(),
+            }
+            .encode_to_vec()
+        }),
+    );
+    let c = id.clone();
+    cases.insert(
         "/switchboard.v1.WatchService/WatchEvents",
         case(Needs::Read, true, true, move |tenant| {
             v1::WatchEventsRequest {

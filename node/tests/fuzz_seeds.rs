@@ -118,6 +118,30 @@ fn end(request_id: &str, call: u64) -> (usize, u8, Vec<u8>) {
     (6, 0, message.encode_to_vec())
 }
 
+fn activity(request_id: &str, call: Option<u64>, severity: v1::Severity) -> (usize, u8, Vec<u8>) {
+    let message = v1::RecordActivityRequest {
+        tenant_id: TENANT.into(),
+        request_id: request_id.into(),
+        entries: vec![v1::ActivityEntry {
+            activity_type: v1::ActivityType::Error.into(),
+            activity: Some(v1::Activity {
+                agent_type: "agent-api".into(),
+                agent_name: "API Agent".into(),
+                project_id: "P-1".into(),
+                task_id: "T-1".into(),
+                task_description: "call jane@example.com back".into(),
+                severity: severity.into(),
+                status: v1::ActivityStatus::Failed.into(),
+                message: "upstream 500".into(),
+            }),
+            call_id: call.map(call_id).unwrap_or_default(),
+            payload_json: r#"{"retry":true}"#.into(),
+            metadata: [("lane".to_owned(), "a".to_owned())].into(),
+        }],
+    };
+    (7, 0, message.encode_to_vec())
+}
+
 fn later(mut frame: (usize, u8, Vec<u8>), advance: u8) -> (usize, u8, Vec<u8>) {
     frame.1 = advance;
     frame
@@ -165,7 +189,16 @@ fn request_seeds() -> BTreeMap<&'static str, Vec<u8>> {
     }
     .encode_to_vec();
     let invalid = frame::encode(&[invalid, create("c1"), turn("t1", 1, "")]);
+    let activity = frame::encode(&[
+        create("c1"),
+        activity("a1", None, v1::Severity::Info),
+        activity("a2", Some(1), v1::Severity::Error),
+        // A call nobody minted; then an unset severity.
+        activity("a3", Some(99), v1::Severity::Info),
+        activity("a4", None, v1::Severity::Unspecified),
+    ]);
     BTreeMap::from([
+        ("activity", activity),
         ("lifecycle", lifecycle),
         ("retries", retries),
         ("expiry", expiry),
@@ -381,6 +414,28 @@ fn the_rule_seeds_reach_rejections_replays_and_refusals() {
     );
     let (_, invalid) = request::run(&seeds["invalid"]);
     assert!(matches!(invalid[0], Decision::Refused(_)), "{invalid:#?}");
+    let (state, activity) = request::run(&seeds["activity"]);
+    assert!(
+        matches!(activity[1], Decision::Recorded { .. })
+            && matches!(activity[2], Decision::Recorded { .. }),
+        "{activity:#?}"
+    );
+    assert!(
+        matches!(activity[3], Decision::Rejected { .. }),
+        "{activity:#?}"
+    );
+    assert_eq!(
+        activity.len(),
+        4,
+        "the record without a severity is not converted"
+    );
+    let recorded = state.log.iter().filter(|e| e.activity.is_some());
+    assert!(
+        recorded
+            .flat_map(|e| e.activity.as_ref())
+            .all(|a| !a.task_description.contains("jane@")),
+        "activity text is redacted before it is decided"
+    );
 }
 
 #[test]

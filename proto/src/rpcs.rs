@@ -99,6 +99,26 @@ macro_rules! switchboard_rpcs {
                 /// Lists the cluster-wide event log; routed by `req.read`.
                 ListEvents list_events(ListEventsRequest) -> ListEventsResponse
                     [read, leader_from: no, access: read]
+                /// Finds a tenant's events by filters, a page at a time; routed by `req.read`.
+                QueryEvents query_events(QueryEventsRequest) -> QueryEventsResponse
+                    [read, leader_from: no, access: read]
+                /// Totals of a tenant's events; routed by `req.read`.
+                EventStats event_stats(EventStatsRequest) -> EventStatsResponse
+                    [read, leader_from: no, access: read]
+            }
+            service ActivityService (
+                activity_service_server::ActivityService,
+                activity_service_client::ActivityServiceClient
+            ) {
+                /// Appends agent activity records, all or none (a write).
+                RecordActivity record_activity(RecordActivityRequest) -> RecordActivityResponse
+                    [write, leader_from: write_meta, access: write]
+                /// Sets the tenant's activity retention (a write).
+                SetRetention set_retention(SetRetentionRequest) -> RetentionResponse
+                    [write, leader_from: write_meta, access: admin]
+                /// Removes the tenant's activity past its retention now (a write).
+                CompactActivity compact_activity(CompactActivityRequest) -> RetentionResponse
+                    [write, leader_from: write_meta, access: admin]
             }
             service ClusterService (
                 cluster_service_server::ClusterService,
@@ -239,7 +259,7 @@ mod tests {
                 let (kind, access) = (stringify!($kind), stringify!($access));
                 let peer = kind.starts_with("peer");
                 assert_eq!(peer, access == "member", "{}: kind {kind}, access {access}", stringify!($rpc));
-                assert!(kind != "write" || access == "write", "{}: a write needs access write", stringify!($rpc));
+                assert!(kind != "write" || access == "write" || access == "admin", "{}: a write needs access write or admin", stringify!($rpc));
                 assert!(
                     ["read", "write", "admin", "member"].contains(&access),
                     "{}: unknown access {access}",

@@ -26,8 +26,9 @@ use crate::error::Error;
 /// (a type whose layout changed writes its own [`Record::FORMAT`]).
 pub const RECORD_FORMAT: u8 = 1;
 /// Newest log-entry format this binary reads and writes. Format 2 adds `EraseCall` and the
-/// request's redaction summary (`Request::redactions`).
-pub const ENTRY_FORMAT: u8 = 2;
+/// request's redaction summary (`Request::redactions`); format 3 adds the activity commands
+/// (`RecordActivity`, `SetRetention`, `CompactActivity`), in the same layout.
+pub const ENTRY_FORMAT: u8 = 3;
 /// Oldest log-entry format this binary still reads.
 pub const ENTRY_FORMAT_MIN: u8 = 1;
 
@@ -56,8 +57,7 @@ records_of_first_format!(
     [u64; 4],
     domain::Head,
     domain::Turn,
-    domain::Event,
-    domain::Remembered,
+    domain::Retention,
     crate::types::Entry,
     crate::types::LogId,
     crate::types::Vote,
@@ -72,6 +72,87 @@ impl Record for Call {
         match format {
             1 => postcard::from_bytes::<CallFormat1>(body).map(Call::from),
             _ => Err(postcard::Error::DeserializeBadEncoding),
+        }
+    }
+}
+
+/// An event record: format 2 made the call optional and added the activity fields (agent
+/// activity, `domain::activity`).
+impl Record for domain::Event {
+    const FORMAT: u8 = 2;
+
+    fn decode_older(format: u8, body: &[u8]) -> Result<Self, postcard::Error> {
+        match format {
+            1 => postcard::from_bytes::<EventFormat1>(body).map(domain::Event::from),
+            _ => Err(postcard::Error::DeserializeBadEncoding),
+        }
+    }
+}
+
+/// The layout of an event record of format 1: every event belonged to a call.
+#[derive(Deserialize)]
+struct EventFormat1 {
+    position: u64,
+    event_id: uuid::Uuid,
+    event_type: String,
+    call_id: domain::CallId,
+    tenant_id: String,
+    trace_id: String,
+    sequence_number: u64,
+    at_ms: u64,
+    payload: domain::Payload,
+    metadata: domain::Labels,
+}
+
+impl From<EventFormat1> for domain::Event {
+    fn from(e: EventFormat1) -> Self {
+        domain::Event {
+            position: e.position,
+            event_id: e.event_id,
+            event_type: e.event_type,
+            call_id: Some(e.call_id),
+            tenant_id: e.tenant_id,
+            trace_id: e.trace_id,
+            sequence_number: e.sequence_number,
+            at_ms: e.at_ms,
+            payload: e.payload,
+            metadata: e.metadata,
+            activity: None,
+        }
+    }
+}
+
+/// A remembered outcome: format 2 made the receipt an enum (a call's, or an activity
+/// command's).
+impl Record for domain::Remembered {
+    const FORMAT: u8 = 2;
+
+    fn decode_older(format: u8, body: &[u8]) -> Result<Self, postcard::Error> {
+        match format {
+            1 => postcard::from_bytes::<RememberedFormat1>(body).map(domain::Remembered::from),
+            _ => Err(postcard::Error::DeserializeBadEncoding),
+        }
+    }
+}
+
+/// The layout of a remembered outcome of format 1: every receipt was a call's.
+#[derive(Deserialize)]
+struct RememberedFormat1 {
+    fingerprint: [u8; 32],
+    at_ms: u64,
+    index: u64,
+    result: Result<domain::CallReceipt, domain::Rejection>,
+}
+
+impl From<RememberedFormat1> for domain::Remembered {
+    fn from(r: RememberedFormat1) -> Self {
+        domain::Remembered {
+            fingerprint: r.fingerprint,
+            at_ms: r.at_ms,
+            outcome: domain::Outcome {
+                index: r.index,
+                result: r.result.map(domain::Receipt::Call),
+            },
         }
     }
 }
@@ -165,8 +246,14 @@ impl Proposal {
     /// release keep reading those entries during a rolling upgrade; format 2 otherwise. A node
     /// that does not know format 2 refuses such an entry instead of misreading it.
     pub fn format(&self) -> u8 {
+        if self.0.command.is_activity() {
+            return 3;
+        }
         let first_release = match self.0.command {
             Command::EraseCall { .. } => false,
+            Command::RecordActivity { .. }
+            | Command::SetRetention { .. }
+            | Command::CompactActivity => unreachable!("activity commands are format 3"),
             Command::CreateCall { .. }
             | Command::StartCall { .. }
             | Command::AppendTurn { .. }
@@ -200,7 +287,15 @@ impl Proposal {
         let (&format, body) = bytes.split_first().ok_or(ProposalError::Empty)?;
         let request = match format {
             1 => postcard::from_bytes::<RequestV1>(body).map(Request::from),
-            2 => postcard::from_bytes::<Request>(body),
+            2 => postcard::from_bytes::<Request>(body).and_then(|request| {
+                // Format 2 predates the activity commands: one there is not ours.
+                if request.command.is_activity() {
+                    Err(postcard::Error::DeserializeBadEncoding)
+                } else {
+                    Ok(request)
+                }
+            }),
+            3 => postcard::from_bytes::<Request>(body),
             found => return Err(ProposalError::UnknownFormat { found }),
         };
         request.map(Proposal).map_err(ProposalError::Corrupt)

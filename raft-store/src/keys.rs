@@ -29,6 +29,17 @@ pub mod table {
     pub const TENANT_CALL: u8 = 0x06;
     pub const IDEMPOTENCY: u8 = 0x07;
     pub const IDEMPOTENCY_EXPIRY: u8 = 0x08;
+    /// `tenant | position`: a tenant's events in position order (derived, [`crate::indexes`]).
+    pub const TENANT_EVENT: u8 = 0x09;
+    /// `tenant | dimension | value | position`: a tenant's events by one field (derived).
+    pub const EVENT_INDEX: u8 = 0x0A;
+    /// `tenant | scope | dimension | value` → count (derived).
+    pub const COUNTER: u8 = 0x0B;
+    /// `tenant` → the tenant's activity retention.
+    pub const RETENTION: u8 = 0x0C;
+    /// The first and last tables of derived data, which a rebuild replaces.
+    pub const DERIVED_FIRST: u8 = TENANT_EVENT;
+    pub const DERIVED_LAST: u8 = COUNTER;
 }
 
 pub const SM_LAST_APPLIED: &[u8] = &[table::SM_META, b'a'];
@@ -36,6 +47,8 @@ pub const SM_MEMBERSHIP: &[u8] = &[table::SM_META, b'm'];
 pub const SM_HEAD: &[u8] = &[table::SM_META, b'h'];
 /// Calls per lifecycle state, `[created, active, handed_off, ended]`.
 pub const SM_CALL_COUNTS: &[u8] = &[table::SM_META, b'c'];
+/// The version of the derived tables (`indexes::INDEX_VERSION`) the state machine holds.
+pub const SM_INDEX_VERSION: &[u8] = &[table::SM_META, b'i'];
 
 /// The stable one-byte code of a lifecycle state in storage keys and the call-counts record.
 /// Storage owns it: the domain's enum order is not an encoding.
@@ -158,6 +171,96 @@ pub fn split_idempotency_expiry(key: &[u8]) -> Option<(u64, String, String)> {
         String::from_utf8(tenant.to_vec()).ok()?,
         String::from_utf8(request_id.to_vec()).ok()?,
     ))
+}
+
+pub fn tenant_event(tenant: &str, position: u64) -> Vec<u8> {
+    let mut key = tenant_event_prefix(tenant);
+    key.extend_from_slice(&position.to_be_bytes());
+    key
+}
+
+pub fn tenant_event_prefix(tenant: &str) -> Vec<u8> {
+    let mut key = key(table::TENANT_EVENT, 1 + tenant.len() + 8);
+    push_str(&mut key, tenant);
+    key
+}
+
+/// The fields events are indexed and counted by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Dim {
+    /// Every event (counters only; the index is `TENANT_EVENT`).
+    Total = 0,
+    Type = 1,
+    Severity = 2,
+    Project = 3,
+    Task = 4,
+    Agent = 5,
+    /// The call an event belongs to or is about (index only: a call's count is bounded).
+    Call = 6,
+    /// Every activity record.
+    Activity = 7,
+    /// `agent.completed` records, by agent type (counters only).
+    AgentCompleted = 8,
+    /// `agent.error` records, by agent type (counters only).
+    AgentError = 9,
+    /// Events per hour of `at_ms`, value the hour's number (counters only).
+    Hour = 10,
+}
+
+/// `tenant | dim | value`: the prefix of one index's rows.
+pub fn index_prefix(tenant: &str, dim: Dim, value: &[u8]) -> Vec<u8> {
+    let mut key = key(table::EVENT_INDEX, 3 + tenant.len() + value.len() + 8);
+    push_str(&mut key, tenant);
+    key.push(dim as u8);
+    push_bytes(&mut key, value);
+    key
+}
+
+pub fn index_row(tenant: &str, dim: Dim, value: &[u8], position: u64) -> Vec<u8> {
+    let mut key = index_prefix(tenant, dim, value);
+    key.extend_from_slice(&position.to_be_bytes());
+    key
+}
+
+/// `tenant | scope | dim | value`: a counter. Scope is empty for the whole tenant, else a
+/// project id.
+pub fn counter(tenant: &str, scope: &str, dim: Dim, value: &[u8]) -> Vec<u8> {
+    let mut key = counter_prefix(tenant, scope, dim);
+    push_bytes(&mut key, value);
+    key
+}
+
+pub fn counter_prefix(tenant: &str, scope: &str, dim: Dim) -> Vec<u8> {
+    let mut key = key(table::COUNTER, 3 + tenant.len() + scope.len() + 16);
+    push_str(&mut key, tenant);
+    push_str(&mut key, scope);
+    key.push(dim as u8);
+    key
+}
+
+/// The value of a counter key after its `counter_prefix`.
+pub fn counter_value<'k>(key: &'k [u8], prefix: &[u8]) -> Option<&'k [u8]> {
+    let (&len, value) = key.strip_prefix(prefix)?.split_first()?;
+    (value.len() == usize::from(len)).then_some(value)
+}
+
+pub fn retention(tenant: &str) -> Vec<u8> {
+    let mut key = key(table::RETENTION, 1 + tenant.len());
+    push_str(&mut key, tenant);
+    key
+}
+
+fn push_bytes(key: &mut Vec<u8>, value: &[u8]) {
+    // Index values are bounded by their fields' limits (all under 256 bytes), validated first.
+    let len = u8::try_from(value.len()).expect("indexed values are validated to under 256 bytes");
+    key.push(len);
+    key.extend_from_slice(value);
+}
+
+/// The position at the end of a `tenant_event` or `index_row` key.
+pub fn trailing_position(key: &[u8]) -> Option<u64> {
+    decode_u64(key.get(key.len().checked_sub(8)?..)?)
 }
 
 /// The smallest key strictly greater than every key starting with `prefix`.

@@ -117,19 +117,19 @@ impl PageBudget {
     }
 }
 
-struct View<'a> {
-    db: &'a DB,
-    snap: SnapshotWithThreadMode<'a, DB>,
+pub(crate) struct View<'a> {
+    pub(crate) db: &'a DB,
+    pub(crate) snap: SnapshotWithThreadMode<'a, DB>,
 }
 
 impl View<'_> {
-    fn cf(&self) -> &rocksdb::ColumnFamily {
+    pub(crate) fn cf(&self) -> &rocksdb::ColumnFamily {
         self.db
             .cf_handle(CF_SM)
             .expect("column families are checked when the store opens")
     }
 
-    fn get<T: crate::codec::Record>(
+    pub(crate) fn get<T: crate::codec::Record>(
         &self,
         what: &'static str,
         key: &[u8],
@@ -163,7 +163,7 @@ impl View<'_> {
         decode(what, key, &bytes).map(Some)
     }
 
-    fn applied_index(&self) -> Result<u64, Error> {
+    pub(crate) fn applied_index(&self) -> Result<u64, Error> {
         let log_id: Option<LogId> = self.get("last applied log id", SM_LAST_APPLIED)?;
         Ok(log_id.map_or(0, |id| id.index))
     }
@@ -218,14 +218,14 @@ impl Reader {
         self.applied.clone()
     }
 
-    fn view(&self) -> View<'_> {
+    pub(crate) fn view(&self) -> View<'_> {
         View {
             db: &self.db,
             snap: self.db.snapshot(),
         }
     }
 
-    fn at<T>(view: &View<'_>, value: T) -> Result<At<T>, ReadError> {
+    pub(crate) fn at<T>(view: &View<'_>, value: T) -> Result<At<T>, ReadError> {
         Ok(At {
             value,
             applied_index: view.applied_index()?,

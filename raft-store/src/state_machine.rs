@@ -26,9 +26,12 @@ use crate::snapshot::{Records, SnapshotDir, SnapshotFile};
 use crate::txn::Txn;
 use crate::types::{Entry, LogId, Response, SnapshotMeta, StoredMembership, TypeConfig};
 use domain::{
-    Call, CallId, Change, Decision, Erasure, Event, Head, Remembered, Request, RequestKey,
-    StateReader, Step, Turn,
+    ActivityChange, Call, CallId, Change, Decision, Erasure, Event, Head, Remembered, Request,
+    RequestKey, Retention, StateReader, Step, Turn,
 };
+
+use crate::indexes;
+use crate::keys::Dim;
 
 /// Entries applied per `WriteBatch`; a longer apply stream is written in several batches.
 pub const APPLY_BATCH_ENTRIES_MAX: usize = 1024;
@@ -112,6 +115,12 @@ impl StateMachine {
         &self.snapshots
     }
 
+    /// Compares the derived tables with the stored events (`indexes::verify`): the differences,
+    /// at most `max`. Blocking; for tests and tools.
+    pub fn verify_indexes(&self, max: usize) -> Result<Vec<String>, Error> {
+        indexes::verify(&self.db, max)
+    }
+
     pub fn applied(&self) -> &Applied {
         &self.applied
     }
@@ -133,6 +142,9 @@ impl StateMachine {
             membership: txn.get("membership", SM_MEMBERSHIP)?.unwrap_or_default(),
         };
         self.head = txn.get("head", SM_HEAD)?.unwrap_or_else(Head::new);
+        // Derived tables from an older release (or an older leader's snapshot) are rebuilt
+        // before anything reads them.
+        indexes::ensure(&self.db)?;
         self.published.send_replace(self.applied.clone());
         let erased = erasure::read_index(&self.db, META_ERASE_APPLIED)?;
         self.erase_applied.send_replace(erased.unwrap_or(0));
@@ -163,6 +175,7 @@ impl StateMachine {
             Decision::Applied {
                 outcome, change, ..
             } => (outcome, Some(change)),
+            Decision::Recorded { outcome, .. } => (outcome, None),
         };
         Ok(Response {
             outcome: Some(outcome),
@@ -360,6 +373,37 @@ impl StateReader for Overlay<'_, '_> {
         )
     }
 
+    fn retention(&self, tenant_id: &str) -> Result<Option<Retention>, Error> {
+        self.txn.get("retention", &keys::retention(tenant_id))
+    }
+
+    fn activity_held(&self, tenant_id: &str) -> Result<u64, Error> {
+        Ok(self
+            .txn
+            .get("counter", &keys::counter(tenant_id, "", Dim::Activity, b""))?
+            .unwrap_or(0))
+    }
+
+    fn oldest_activity(&self, tenant_id: &str, limit: usize) -> Result<Vec<Event>, Error> {
+        let prefix = keys::index_prefix(tenant_id, Dim::Activity, b"");
+        let end = keys::prefix_end(&prefix).expect("an index prefix has an end");
+        self.txn
+            .scan_keys(&prefix, &end, limit)?
+            .into_iter()
+            .map(|row| {
+                let key = keys::trailing_position(&row).map(keys::event);
+                let event = match &key {
+                    Some(key) => self.txn.get::<Event>("event", key)?,
+                    None => None,
+                };
+                event.ok_or_else(|| Error::Missing {
+                    what: "activity record of an index row",
+                    key: crate::codec::hex(&row),
+                })
+            })
+            .collect()
+    }
+
     fn remembered_before(&self, before_ms: u64, limit: usize) -> Result<Vec<RequestKey>, Error> {
         let start = [table::IDEMPOTENCY_EXPIRY];
         let mut end = vec![table::IDEMPOTENCY_EXPIRY];
@@ -410,6 +454,12 @@ fn write_step(txn: &mut Txn<'_>, request: &Request, step: &Step) -> Result<(), E
             change, remember, ..
         } => {
             write_change(txn, change)?;
+            remember
+        }
+        Decision::Recorded {
+            change, remember, ..
+        } => {
+            write_activity(txn, change)?;
             remember
         }
     };
@@ -468,9 +518,27 @@ fn write_change(txn: &mut Txn<'_>, change: &Change) -> Result<(), Error> {
     for event in &change.events {
         txn.put(keys::event(event.position), event);
         txn.put_raw(
-            keys::call_event(&event.call_id, event.sequence_number),
+            keys::call_event(&call.call_id, event.sequence_number),
             event.position.to_be_bytes().to_vec(),
         );
+        indexes::add(txn, event)?;
+    }
+    Ok(())
+}
+
+/// Writes an activity change: the retention it sets, the records it removes (with their
+/// index rows and counts), then the records it appends.
+fn write_activity(txn: &mut Txn<'_>, change: &ActivityChange) -> Result<(), Error> {
+    if let Some(retention) = &change.retention {
+        txn.put(keys::retention(&change.tenant_id), retention);
+    }
+    for event in &change.compacted {
+        txn.delete(keys::event(event.position));
+        indexes::remove(txn, event)?;
+    }
+    for event in &change.events {
+        txn.put(keys::event(event.position), event);
+        indexes::add(txn, event)?;
     }
     Ok(())
 }

@@ -65,9 +65,17 @@ impl<'db> Txn<'db> {
     /// Up to `limit` live keys in `[start, end)`, in key order, as the merged view sees them.
     pub fn scan_keys(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<Vec<u8>>, Error> {
         let mut out = Vec::with_capacity(limit.min(64));
+        // The bound goes to RocksDB: without it an iterator that runs out of live keys in the
+        // range walks on over every deleted key after it.
+        let mut options = rocksdb::ReadOptions::default();
+        options.set_iterate_upper_bound(end.to_vec());
         let mut stored = self
             .db
-            .iterator_cf(self.cf(), IteratorMode::From(start, Direction::Forward))
+            .iterator_cf_opt(
+                self.cf(),
+                options,
+                IteratorMode::From(start, Direction::Forward),
+            )
             .map(|item| item.map(|(key, _)| key))
             .take_while(|item| item.as_ref().map_or(true, |key| key.as_ref() < end))
             .peekable();

@@ -6,17 +6,19 @@
 //! A failure prints the shrunk op sequence; proptest records its seed under
 //! `proptest-regressions/` so the next run replays it first.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use domain::limits::IDEMPOTENCY_WINDOW_MS;
 use domain::memory::Memory;
 use domain::{
-    CallId, CallState, Channel, Command, ERASED_PAYLOAD, Payload, Rejection, Request, Stamp,
-    Urgency, event_id, event_type,
+    Activity, ActivityInput, ActivityStatus, ActivityType, CallId, CallState, Channel, Command,
+    ERASED_PAYLOAD, Event, EventFilter, Payload, Receipt, Rejection, Request, Retention, Severity,
+    Stamp, Urgency, event_id, event_type,
 };
 use openraft::storage::{IOFlushed, RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::type_config::TypeConfigExt;
 use proptest::prelude::*;
+use raft_store::EventQuery;
 use raft_store::{Entry, LogStore, Response, StateMachine, TypeConfig};
 use tempfile::TempDir;
 
@@ -40,6 +42,12 @@ enum Cmd {
     Handoff(CallRef),
     End(CallRef),
     Erase(CallRef),
+    /// `n` activity records (1..=3), of severity and project chosen by `seed`, about a call
+    /// or not.
+    Activity(u8, u8, Option<CallRef>),
+    /// A retention: at most this many records, or (0) one minute of age.
+    Retention(u8),
+    Compact,
 }
 
 #[derive(Debug, Clone)]
@@ -64,6 +72,10 @@ fn cmd() -> impl Strategy<Value = Cmd> {
         3 => call_ref().prop_map(Cmd::Handoff),
         2 => call_ref().prop_map(Cmd::End),
         1 => call_ref().prop_map(Cmd::Erase),
+        4 => (1u8..4, any::<u8>(), proptest::option::of(call_ref()))
+            .prop_map(|(n, seed, call)| Cmd::Activity(n, seed, call)),
+        1 => (0u8..6).prop_map(Cmd::Retention),
+        1 => Just(Cmd::Compact),
     ]
 }
 
@@ -82,6 +94,8 @@ fn op() -> impl Strategy<Value = Op> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Expect {
     Applied(CallState),
+    /// An activity command: records appended, records removed.
+    Recorded(u64, u64),
     UnknownCall,
     IllegalTransition,
     AlreadyHandedOff,
@@ -115,6 +129,12 @@ struct Model {
     created: Vec<(String, CallId)>,
     remembered: BTreeMap<(String, String), Remembered>,
     events: u64,
+    /// Activity records held, oldest first: (tenant, position, at_ms).
+    activity: Vec<(String, u64, u64)>,
+    /// Positions retention removed.
+    compacted: BTreeSet<u64>,
+    /// Per tenant: (most records, most age ms).
+    retention: BTreeMap<String, (Option<u64>, Option<u64>)>,
 }
 
 impl Model {
@@ -144,7 +164,11 @@ impl Model {
             }
             return (Expect::RequestIdReused, false, None);
         }
-        let (expect, call_id) = self.transition(request, minted);
+        let (expect, call_id) = if request.command.is_activity() {
+            (self.activity_step(request, clock_ms), None)
+        } else {
+            self.transition(request, minted)
+        };
         let record = Remembered {
             command: request.command.clone(),
             at_ms: clock_ms,
@@ -153,6 +177,64 @@ impl Model {
         };
         self.remembered.insert(key, record);
         (expect, false, call_id)
+    }
+
+    /// Activity as DESIGN §7 and the issue state it: records are appended at the next
+    /// positions (a referenced call must be the tenant's); then, under the tenant's retention,
+    /// its oldest records go while there are more than the bound or they are older than the age
+    /// bound (measured on the state machine's clock).
+    fn activity_step(&mut self, request: &Request, clock_ms: u64) -> Expect {
+        let tenant = request.tenant_id.clone();
+        let mut appended = 0;
+        match &request.command {
+            Command::RecordActivity { entries } => {
+                for entry in entries {
+                    if let Some(call) = entry.call_id
+                        && self.calls.get(&call).is_none_or(|c| c.tenant != tenant)
+                    {
+                        return Expect::UnknownCall;
+                    }
+                }
+                for _ in entries {
+                    self.events += 1;
+                    self.activity.push((tenant.clone(), self.events, clock_ms));
+                    appended += 1;
+                }
+            }
+            Command::SetRetention { retention } => {
+                self.retention
+                    .insert(tenant.clone(), (retention.records, retention.age_ms));
+            }
+            Command::CompactActivity => {}
+            other => unreachable!("{other:?}"),
+        }
+        let (max, age) = self.retention.get(&tenant).copied().unwrap_or((None, None));
+        let mut removed = 0;
+        // Records appended by this entry are counted but not removed by it (a tenant may hold
+        // one batch more than its bound until its next entry).
+        let first_new = self.events + 1 - appended;
+        loop {
+            let held = self.activity.iter().filter(|a| a.0 == tenant).count() as u64;
+            let Some(i) = self
+                .activity
+                .iter()
+                .position(|a| a.0 == tenant && a.1 < first_new)
+            else {
+                break;
+            };
+            let (_, position, at_ms) = self.activity[i];
+            let too_many = max.is_some_and(|m| held > m);
+            let too_old = age.is_some_and(|a| at_ms < clock_ms.saturating_sub(a));
+            if !(too_many || too_old)
+                || removed == domain::limits::ACTIVITY_COMPACT_PER_ENTRY_MAX as u64
+            {
+                break;
+            }
+            self.activity.remove(i);
+            self.compacted.insert(position);
+            removed += 1;
+        }
+        Expect::Recorded(appended, removed)
     }
 
     fn transition(&mut self, request: &Request, minted: CallId) -> (Expect, Option<CallId>) {
@@ -264,6 +346,42 @@ fn command_of(model: &Model, tenant: &str, cmd: &Cmd) -> Command {
             reason: "data subject request".into(),
             actor: "ops".into(),
         },
+        Cmd::Activity(n, seed, call) => Command::RecordActivity {
+            entries: (0..*n)
+                .map(|k| {
+                    let seed = seed.wrapping_add(k);
+                    ActivityInput {
+                        activity_type: ActivityType::ALL[usize::from(seed) % 6],
+                        activity: Activity {
+                            agent_type: format!("agent-{}", seed % 3),
+                            agent_name: "Agent".into(),
+                            project_id: ["", "p0", "p1"][usize::from(seed / 3) % 3].into(),
+                            task_id: format!("t{}", seed % 4),
+                            task_description: String::new(),
+                            severity: Severity::ALL[usize::from(seed / 7) % 5],
+                            status: ActivityStatus::InProgress,
+                            message: String::new(),
+                        },
+                        call_id: call.as_ref().map(id),
+                        payload: String::new(),
+                        metadata: BTreeMap::from([("lane".to_owned(), format!("{}", seed % 2))]),
+                    }
+                })
+                .collect(),
+        },
+        Cmd::Retention(0) => Command::SetRetention {
+            retention: Retention {
+                age_ms: Some(domain::limits::RETENTION_AGE_MS_MIN),
+                records: None,
+            },
+        },
+        Cmd::Retention(n) => Command::SetRetention {
+            retention: Retention {
+                age_ms: None,
+                records: Some(u64::from(*n)),
+            },
+        },
+        Cmd::Compact => Command::CompactActivity,
     }
 }
 
@@ -273,7 +391,14 @@ fn actual(response: &Response) -> Expect {
         .as_ref()
         .expect("a request entry has an outcome");
     match &outcome.result {
-        Ok(receipt) => Expect::Applied(receipt.state),
+        Ok(Receipt::Call(receipt)) => Expect::Applied(receipt.state),
+        Ok(Receipt::Activity(receipt)) => Expect::Recorded(
+            match receipt.first_position {
+                0 => 0,
+                first => receipt.last_position - first + 1,
+            },
+            receipt.compacted,
+        ),
         Err(Rejection::UnknownCall { .. }) => Expect::UnknownCall,
         Err(Rejection::IllegalTransition { .. }) => Expect::IllegalTransition,
         Err(Rejection::AlreadyHandedOff { .. }) => Expect::AlreadyHandedOff,
@@ -289,8 +414,10 @@ fn actual(response: &Response) -> Expect {
 
 fn check_invariants(sm: &StateMachine, model: &Model, memory: &Memory) {
     let reader = sm.reader();
-    // The event log: positions gap-free from 1, ids derived from positions, calls exist.
+    // The event log: positions increasing from 1 with no gap but what retention removed, ids
+    // derived from positions, call events' calls exist.
     let mut position = 1;
+    let mut seen = 0;
     let mut from = 0;
     let mut per_call: BTreeMap<CallId, u64> = BTreeMap::new();
     let mut handoffs: BTreeMap<CallId, u64> = BTreeMap::new();
@@ -301,21 +428,40 @@ fn check_invariants(sm: &StateMachine, model: &Model, memory: &Memory) {
             .expect("list events")
             .value;
         for event in &page.items {
-            assert_eq!(event.position, position, "event positions are gap-free");
+            while model.compacted.contains(&position) {
+                position += 1;
+            }
+            assert_eq!(
+                event.position, position,
+                "positions are gap-free but for compacted activity"
+            );
             assert_eq!(event.event_id, event_id(position));
+            // The store and the domain's memory model interpret every step alike, erasure
+            // and compaction included.
+            assert_eq!(
+                Some(event),
+                memory_event(memory, position),
+                "event {position} as the memory model holds it"
+            );
+            position += 1;
+            seen += 1;
+            if event.activity.is_some() {
+                let held = model.activity.iter().any(|a| a.1 == event.position);
+                assert!(held, "activity {} is held by the model", event.position);
+                if let Some(call_id) = event.call_id {
+                    reader
+                        .get_call(&event.tenant_id, &call_id)
+                        .expect("activity names a call of its tenant");
+                }
+                continue;
+            }
+            let call_id = event.call_id.expect("a call event has its call");
             assert!(
-                !ended.get(&event.call_id).copied().unwrap_or(false)
+                !ended.get(&call_id).copied().unwrap_or(false)
                     || event.event_type == event_type::CALL_ERASED,
                 "no event after call.ended but call.erased"
             );
-            // The store and the domain's memory model interpret every step alike, erasure
-            // included.
-            assert_eq!(
-                Some(event),
-                memory.log.get((position - 1) as usize),
-                "event {position} as the memory model holds it"
-            );
-            let erased = model.calls.get(&event.call_id).is_some_and(|c| c.erased);
+            let erased = model.calls.get(&call_id).is_some_and(|c| c.erased);
             if erased && event.event_type != event_type::CALL_ERASED {
                 assert_eq!(
                     event.payload,
@@ -323,29 +469,32 @@ fn check_invariants(sm: &StateMachine, model: &Model, memory: &Memory) {
                     "an erased call's events are tombstones"
                 );
             }
-            let seq = per_call.entry(event.call_id).or_insert(0);
+            let seq = per_call.entry(call_id).or_insert(0);
             *seq += 1;
             assert_eq!(
                 event.sequence_number, *seq,
                 "per-call sequence numbers are gap-free"
             );
             if event.event_type == event_type::CALL_HANDED_OFF {
-                *handoffs.entry(event.call_id).or_insert(0) += 1;
+                *handoffs.entry(call_id).or_insert(0) += 1;
             }
             if event.event_type == event_type::CALL_ENDED {
-                ended.insert(event.call_id, true);
+                ended.insert(call_id, true);
             }
             reader
-                .get_call(&event.tenant_id, &event.call_id)
+                .get_call(&event.tenant_id, &call_id)
                 .expect("no event without its call");
-            position += 1;
         }
         match page.next {
             Some(next) => from = next,
             None => break,
         }
     }
-    assert_eq!(position - 1, model.events, "event count matches the model");
+    assert_eq!(
+        seen,
+        model.events - model.compacted.len() as u64,
+        "event count matches the model"
+    );
     assert!(
         handoffs.values().all(|n| *n <= 1),
         "handoff at most once per call"
@@ -400,6 +549,122 @@ fn check_invariants(sm: &StateMachine, model: &Model, memory: &Memory) {
             .expect("list calls")
             .value;
         assert!(listed.items.iter().any(|c| c.call_id == *call_id));
+    }
+}
+
+fn memory_event(memory: &Memory, position: u64) -> Option<&Event> {
+    memory
+        .log
+        .binary_search_by_key(&position, |e| e.position)
+        .ok()
+        .map(|i| &memory.log[i])
+}
+
+/// The derived tables agree with the events, and queries and statistics read from them give
+/// what filtering the memory model's log gives.
+fn check_queries(sm: &StateMachine, memory: &Memory) {
+    let differences = sm.verify_indexes(8).expect("verify indexes");
+    assert!(
+        differences.is_empty(),
+        "derived tables differ from the events: {differences:#?}"
+    );
+    let reader = sm.reader();
+    for tenant in TENANTS {
+        let base = EventFilter {
+            tenant_id: Some(tenant.to_owned()),
+            ..EventFilter::default()
+        };
+        let queries = [
+            EventQuery {
+                filter: base.clone(),
+                ..EventQuery::default()
+            },
+            EventQuery {
+                filter: EventFilter {
+                    min_severity: Some(Severity::Warning),
+                    ..base.clone()
+                },
+                newest_first: true,
+                ..EventQuery::default()
+            },
+            EventQuery {
+                filter: EventFilter {
+                    project_id: Some("p0".into()),
+                    metadata: BTreeMap::from([("lane".to_owned(), "1".to_owned())]),
+                    ..base.clone()
+                },
+                ..EventQuery::default()
+            },
+            EventQuery {
+                filter: EventFilter {
+                    agent_type: Some("agent-1".into()),
+                    task_id: Some("t1".into()),
+                    ..base.clone()
+                },
+                newest_first: true,
+                ..EventQuery::default()
+            },
+            EventQuery {
+                filter: base.clone(),
+                types: vec!["agent.error".into(), event_type::CALL_CREATED.into()],
+                ..EventQuery::default()
+            },
+        ];
+        for mut query in queries {
+            let mut expected: Vec<&Event> = memory
+                .log
+                .iter()
+                .filter(|e| {
+                    query.filter.matches(e)
+                        && (query.types.is_empty() || query.types.contains(&e.event_type))
+                })
+                .collect();
+            if query.newest_first {
+                expected.reverse();
+            }
+            query.limit = 3;
+            query.with_total = true;
+            let mut found = Vec::new();
+            let mut first = true;
+            loop {
+                let page = reader.query_events(&query).expect("query").value;
+                if first {
+                    let total = page.total.expect("asked for the total");
+                    assert!(total.exact, "few events: the count is exact");
+                    assert_eq!(total.count, expected.len() as u64, "total of {query:?}");
+                    first = false;
+                }
+                found.extend(page.items);
+                match page.next {
+                    Some(next) => query.after = Some(next),
+                    None => break,
+                }
+            }
+            let found: Vec<u64> = found.iter().map(|e| e.position).collect();
+            let expected: Vec<u64> = expected.iter().map(|e| e.position).collect();
+            assert_eq!(found, expected, "pages of {query:?}");
+        }
+        let stats = reader
+            .event_stats(tenant, None, None, None, 0)
+            .expect("stats")
+            .value;
+        let held: Vec<&Event> = memory
+            .log
+            .iter()
+            .filter(|e| e.tenant_id == tenant)
+            .collect();
+        assert_eq!(stats.total, held.len() as u64);
+        let activity: Vec<&&Event> = held.iter().filter(|e| e.activity.is_some()).collect();
+        assert_eq!(stats.activity, activity.len() as u64);
+        for (severity, n) in &stats.by_severity {
+            let expected = activity
+                .iter()
+                .filter(|e| e.activity.as_ref().is_some_and(|a| a.severity == *severity))
+                .count() as u64;
+            assert_eq!(*n, expected, "activity of severity {severity:?}");
+        }
+        let bucketed: u64 = stats.buckets.iter().map(|(_, n)| n).sum();
+        assert_eq!(bucketed, stats.total, "every event is in one hour bucket");
     }
 }
 
@@ -461,7 +726,8 @@ async fn run(ops: Vec<Op>, splits: Vec<usize>) {
     node.apply(support::blank(1, 0));
     let mut clock_ms = 1_000u64;
 
-    for op in ops {
+    let steps = ops.len();
+    for (step, op) in ops.into_iter().enumerate() {
         match op {
             Op::Send { tenant, rid, cmd } => {
                 let tenant = TENANTS[tenant];
@@ -484,7 +750,7 @@ async fn run(ops: Vec<Op>, splits: Vec<usize>) {
                 let response = &responses[0];
                 assert_eq!(actual(response), expected, "outcome of entry {index}");
                 assert_eq!(response.replayed, replay, "replay flag of entry {index}");
-                if let (Some(expected_call), Some(Ok(receipt))) =
+                if let (Some(expected_call), Some(Ok(Receipt::Call(receipt)))) =
                     (expected_call, response.outcome.as_ref().map(|o| &o.result))
                 {
                     assert_eq!(receipt.call_id, expected_call);
@@ -532,6 +798,11 @@ async fn run(ops: Vec<Op>, splits: Vec<usize>) {
             }
         }
         check_invariants(&node.sm, &model, &memory);
+        // Queries read every index and page through every filter: every fourth step and the
+        // last are enough to meet each state, at a quarter of the cost.
+        if step % 4 == 3 || step + 1 == steps {
+            check_queries(&node.sm, &memory);
+        }
     }
 
     // The same log applied in other batch boundaries reaches byte-identical state.

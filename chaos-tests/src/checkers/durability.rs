@@ -13,7 +13,7 @@ pub fn check(facts: &Facts) -> Verdict {
     let mut verdict = Verdict::new("acknowledged writes survive, exactly once");
     let mut by_tag: BTreeMap<&str, Vec<&SeenEvent>> = BTreeMap::new();
     let mut started: BTreeSet<&str> = BTreeSet::new();
-    for event in &facts.final_log {
+    for event in facts.call_events() {
         if let Some(tag) = &event.tag {
             by_tag.entry(tag.as_str()).or_default().push(event);
         }

@@ -10,7 +10,7 @@ use crate::history::OpKind;
 pub fn check(facts: &Facts) -> Verdict {
     let mut verdict = Verdict::new("nothing accepted after ENDED");
     let mut ended_at: BTreeMap<&str, u64> = BTreeMap::new();
-    for event in &facts.final_log {
+    for event in facts.call_events() {
         if let Some(end) = ended_at.get(event.call_id.as_str()) {
             verdict.violation(format!(
                 "call {}: {} at position {} (sequence {}) follows its call.ended at position {end}",

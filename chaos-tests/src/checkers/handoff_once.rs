@@ -10,7 +10,7 @@ use crate::history::OpKind;
 pub fn check(facts: &Facts) -> Verdict {
     let mut verdict = Verdict::new("handoff at most once");
     let mut in_log: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
-    for event in &facts.final_log {
+    for event in facts.call_events() {
         if event.event_type == "call.handed_off" {
             in_log
                 .entry(event.call_id.as_str())

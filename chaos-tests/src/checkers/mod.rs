@@ -3,6 +3,7 @@
 //! floods ([`FloodFacts`]), and returns a [`Verdict`]; each has a unit test showing it catches a
 //! deliberately broken history. They only read: they never talk to the cluster.
 
+pub mod activity_batches;
 pub mod clock;
 pub mod convergence;
 pub mod disk;
@@ -43,6 +44,14 @@ pub struct Facts {
     pub final_log: Vec<SeenEvent>,
     /// Per member: digest and log after healing.
     pub nodes: Vec<NodeFinal>,
+}
+
+impl Facts {
+    /// The final log's call events: agent activity records belong to no call's lifecycle and
+    /// are judged by [`activity_batches`].
+    pub fn call_events(&self) -> impl Iterator<Item = &SeenEvent> {
+        self.final_log.iter().filter(|e| !e.activity)
+    }
 }
 
 /// One checker's result.
@@ -215,6 +224,7 @@ pub(crate) mod fixtures {
             call_id: call.to_owned(),
             tag: (!tag.is_empty()).then(|| tag.to_owned()),
             at_ms: 1_000 + position,
+            activity: false,
         }
     }
 

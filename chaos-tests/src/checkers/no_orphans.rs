@@ -9,7 +9,7 @@ use crate::history::OpKind;
 pub fn check(facts: &Facts) -> Verdict {
     let mut verdict = Verdict::new("no turn or event without its call");
     let mut created: BTreeMap<&str, u64> = BTreeMap::new();
-    for event in &facts.final_log {
+    for event in facts.call_events() {
         if event.event_type == "call.created" {
             if event.sequence != 1 {
                 verdict.violation(format!(

@@ -19,6 +19,9 @@ pub fn check(facts: &Facts) -> Verdict {
                 event.position
             ));
         }
+        if event.activity {
+            continue;
+        }
         let last = last_seq.entry(event.call_id.as_str()).or_insert(0);
         if event.sequence != *last + 1 {
             verdict.violation(format!(

@@ -9,6 +9,7 @@
 //! its time, operations by outcome, every verdict and the replay command. The drill never
 //! changes anything outside what it created, and removes all of it on every exit path.
 
+pub mod activity;
 pub mod clock;
 pub mod cluster;
 pub mod disk;
@@ -269,6 +270,8 @@ async fn drill(seed: u64, args: &DrillArgs) -> anyhow::Result<bool> {
     for who in 0..args.clients {
         clients.spawn(workload::run_client(shared.clone(), who));
     }
+    // Agent activity batches beside the call workload, judged on their own.
+    let activity_writer = tokio::spawn(activity::run(cluster.reach(), seed, shared.clone()));
     let timing = Timing {
         quiet_ms: (args.quiet_ms_max / 4, args.quiet_ms_max.max(1)),
         hold_ms: (args.hold_ms_max / 4, args.hold_ms_max.max(1)),
@@ -300,6 +303,13 @@ async fn drill(seed: u64, args: &DrillArgs) -> anyhow::Result<bool> {
         }
     }
     clients.abort_all();
+    let activity_batches = match tokio::time::timeout(CLIENTS_STOP_WAIT, activity_writer).await {
+        Ok(Ok(batches)) => batches,
+        _ => {
+            println!("   activity writer did not stop in time");
+            Vec::new()
+        }
+    };
 
     // Liveness phase.
     println!("-- liveness phase: heal everything");
@@ -358,6 +368,10 @@ async fn drill(seed: u64, args: &DrillArgs) -> anyhow::Result<bool> {
         nodes,
     };
     let mut verdicts = checkers::check_all(&facts);
+    verdicts.push(checkers::activity_batches::check(
+        &facts.final_log,
+        &activity_batches,
+    ));
     let mut watch_verdict = checkers::watch_streams::check(&facts.final_log, &watch_records);
     if watch_records.len() < watchers::specs().len() {
         watch_verdict.violation(format!(

@@ -468,6 +468,7 @@ pub fn seen_event(event: &v1::Event) -> SeenEvent {
         call_id: event.call_id.clone(),
         tag: tag_of(event),
         at_ms: event.at_ms,
+        activity: event.activity.is_some(),
     }
 }
 

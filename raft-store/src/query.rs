@@ -1,0 +1,685 @@
+//! Filtered queries and statistics over a tenant's event log, served from the derived tables
+//! ([`crate::indexes`]).
+//!
+//! A query is planned, then run with bounded work:
+//! - **Range.** A time range becomes a position range by binary search over the event table
+//!   (the state machine's clock never goes back, so `at_ms` never decreases along positions).
+//!   A page token narrows it further.
+//! - **Driver.** The rows to walk are those of the cheapest index the filter allows: a list of
+//!   exact types (one index per type), a minimum severity (one per severity at or above it),
+//!   a project, task, agent type or call, all activity, or else all of the tenant's events. Its
+//!   cost is read from the counters; the rows of several indexes are merged by position.
+//! - **Walk.** Each row's event is read and the whole filter checked; the walk stops when the
+//!   page is full or [`QUERY_EXAMINED_MAX`] events were looked at, and the page token says
+//!   where to go on. A page may be short, or empty, and still have a next one.
+//! - **Total.** From the counters when the filter is exactly one indexed value (or nothing) and
+//!   no time range; else counted by walking, up to [`COUNT_EXAMINED_MAX`] rows, and marked
+//!   inexact (a lower bound) when that bound ends the count.
+
+use domain::limits::{self, Field, Invalid, Problem, QUERY_VALUES_MAX};
+use domain::{Event, EventFilter, Severity};
+use rocksdb::{DB, DBRawIteratorWithThreadMode};
+
+use crate::codec::decode;
+use crate::error::Error;
+use crate::indexes::{hour_ms, severity_code, severity_of_code};
+use crate::keys::{self, Dim};
+use crate::reader::{At, ReadError, Reader, View};
+
+/// Events one query page looks at, at most.
+pub const QUERY_EXAMINED_MAX: usize = 10_000;
+/// Rows a total is counted over, at most, before it is reported as a lower bound.
+pub const COUNT_EXAMINED_MAX: usize = 10_000;
+/// Time buckets one statistics answer holds, at most.
+pub const STATS_BUCKETS_MAX: usize = 1_000;
+/// Hour counters one statistics answer reads, at most.
+const STATS_HOURS_MAX: usize = 100_000;
+const HOUR_MS: u64 = 60 * 60 * 1000;
+
+/// What to find in one tenant's event log.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EventQuery {
+    /// Must name the tenant.
+    pub filter: EventFilter,
+    /// Exact event types, any of; empty is every type.
+    pub types: Vec<String>,
+    /// `[from_ms, to_ms)` in leader-stamped time.
+    pub from_ms: Option<u64>,
+    pub to_ms: Option<u64>,
+    pub newest_first: bool,
+    /// Continue after this position (the previous page's token), in the query's direction.
+    pub after: Option<u64>,
+    pub limit: u32,
+    pub with_total: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Total {
+    pub count: u64,
+    /// `false`: the count stopped at its bound and is a lower bound.
+    pub exact: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryPage {
+    pub items: Vec<Event>,
+    /// The token of the next page: the last position looked at. `None`: nothing more matches.
+    pub next: Option<u64>,
+    pub total: Option<Total>,
+    /// Events looked at for this page.
+    pub examined: u64,
+}
+
+/// Statistics of a tenant (or of one project of it).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EventStats {
+    /// Events held (activity and, for a whole tenant, call events).
+    pub total: u64,
+    pub activity: u64,
+    pub by_type: Vec<(String, u64)>,
+    pub by_severity: Vec<(Severity, u64)>,
+    pub agents: Vec<AgentStats>,
+    /// `(bucket start ms, events)`, oldest first, only buckets with events.
+    pub buckets: Vec<(u64, u64)>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AgentStats {
+    pub agent_type: String,
+    pub records: u64,
+    pub completed: u64,
+    pub errors: u64,
+}
+
+impl AgentStats {
+    /// completed / (completed + error); `None` before either happened.
+    pub fn success_rate(&self) -> Option<f64> {
+        let done = self.completed + self.errors;
+        (done > 0).then(|| self.completed as f64 / done as f64)
+    }
+}
+
+/// The rows a query walks: one or more index prefixes, merged by position.
+struct Driver {
+    prefixes: Vec<Vec<u8>>,
+    /// The filter parts the driver's rows already guarantee, beyond the tenant.
+    covers: Covers,
+    /// Its cost as the counters tell; `None` for a call's rows, which are few by bound.
+    cost: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Covers {
+    types: bool,
+    severity: bool,
+    project: bool,
+    task: bool,
+    agent: bool,
+    call: bool,
+}
+
+impl EventQuery {
+    fn check(&self) -> Result<&str, Invalid> {
+        let tenant = self
+            .filter
+            .tenant_id
+            .as_deref()
+            .ok_or(Invalid::new(Field::TenantId, Problem::Empty))?;
+        self.filter.check()?;
+        if self.types.len() > QUERY_VALUES_MAX {
+            return Err(Invalid::new(
+                Field::EventType,
+                Problem::EntriesOver {
+                    entries_max: QUERY_VALUES_MAX as u64,
+                    entries: self.types.len() as u64,
+                },
+            ));
+        }
+        for t in &self.types {
+            limits::check_required(Field::EventType, t, limits::EVENT_TYPE_BYTES_MAX)?;
+        }
+        if let (Some(from), Some(to)) = (self.from_ms, self.to_ms)
+            && from > to
+        {
+            return Err(Invalid::new(Field::TimeRange, Problem::Inverted));
+        }
+        Ok(tenant)
+    }
+
+    /// Whether `event` passes everything but the position range.
+    fn matches(&self, event: &Event) -> bool {
+        self.filter.matches(event)
+            && (self.types.is_empty() || self.types.contains(&event.event_type))
+    }
+
+    /// Whether the filter asks for more than `covers` and the tenant.
+    fn beyond(&self, covers: Covers) -> bool {
+        let f = &self.filter;
+        (!self.types.is_empty() && !covers.types)
+            || (f.min_severity.is_some() && !covers.severity)
+            || (f.project_id.is_some() && !covers.project)
+            || (f.task_id.is_some() && !covers.task)
+            || (f.agent_type.is_some() && !covers.agent)
+            || (f.call_id.is_some() && !covers.call)
+            || !f.type_prefixes.is_empty()
+            || !f.metadata.is_empty()
+    }
+}
+
+impl Reader {
+    /// One page of a tenant's events matching `query`.
+    pub fn query_events(&self, query: &EventQuery) -> Result<At<QueryPage>, ReadError> {
+        let tenant = query.check()?;
+        let limit = limits::page_size(query.limit)?;
+        let view = self.view();
+        let head = head_of(&view)?;
+        let (lo, hi) = position_range(&view, query.from_ms, query.to_ms, head)?;
+        let driver = plan(&view, tenant, query)?;
+        let timed = query.from_ms.is_some() || query.to_ms.is_some();
+
+        let total = if query.with_total {
+            Some(count(&view, query, &driver, lo, hi, timed)?)
+        } else {
+            None
+        };
+
+        let (lo, hi) = match query.after {
+            Some(after) if query.newest_first => (lo, hi.min(after)),
+            Some(after) => (lo.max(after.saturating_add(1)), hi),
+            None => (lo, hi),
+        };
+        let mut items = Vec::new();
+        let mut bytes_left = limits::PAGE_BYTES_MAX;
+        let mut examined = 0u64;
+        let mut next = None;
+        let mut walk = Merge::new(&view, &driver.prefixes, lo, hi, query.newest_first);
+        while let Some(position) = walk.next()? {
+            if examined as usize == QUERY_EXAMINED_MAX {
+                // Out of budget: the next page starts after the last position looked at.
+                next = Some(walk.last_taken_before(position, query.newest_first));
+                break;
+            }
+            examined += 1;
+            let key = keys::event(position);
+            let bytes = view
+                .snap
+                .get_cf(view.cf(), &key)
+                .map_err(Error::rocks("read state machine"))?
+                .ok_or_else(|| Error::Missing {
+                    what: "event of an index row",
+                    key: crate::codec::hex(&key),
+                })?;
+            let event: Event = decode("event", &key, &bytes)?;
+            if !query.matches(&event) {
+                continue;
+            }
+            let size = key.len() + bytes.len();
+            if items.len() == limit as usize || (!items.is_empty() && size > bytes_left) {
+                next = Some(walk.last_taken_before(position, query.newest_first));
+                break;
+            }
+            bytes_left = bytes_left.saturating_sub(size);
+            items.push(event);
+        }
+        Reader::at(
+            &view,
+            QueryPage {
+                items,
+                next,
+                total,
+                examined,
+            },
+        )
+    }
+
+    /// Totals by type and severity, per agent type, and per time bucket, of a tenant or of one
+    /// of its projects. Totals cover every event held (retention may have removed older
+    /// activity); `[from_ms, to_ms)` narrows the buckets, of `bucket_ms` (a whole number of
+    /// hours; 0 is one hour).
+    pub fn event_stats(
+        &self,
+        tenant_id: &str,
+        project_id: Option<&str>,
+        from_ms: Option<u64>,
+        to_ms: Option<u64>,
+        bucket_ms: u64,
+    ) -> Result<At<EventStats>, ReadError> {
+        limits::check_required(Field::TenantId, tenant_id, limits::TENANT_ID_BYTES_MAX)?;
+        if let Some(project) = project_id {
+            limits::check_required(Field::ProjectId, project, limits::PROJECT_ID_BYTES_MAX)?;
+        }
+        let bucket_ms = if bucket_ms == 0 { HOUR_MS } else { bucket_ms };
+        if bucket_ms % HOUR_MS != 0 {
+            return Err(Invalid::new(Field::TimeRange, Problem::Malformed).into());
+        }
+        if let (Some(from), Some(to)) = (from_ms, to_ms)
+            && from > to
+        {
+            return Err(Invalid::new(Field::TimeRange, Problem::Inverted).into());
+        }
+        let scope = project_id.unwrap_or("");
+        let view = self.view();
+        let counters = |dim: Dim, max: usize| counters_of(&view, tenant_id, scope, dim, max);
+        let mut stats = EventStats {
+            total: counters(Dim::Total, 1)?.first().map_or(0, |(_, n)| *n),
+            activity: counters(Dim::Activity, 1)?.first().map_or(0, |(_, n)| *n),
+            ..EventStats::default()
+        };
+        // Types and agent types are open sets: a tenant with more than a page of them gets the
+        // first page (in name order).
+        let names_max = limits::PAGE_SIZE_MAX as usize;
+        stats.by_type = counters(Dim::Type, names_max)?
+            .into_iter()
+            .map(|(v, n)| (String::from_utf8_lossy(&v).into_owned(), n))
+            .collect();
+        stats.by_severity = counters(Dim::Severity, Severity::ALL.len())?
+            .into_iter()
+            .filter_map(|(v, n)| Some((severity_of_code(*v.first()?)?, n)))
+            .collect();
+        let completed = counters(Dim::AgentCompleted, names_max)?;
+        let errors = counters(Dim::AgentError, names_max)?;
+        let find = |list: &[(Vec<u8>, u64)], key: &[u8]| {
+            list.iter().find(|(v, _)| v == key).map_or(0, |(_, n)| *n)
+        };
+        stats.agents = counters(Dim::Agent, names_max)?
+            .into_iter()
+            .map(|(v, n)| AgentStats {
+                completed: find(&completed, &v),
+                errors: find(&errors, &v),
+                agent_type: String::from_utf8_lossy(&v).into_owned(),
+                records: n,
+            })
+            .collect();
+        // Hour counters are keyed by the hour's number, big-endian: key order is time order.
+        let prefix = keys::counter_prefix(tenant_id, scope, Dim::Hour);
+        let mut start = prefix.clone();
+        start.push(8);
+        start.extend_from_slice(&from_ms.unwrap_or(0).div_euclid(HOUR_MS).to_be_bytes());
+        let mut end = prefix.clone();
+        end.push(8);
+        end.extend_from_slice(
+            &to_ms
+                .map_or(u64::MAX, |t| t.div_ceil(HOUR_MS))
+                .to_be_bytes(),
+        );
+        let mut buckets: Vec<(u64, u64)> = Vec::new();
+        for (read, item) in ranged(&view, &start, &end).enumerate() {
+            if read == STATS_HOURS_MAX {
+                break;
+            }
+            let (key, value) = item.map_err(Error::rocks("scan counters"))?;
+            let Some(hour) = keys::counter_value(&key, &prefix).and_then(hour_ms) else {
+                continue;
+            };
+            if from_ms.is_some_and(|f| hour + HOUR_MS <= f) || to_ms.is_some_and(|t| hour >= t) {
+                continue;
+            }
+            let n: u64 = decode("counter", &key, &value)?;
+            let bucket = hour - hour % bucket_ms;
+            let full = buckets.len() == STATS_BUCKETS_MAX;
+            match buckets.last_mut() {
+                Some((start, count)) if *start == bucket => *count += n,
+                _ if full => break,
+                _ => buckets.push((bucket, n)),
+            }
+        }
+        stats.buckets = buckets;
+        Reader::at(&view, stats)
+    }
+}
+
+fn head_of(view: &View<'_>) -> Result<u64, Error> {
+    let head: Option<domain::Head> = view.get("head", keys::SM_HEAD)?;
+    Ok(head.map_or(1, |h| h.next_position))
+}
+
+fn ranged<'a>(
+    view: &'a View<'_>,
+    start: &[u8],
+    end: &[u8],
+) -> rocksdb::DBIteratorWithThreadMode<'a, DB> {
+    let mut options = rocksdb::ReadOptions::default();
+    options.set_iterate_upper_bound(end.to_vec());
+    view.snap.iterator_cf_opt(
+        view.cf(),
+        options,
+        rocksdb::IteratorMode::From(start, rocksdb::Direction::Forward),
+    )
+}
+
+/// The counters of one dimension in a scope: `(value, count)` in value order, at most `max`.
+fn counters_of(
+    view: &View<'_>,
+    tenant: &str,
+    scope: &str,
+    dim: Dim,
+    max: usize,
+) -> Result<Vec<(Vec<u8>, u64)>, Error> {
+    let prefix = keys::counter_prefix(tenant, scope, dim);
+    let end = keys::prefix_end(&prefix).expect("a counter prefix has an end");
+    let mut out = Vec::new();
+    for item in ranged(view, &prefix, &end) {
+        if out.len() == max {
+            break;
+        }
+        let (key, value) = item.map_err(Error::rocks("scan counters"))?;
+        if let Some(v) = keys::counter_value(&key, &prefix) {
+            out.push((v.to_vec(), decode("counter", &key, &value)?));
+        }
+    }
+    Ok(out)
+}
+
+fn counter(view: &View<'_>, tenant: &str, dim: Dim, value: &[u8]) -> Result<u64, Error> {
+    Ok(view
+        .get("counter", &keys::counter(tenant, "", dim, value))?
+        .unwrap_or(0))
+}
+
+/// The position range `[lo, hi)` of events stamped in `[from_ms, to_ms)`.
+fn position_range(
+    view: &View<'_>,
+    from_ms: Option<u64>,
+    to_ms: Option<u64>,
+    head: u64,
+) -> Result<(u64, u64), Error> {
+    let lo = match from_ms {
+        Some(ms) => first_at_or_after(view, ms, head)?,
+        None => 1,
+    };
+    let hi = match to_ms {
+        Some(ms) => first_at_or_after(view, ms, head)?,
+        None => head,
+    };
+    Ok((lo, hi.max(lo)))
+}
+
+/// The smallest position whose next stored event is stamped at or after `ms` (`head` if none):
+/// a binary search, since stamps never decrease along positions.
+fn first_at_or_after(view: &View<'_>, ms: u64, head: u64) -> Result<u64, Error> {
+    let (mut lo, mut hi) = (1u64, head);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let stamped = match next_stored(view, mid, head)? {
+            Some(event) => event.at_ms >= ms,
+            None => true,
+        };
+        if stamped {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    Ok(lo)
+}
+
+/// The first stored event at or after `position` (compaction leaves holes).
+fn next_stored(view: &View<'_>, position: u64, head: u64) -> Result<Option<Event>, Error> {
+    let end = keys::event(head);
+    match ranged(view, &keys::event(position), &end).next() {
+        Some(item) => {
+            let (key, value) = item.map_err(Error::rocks("scan events"))?;
+            Ok(Some(decode("event", &key, &value)?))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Picks the cheapest rows to walk for `query`.
+fn plan(view: &View<'_>, tenant: &str, query: &EventQuery) -> Result<Driver, Error> {
+    let f = &query.filter;
+    let mut options: Vec<Driver> = Vec::new();
+    let single = |dim: Dim, value: &[u8], covers: Covers| -> Result<Driver, Error> {
+        Ok(Driver {
+            prefixes: vec![keys::index_prefix(tenant, dim, value)],
+            cost: Some(counter(view, tenant, dim, value)?),
+            covers,
+        })
+    };
+    if let Some(call) = &f.call_id {
+        options.push(Driver {
+            prefixes: vec![keys::index_prefix(tenant, Dim::Call, call.as_bytes())],
+            cost: None,
+            covers: Covers {
+                call: true,
+                ..Covers::default()
+            },
+        });
+    }
+    if !query.types.is_empty() {
+        let mut cost = 0;
+        let mut prefixes = Vec::new();
+        for t in &query.types {
+            cost += counter(view, tenant, Dim::Type, t.as_bytes())?;
+            prefixes.push(keys::index_prefix(tenant, Dim::Type, t.as_bytes()));
+        }
+        options.push(Driver {
+            prefixes,
+            cost: Some(cost),
+            covers: Covers {
+                types: true,
+                ..Covers::default()
+            },
+        });
+    }
+    if let Some(min) = f.min_severity {
+        let mut cost = 0;
+        let mut prefixes = Vec::new();
+        for s in Severity::ALL.into_iter().filter(|s| *s >= min) {
+            let code = [severity_code(s)];
+            cost += counter(view, tenant, Dim::Severity, &code)?;
+            prefixes.push(keys::index_prefix(tenant, Dim::Severity, &code));
+        }
+        options.push(Driver {
+            prefixes,
+            cost: Some(cost),
+            covers: Covers {
+                severity: true,
+                ..Covers::default()
+            },
+        });
+    }
+    if let Some(project) = &f.project_id {
+        options.push(single(
+            Dim::Project,
+            project.as_bytes(),
+            Covers {
+                project: true,
+                ..Covers::default()
+            },
+        )?);
+    }
+    if let Some(task) = &f.task_id {
+        options.push(single(
+            Dim::Task,
+            task.as_bytes(),
+            Covers {
+                task: true,
+                ..Covers::default()
+            },
+        )?);
+    }
+    if let Some(agent) = &f.agent_type {
+        options.push(single(
+            Dim::Agent,
+            agent.as_bytes(),
+            Covers {
+                agent: true,
+                ..Covers::default()
+            },
+        )?);
+    }
+    if f.activity_only() {
+        options.push(single(Dim::Activity, b"", Covers::default())?);
+    }
+    options.push(Driver {
+        prefixes: vec![keys::tenant_event_prefix(tenant)],
+        cost: Some(counter(view, tenant, Dim::Total, b"")?),
+        covers: Covers::default(),
+    });
+    // A call's rows are bounded by its limits: take them first; else the fewest rows.
+    Ok(options
+        .into_iter()
+        .min_by_key(|d| d.cost.unwrap_or(0))
+        .expect("the tenant's own rows are always an option"))
+}
+
+/// The total of `query` over `[lo, hi)`, from counters when they answer it exactly.
+fn count(
+    view: &View<'_>,
+    query: &EventQuery,
+    driver: &Driver,
+    lo: u64,
+    hi: u64,
+    timed: bool,
+) -> Result<Total, Error> {
+    let fetch = query.beyond(driver.covers);
+    if let (Some(cost), false, false) = (driver.cost, fetch, timed) {
+        return Ok(Total {
+            count: cost,
+            exact: true,
+        });
+    }
+    let mut walk = Merge::new(view, &driver.prefixes, lo, hi, false);
+    let mut count = 0;
+    let mut examined = 0;
+    while let Some(position) = walk.next()? {
+        if examined == COUNT_EXAMINED_MAX {
+            return Ok(Total {
+                count,
+                exact: false,
+            });
+        }
+        examined += 1;
+        if !fetch {
+            count += 1;
+            continue;
+        }
+        let key = keys::event(position);
+        let event: Option<Event> = view.get("event", &key)?;
+        if event.is_some_and(|e| query.matches(&e)) {
+            count += 1;
+        }
+    }
+    Ok(Total { count, exact: true })
+}
+
+/// Rows of several index prefixes (each ending in a position), limited to positions in
+/// `[lo, hi)`, merged into one position order.
+struct Merge<'a> {
+    iters: Vec<DBRawIteratorWithThreadMode<'a, DB>>,
+    newest_first: bool,
+    started: bool,
+}
+
+impl<'a> Merge<'a> {
+    fn new(view: &'a View<'_>, prefixes: &[Vec<u8>], lo: u64, hi: u64, newest_first: bool) -> Self {
+        let iters = prefixes
+            .iter()
+            .map(|prefix| {
+                let mut start = prefix.clone();
+                start.extend_from_slice(&lo.to_be_bytes());
+                let mut end = prefix.clone();
+                end.extend_from_slice(&hi.to_be_bytes());
+                let mut options = rocksdb::ReadOptions::default();
+                options.set_iterate_lower_bound(start);
+                options.set_iterate_upper_bound(end);
+                view.snap.raw_iterator_cf_opt(view.cf(), options)
+            })
+            .collect();
+        Self {
+            iters,
+            newest_first,
+            started: false,
+        }
+    }
+
+    fn next(&mut self) -> Result<Option<u64>, Error> {
+        if !self.started {
+            self.started = true;
+            for it in &mut self.iters {
+                if self.newest_first {
+                    it.seek_to_last();
+                } else {
+                    it.seek_to_first();
+                }
+            }
+        }
+        let mut best: Option<(usize, u64)> = None;
+        for (i, it) in self.iters.iter().enumerate() {
+            it.status().map_err(Error::rocks("walk index"))?;
+            let Some(position) = it.key().and_then(keys::trailing_position) else {
+                continue;
+            };
+            let better = match best {
+                None => true,
+                Some((_, b)) if self.newest_first => position > b,
+                Some((_, b)) => position < b,
+            };
+            if better {
+                best = Some((i, position));
+            }
+        }
+        let Some((i, position)) = best else {
+            return Ok(None);
+        };
+        if self.newest_first {
+            self.iters[i].prev();
+        } else {
+            self.iters[i].next();
+        }
+        Ok(Some(position))
+    }
+
+    /// The page token that makes the next page start at `position` (not yet taken).
+    fn last_taken_before(&self, position: u64, newest_first: bool) -> u64 {
+        debug_assert_eq!(newest_first, self.newest_first);
+        if newest_first {
+            position + 1
+        } else {
+            position - 1
+        }
+    }
+}
+
+impl Reader {
+    /// Tenants with a retention whose oldest activity record is past it at `now_ms`, at most
+    /// `limit` of them (in tenant order): the leader proposes `CompactActivity` for them, so
+    /// that a tenant that stopped writing is compacted too.
+    pub fn retention_due(&self, now_ms: u64, limit: usize) -> Result<Vec<String>, Error> {
+        let view = self.view();
+        let start = [keys::table::RETENTION];
+        let end = [keys::table::RETENTION + 1];
+        let mut due = Vec::new();
+        for item in ranged(&view, &start, &end) {
+            if due.len() == limit {
+                break;
+            }
+            let (key, value) = item.map_err(Error::rocks("scan retention"))?;
+            let Some(tenant) = key
+                .get(2..)
+                .and_then(|name| String::from_utf8(name.to_vec()).ok())
+            else {
+                continue;
+            };
+            let retention: domain::Retention = decode("retention", &key, &value)?;
+            let held = counter(&view, &tenant, Dim::Activity, b"")?;
+            let prefix = keys::index_prefix(&tenant, Dim::Activity, b"");
+            let end = keys::prefix_end(&prefix).expect("an index prefix has an end");
+            let oldest = match ranged(&view, &prefix, &end).next() {
+                Some(item) => {
+                    let (row, _) = item.map_err(Error::rocks("scan activity"))?;
+                    match keys::trailing_position(&row) {
+                        Some(position) => view.get::<Event>("event", &keys::event(position))?,
+                        None => None,
+                    }
+                }
+                None => None,
+            };
+            if oldest.is_some_and(|e| retention.drops(e.at_ms, held, now_ms)) {
+                due.push(tenant);
+            }
+        }
+        Ok(due)
+    }
+}
