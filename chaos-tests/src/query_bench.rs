@@ -99,6 +99,7 @@ enum Query {
     OneTask,
     Critical,
     ProjectErrorsWithTotal,
+    AgentWarningsWithTotal,
     MetadataOnly,
     TimeWindowErrors,
     StatsTenant,
@@ -106,13 +107,14 @@ enum Query {
 }
 
 impl Query {
-    const ALL: [Query; 10] = [
+    const ALL: [Query; 11] = [
         Query::TenantNewest,
         Query::TenantNewestWithTotal,
         Query::OneType,
         Query::OneTask,
         Query::Critical,
         Query::ProjectErrorsWithTotal,
+        Query::AgentWarningsWithTotal,
         Query::MetadataOnly,
         Query::TimeWindowErrors,
         Query::StatsTenant,
@@ -127,6 +129,9 @@ impl Query {
             Query::OneTask => "selective: one task + total",
             Query::Critical => "selective: severity >= critical, 100 + total",
             Query::ProjectErrorsWithTotal => "combined: project + severity >= error + total",
+            Query::AgentWarningsWithTotal => {
+                "combined: agent + severity >= warning + total (walked)"
+            }
             Query::MetadataOnly => "metadata lane=3 only, 100",
             Query::TimeWindowErrors => "time window (last 10%) + type agent.error + total",
             Query::StatsTenant => "EventStats: tenant",
@@ -300,6 +305,12 @@ async fn one(
         Query::ProjectErrorsWithTotal => v1::QueryEventsRequest {
             project_id: format!("p-{}", i % PROJECTS),
             min_severity: v1::Severity::Error.into(),
+            with_total: true,
+            ..base
+        },
+        Query::AgentWarningsWithTotal => v1::QueryEventsRequest {
+            agent_type: format!("agent-{}", i % AGENTS),
+            min_severity: v1::Severity::Warning.into(),
             with_total: true,
             ..base
         },

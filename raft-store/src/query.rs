@@ -12,8 +12,9 @@
 //! - **Walk.** Each row's event is read and the whole filter checked; the walk stops when the
 //!   page is full or [`QUERY_EXAMINED_MAX`] events were looked at, and the page token says
 //!   where to go on. A page may be short, or empty, and still have a next one.
-//! - **Total.** From the counters when the filter is exactly one indexed value (or nothing) and
-//!   no time range; else counted by walking, up to [`COUNT_EXAMINED_MAX`] rows, and marked
+//! - **Total.** From the counters when the filter is exactly one indexed value (or nothing), or
+//!   a project and one of types, minimum severity or agent type (the project's own counters),
+//!   and no time range; else counted by walking, up to [`COUNT_EXAMINED_MAX`] rows, and marked
 //!   inexact (a lower bound) when that bound ends the count.
 
 use domain::limits::{self, Field, Invalid, Problem, QUERY_VALUES_MAX};
@@ -540,6 +541,9 @@ fn count(
             exact: true,
         });
     }
+    if !timed && let Some(count) = project_count(view, query)? {
+        return Ok(Total { count, exact: true });
+    }
     let mut walk = Merge::new(view, &driver.prefixes, lo, hi, false);
     let mut count = 0;
     let mut examined = 0;
@@ -562,6 +566,49 @@ fn count(
         }
     }
     Ok(Total { count, exact: true })
+}
+
+/// The total of a filter that is a project and at most one of exact types, a minimum severity
+/// or an agent type, from the project's own counters (`None`: the filter is not of that form).
+fn project_count(view: &View<'_>, query: &EventQuery) -> Result<Option<u64>, Error> {
+    let f = &query.filter;
+    let Some(project) = f.project_id.as_deref() else {
+        return Ok(None);
+    };
+    let others = [
+        !query.types.is_empty(),
+        f.min_severity.is_some(),
+        f.agent_type.is_some(),
+    ];
+    if others.iter().filter(|o| **o).count() > 1
+        || f.call_id.is_some()
+        || f.task_id.is_some()
+        || !f.type_prefixes.is_empty()
+        || !f.metadata.is_empty()
+    {
+        return Ok(None);
+    }
+    let tenant = f.tenant_id.as_deref().unwrap_or_default();
+    let count = |dim: Dim, value: &[u8]| -> Result<u64, Error> {
+        Ok(view
+            .get("counter", &keys::counter(tenant, project, dim, value))?
+            .unwrap_or(0))
+    };
+    let mut total = 0;
+    if !query.types.is_empty() {
+        for t in &query.types {
+            total += count(Dim::Type, t.as_bytes())?;
+        }
+    } else if let Some(min) = f.min_severity {
+        for s in Severity::ALL.into_iter().filter(|s| *s >= min) {
+            total += count(Dim::Severity, &[severity_code(s)])?;
+        }
+    } else if let Some(agent) = &f.agent_type {
+        total = count(Dim::Agent, agent.as_bytes())?;
+    } else {
+        total = count(Dim::Activity, b"")?;
+    }
+    Ok(Some(total))
 }
 
 /// Rows of several index prefixes (each ending in a position), limited to positions in

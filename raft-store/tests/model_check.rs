@@ -609,6 +609,24 @@ fn check_queries(sm: &StateMachine, memory: &Memory) {
                 types: vec!["agent.error".into(), event_type::CALL_CREATED.into()],
                 ..EventQuery::default()
             },
+            // Totals from a project's own counters.
+            EventQuery {
+                filter: EventFilter {
+                    project_id: Some("p1".into()),
+                    min_severity: Some(Severity::Info),
+                    ..base.clone()
+                },
+                ..EventQuery::default()
+            },
+            EventQuery {
+                filter: EventFilter {
+                    project_id: Some("p0".into()),
+                    ..base.clone()
+                },
+                types: vec!["agent.error".into(), "agent.paused".into()],
+                newest_first: true,
+                ..EventQuery::default()
+            },
         ];
         for mut query in queries {
             let mut expected: Vec<&Event> = memory
