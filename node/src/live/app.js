@@ -105,9 +105,11 @@
       badge.textContent = severity;
       sev.appendChild(badge);
     }
-    cell(tr, a.agentType ? a.agentType + (a.agentName ? ' (' + a.agentName + ')' : '') : '');
+    const named = a.agentName && a.agentName !== a.agentType;
+    cell(tr, a.agentType ? a.agentType + (named ? ' (' + a.agentName + ')' : '') : '');
     cell(tr, [a.projectId, a.taskId].filter(Boolean).join(' / '));
-    cell(tr, ev.callId ? ev.callId.slice(0, 8) : '');
+    // Call ids are UUIDv7: their first digits are a timestamp, their last ones tell calls apart.
+    cell(tr, ev.callId ? '…' + ev.callId.slice(-8) : '');
     cell(tr, a.message || a.taskDescription || ev.payloadJson || '');
     const body = $('feed').tBodies[0];
     body.insertBefore(tr, body.firstChild);
@@ -271,7 +273,7 @@
       const rows = (answer.calls || []).map((c) => {
         const tr = document.createElement('tr');
         tr.dataset.callId = c.callId;
-        cell(tr, c.callId.slice(0, 8));
+        cell(tr, '…' + c.callId.slice(-8));
         cell(tr, String(c.state || '').replace(/^CALL_STATE_/, '').toLowerCase());
         cell(tr, String(c.channel || '').replace(/^CHANNEL_/, '').toLowerCase());
         cell(tr, c.turnCount || 0);
