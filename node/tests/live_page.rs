@@ -19,6 +19,7 @@ const SSE_WAIT: Duration = Duration::from_secs(20);
 const PAGE_WAIT: Duration = Duration::from_secs(30);
 const CDP_CALL_WAIT: Duration = Duration::from_secs(20);
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
+const STOP_WAIT: Duration = Duration::from_secs(10);
 /// Largest HTTP head, SSE message or DevTools message read.
 const MESSAGE_BYTES_MAX: usize = 1 << 20;
 /// The page must show an event within this long of its commit (issue 12, point 5).
@@ -339,7 +340,12 @@ async fn sse_delivers_activity_resumes_after_last_event_id_and_refuses_strangers
     )
     .await;
     assert_eq!(own.status, 200);
+    let deadline = Instant::now() + SSE_WAIT;
     loop {
+        assert!(
+            Instant::now() < deadline,
+            "the stranger's watch did not pass the recorded positions"
+        );
         let sse = own.next_sse().await;
         assert_ne!(
             sse.event, "message",
@@ -384,6 +390,30 @@ async fn sse_delivers_activity_resumes_after_last_event_id_and_refuses_strangers
     assert_eq!(calls.status, 200);
     let calls: Value = serde_json::from_str(&calls.text().await).expect("calls json");
     assert_eq!(calls["calls"], json!([]), "{calls}");
+
+    // A node stopping ends its SSE streams with where to resume, and an open stream does not
+    // hold its HTTP server's graceful shutdown.
+    let mut open = request(
+        &cluster,
+        &http,
+        "GET",
+        "/live/events",
+        &[("Authorization", &auth)],
+    )
+    .await;
+    assert_eq!(open.next_sse().await.event, "open");
+    let stopped = cluster.stop(1, STOP_WAIT).expect("the node stops");
+    assert!(stopped.success(), "{stopped:?}");
+    let end = loop {
+        let sse = open.next_sse().await;
+        if sse.event != "progress" {
+            break sse;
+        }
+    };
+    assert_eq!(end.event, "end", "{end:?}");
+    let end: Value = serde_json::from_str(&end.data).expect("end json");
+    assert_eq!(end["code"], json!("Unavailable"), "{end}");
+    assert_eq!(end["resumeFrom"], json!(recorded[4] + 1), "{end}");
 }
 
 /// Chromium driven over the DevTools protocol on a pipe (`--remote-debugging-pipe`: fd 3 in,
