@@ -234,7 +234,7 @@ impl Api {
     }
 
     /// The caller of a request, if it may call `rpc` (which needs `access`).
-    fn authorize(
+    pub(crate) fn authorize(
         &self,
         metadata: &tonic::metadata::MetadataMap,
         rpc: &'static str,
@@ -841,7 +841,7 @@ impl Api {
         Ok(response)
     }
 
-    async fn list_calls(
+    pub(crate) async fn list_calls(
         &self,
         caller: &Caller,
         req: v1::ListCallsRequest,
@@ -971,7 +971,7 @@ impl Api {
         Ok(response)
     }
 
-    async fn event_stats(
+    pub(crate) async fn event_stats(
         &self,
         caller: &Caller,
         req: v1::EventStatsRequest,
@@ -1101,7 +1101,7 @@ impl Api {
 
 /// `WatchService` handlers.
 impl Api {
-    async fn watch_events(
+    pub(crate) async fn watch_events(
         &self,
         caller: &Caller,
         req: v1::WatchEventsRequest,

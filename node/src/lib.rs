@@ -15,6 +15,7 @@ pub mod convert;
 pub mod dev;
 pub mod edge;
 pub mod erasure;
+pub mod live;
 pub mod observe;
 pub mod pii;
 pub mod probe;

@@ -1,6 +1,6 @@
 //! Observability: metric names (one place, bounded labels), the Prometheus recorder, the task
 //! that publishes Raft and state-machine gauges, and the HTTP endpoints `/metrics`, `/healthz`
-//! and `/readyz`.
+//! and `/readyz` (beside the live activity page of [`crate::live`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -136,10 +136,12 @@ struct HttpState {
     prometheus: Arc<PrometheusHandle>,
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `shutdown`.
+/// Serves `/metrics`, `/healthz`, `/readyz` and the live page's routes (through `api`, whose
+/// watches they open) on `listener` until `shutdown`.
 pub async fn serve_http(
     listener: crate::tls::HttpListener,
     raft: Raft,
+    api: crate::api::Api,
     prometheus: PrometheusHandle,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
@@ -177,7 +179,8 @@ pub async fn serve_http(
                 }
             }),
         )
-        .with_state(state);
+        .with_state(state)
+        .merge(crate::live::router(api));
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await

@@ -243,9 +243,10 @@ async fn serve_loaded(
     let http_listener = tls::HttpListener::new(http_incoming, http_addr);
     if let Some(prometheus) = prometheus {
         tasks.spawn({
-            let (raft, shutdown) = (raft.clone(), shutdown.clone());
+            let (raft, api, shutdown) = (raft.clone(), api.clone(), shutdown.clone());
             async move {
-                if let Err(e) = observe::serve_http(http_listener, raft, prometheus, shutdown).await
+                if let Err(e) =
+                    observe::serve_http(http_listener, raft, api, prometheus, shutdown).await
                 {
                     tracing::error!(error = %e, "http server failed");
                 }

@@ -305,6 +305,13 @@ pub struct WatchStream {
     done: bool,
 }
 
+impl WatchStream {
+    /// The position this stream resumes from: where it starts until a message moves it.
+    pub fn resume_from(&self) -> u64 {
+        self.resume_from
+    }
+}
+
 impl Stream for WatchStream {
     type Item = Result<v1::WatchEventsResponse, Status>;
 
