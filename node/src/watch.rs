@@ -406,7 +406,7 @@ impl Watcher {
             }
             // Behind the tail, and the ring does not continue from here: catch up from storage.
             while self.next < *self.head.borrow()
-                && !self.carry.as_ref().is_some_and(|b| b.first <= self.next)
+                && self.carry.as_ref().is_none_or(|b| b.first > self.next)
             {
                 let scan = match self.read_storage().await {
                     Ok(scan) => scan,
@@ -1003,7 +1003,7 @@ mod tests {
             trace_id: format!("trace-{position}"),
             sequence_number: position,
             at_ms: 1_700_000_000_000 + position,
-            payload: if position % 2 == 0 {
+            payload: if position.is_multiple_of(2) {
                 domain::Payload::Json(format!(r#"{{"n":{position}}}"#))
             } else {
                 domain::Payload::Bytes(vec![0, 1, 2, u8::try_from(position % 256).unwrap_or(0)])
