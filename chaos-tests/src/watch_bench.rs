@@ -27,6 +27,10 @@ const ACKS_KEPT: usize = 4_000_000;
 /// Watch streams per connection (the edge allows 256 requests in flight per connection).
 const WATCHES_PER_CONNECTION: usize = 200;
 const LEADER_WAIT: Duration = Duration::from_secs(30);
+/// Progress interval the watchers ask for.
+const PROGRESS_INTERVAL_MS: u32 = 200;
+/// How long the watchers may take to notice the end of a run.
+const WATCHERS_STOP_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct WatchBenchArgs {
@@ -234,7 +238,13 @@ async fn one_run(
             let mut histogram =
                 Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
             let mut client = WatchServiceClient::new(channel);
-            let mut stream = match client.watch_events(v1::WatchEventsRequest::default()).await {
+            // Progress messages at least this often keep an idle stream's loop turning, so it
+            // sees `stop` without a timer per message.
+            let request = v1::WatchEventsRequest {
+                progress_interval_ms: PROGRESS_INTERVAL_MS,
+                ..Default::default()
+            };
+            let mut stream = match client.watch_events(request).await {
                 Ok(response) => response.into_inner(),
                 Err(_) => {
                     errors.fetch_add(1, Ordering::Relaxed);
@@ -244,8 +254,8 @@ async fn one_run(
             };
             let mut first = true;
             while !stop.load(Ordering::Relaxed) {
-                match tokio::time::timeout(Duration::from_millis(500), stream.message()).await {
-                    Ok(Ok(Some(message))) => {
+                match stream.message().await {
+                    Ok(Some(message)) => {
                         if first {
                             first = false;
                             let _ = opened.send(()).await;
@@ -267,11 +277,10 @@ async fn one_run(
                             let _ = histogram.record(latency.max(1));
                         }
                     }
-                    Ok(Ok(None)) | Ok(Err(_)) => {
+                    Ok(None) | Err(_) => {
                         errors.fetch_add(1, Ordering::Relaxed);
                         break;
                     }
-                    Err(_) => {}
                 }
             }
             histogram
@@ -361,9 +370,14 @@ async fn one_run(
         write.add(joined?)?;
     }
     let mut delivery = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    while let Some(joined) = watch_tasks.join_next().await {
+    let deadline = tokio::time::Instant::now() + WATCHERS_STOP_WAIT;
+    while let Ok(Some(joined)) = tokio::time::timeout_at(deadline, watch_tasks.join_next()).await {
         delivery.add(joined?)?;
     }
+    // A stream that stopped sending (not even progress) counts as an error.
+    let stuck = watch_tasks.len() as u64;
+    errors.fetch_add(stuck, Ordering::Relaxed);
+    watch_tasks.abort_all();
     let written = writes.load(Ordering::Relaxed);
     let node_cpu_s: f64 = nodes.iter().map(|n| n.cpu_s).sum();
     drop(cluster);

@@ -198,18 +198,17 @@ macro_rules! serve_rpcs {
 
 proto::switchboard_rpcs!(serve_rpcs);
 
-/// The streaming service of [`proto::switchboard_watch_rpcs!`], by hand: tonic's trait wants a
-/// named stream type per method, which a table callback cannot spell. Authentication and the
-/// role check are those of the row (`access: read`); a watch takes no admission slot (it would
-/// hold it for its whole life) but one of `--watchers-max` places.
+/// The streaming service of [`proto::switchboard_watch_rpcs!`], by hand: its server
+/// ([`crate::watch::WatchServiceServer`]) sends events encoded once for every watcher, so it is
+/// not tonic's generated one. Authentication and the role check are those of the row
+/// (`access: read`); a watch takes no admission slot (it would hold it for its whole life) but
+/// one of `--watchers-max` places.
 #[tonic::async_trait]
-impl v1::watch_service_server::WatchService for Api {
-    type WatchEventsStream = crate::watch::WatchStream;
-
+impl crate::watch::WatchHandler for Api {
     async fn watch_events(
         &self,
         request: GrpcRequest<v1::WatchEventsRequest>,
-    ) -> Result<GrpcResponse<Self::WatchEventsStream>, Status> {
+    ) -> Result<GrpcResponse<crate::watch::WatchStream>, Status> {
         let caller = self.authorize(request.metadata(), "watch_events", Access::Read);
         let result = match caller {
             Ok(caller) => Api::watch_events(self, &caller, request.into_inner()).await,

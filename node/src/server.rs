@@ -13,7 +13,6 @@ use proto::v1::activity_service_server::ActivityServiceServer;
 use proto::v1::call_service_server::CallServiceServer;
 use proto::v1::cluster_service_server::ClusterServiceServer;
 use proto::v1::event_service_server::EventServiceServer;
-use proto::v1::watch_service_server::WatchServiceServer;
 use raft_store::{Claim, Identity, Member};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -25,6 +24,7 @@ use crate::config::NodeConfig;
 use crate::edge::Edge;
 use crate::tls::{self, Dialer, NodeIdentity, Security, Tls};
 use crate::transport::{self, NetworkFactory, TransportConfig};
+use crate::watch::WatchServiceServer;
 use crate::{Raft, observe};
 
 /// Loads the TLS material, binds both ports, then serves until `shutdown` is cancelled.

@@ -20,22 +20,35 @@
 //! - Every message carries `resume_from`: all matching events before it were delivered on this
 //!   stream. Progress messages (no events) keep coming when nothing matches, so a consumer of a
 //!   sparse filter can still checkpoint.
+//! - An event is encoded to protobuf once, by whoever read it (the tail, or a watcher's storage
+//!   read). Watchers pass the encoded bytes on (shared, not copied) and [`WatchCodec`] writes
+//!   them into the response as they are, with the message's own fields after them: the bytes on
+//!   the wire are those prost would write for the same `WatchEventsResponse`. A watcher that
+//!   finds several batches waiting, and a stream that finds several messages waiting, send them
+//!   as one message (at most a page: [`PAGE_EVENTS`] events, [`PAGE_BYTES`] bytes), so a busy
+//!   node sends fewer, larger messages instead of falling further behind.
 
+use std::convert::Infallible;
 use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::{BufMut, Bytes, BytesMut};
 use domain::{Event, EventFilter};
 use futures::Stream;
+use futures::future::BoxFuture;
 use openraft::async_runtime::WatchReceiver;
 use openraft::{Instant as _, ServerState};
+use prost::encoding;
 use proto::v1;
 use raft_store::{EventScan, Reader};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
+use tonic::codec::{Codec, EncodeBuf, Encoder};
 use tonic::metadata::MetadataValue;
 
 use crate::Raft;
@@ -61,8 +74,11 @@ pub const WATCH_CONTACT_MAX_MS: u64 = 3_000;
 pub const PROGRESS_INTERVAL_DEFAULT: Duration = Duration::from_secs(1);
 pub const PROGRESS_INTERVAL_MIN: Duration = Duration::from_millis(100);
 pub const PROGRESS_INTERVAL_MAX: Duration = Duration::from_secs(60);
-/// Events one storage read of a watcher or of the tail looks at (and returns) at most.
+/// Events one storage read of a watcher or of the tail looks at (and returns) at most, and
+/// events one message holds at most when it joins several batches or messages.
 const PAGE_EVENTS: u32 = domain::limits::PAGE_SIZE_MAX;
+/// Encoded event bytes one message holds at most when it joins several batches or messages.
+const PAGE_BYTES: usize = domain::limits::PAGE_BYTES_MAX;
 /// How long a consumer may take no message before its watcher looks at how far the log has moved
 /// (then every [`LAG_CHECK_EVERY`]): a consumer that reads, however far behind, is not ended.
 const STALL_MIN: Duration = Duration::from_secs(1);
@@ -133,13 +149,6 @@ impl WatchEnd {
     }
 }
 
-/// One event as the tail read it: the domain form to filter on, the wire form to send.
-#[derive(Debug)]
-struct Tailed {
-    event: Event,
-    wire: v1::Event,
-}
-
 /// Events `[first, next)` as applied, in position order (positions retention removed are
 /// absent).
 #[derive(Debug)]
@@ -147,7 +156,7 @@ struct Batch {
     first: u64,
     next: u64,
     applied_index: u64,
-    events: Vec<Tailed>,
+    events: Encoded,
 }
 
 /// The watches of one node; clones share them.
@@ -247,6 +256,7 @@ impl Watches {
             filter,
             next,
             batches,
+            carry: None,
             head: inner.head.clone(),
             contact: inner.contact.clone(),
             messages: messages_tx,
@@ -265,6 +275,7 @@ impl Watches {
             messages,
             end,
             resume_from: next,
+            carry: None,
             done: false,
         })
     }
@@ -298,10 +309,12 @@ impl Drop for Slot {
 /// status that says why and where to resume.
 #[derive(Debug)]
 pub struct WatchStream {
-    messages: mpsc::Receiver<v1::WatchEventsResponse>,
+    messages: mpsc::Receiver<WatchMessage>,
     end: oneshot::Receiver<WatchEnd>,
     /// `resume_from` of the last message handed to the transport.
     resume_from: u64,
+    /// A message taken off the buffer that did not fit in the one handed out before it.
+    carry: Option<WatchMessage>,
     done: bool,
 }
 
@@ -313,13 +326,9 @@ impl WatchStream {
 }
 
 impl Stream for WatchStream {
-    type Item = Result<v1::WatchEventsResponse, Status>;
+    type Item = Result<WatchMessage, Status>;
 
-    fn poll_next(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        use std::task::Poll;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if self.done {
             return Poll::Ready(None);
         }
@@ -333,25 +342,38 @@ impl Stream for WatchStream {
                 Err(_) => None,
             });
         }
-        match self.messages.poll_recv(cx) {
-            Poll::Ready(Some(message)) => {
-                self.resume_from = message.resume_from;
-                Poll::Ready(Some(Ok(message)))
-            }
-            // The watcher is gone; its end (if any) arrives on `end` right after.
-            Poll::Ready(None) => match Pin::new(&mut self.end).poll(cx) {
-                Poll::Ready(Ok(end)) => {
-                    self.done = true;
-                    Poll::Ready(Some(Err(end.status(self.resume_from))))
+        let mut message = match self.carry.take() {
+            Some(message) => message,
+            None => match self.messages.poll_recv(cx) {
+                Poll::Ready(Some(message)) => message,
+                // The watcher is gone; its end (if any) arrives on `end` right after.
+                Poll::Ready(None) => {
+                    return match Pin::new(&mut self.end).poll(cx) {
+                        Poll::Ready(Ok(end)) => {
+                            self.done = true;
+                            Poll::Ready(Some(Err(end.status(self.resume_from))))
+                        }
+                        Poll::Ready(Err(_)) => {
+                            self.done = true;
+                            Poll::Ready(None)
+                        }
+                        Poll::Pending => Poll::Pending,
+                    };
                 }
-                Poll::Ready(Err(_)) => {
-                    self.done = true;
-                    Poll::Ready(None)
-                }
-                Poll::Pending => Poll::Pending,
+                Poll::Pending => return Poll::Pending,
             },
-            Poll::Pending => Poll::Pending,
+        };
+        // The messages already waiting leave with it, as one: a consumer that fell behind
+        // catches up in fewer, larger messages.
+        while let Ok(later) = self.messages.try_recv() {
+            if !message.fits(later.event_count, later.event_bytes) {
+                self.carry = Some(later);
+                break;
+            }
+            message.join(later);
         }
+        self.resume_from = message.resume_from;
+        Poll::Ready(Some(Ok(message)))
     }
 }
 
@@ -362,9 +384,11 @@ struct Watcher {
     /// The next position to deliver (or to pass over).
     next: u64,
     batches: broadcast::Receiver<Arc<Batch>>,
+    /// A batch taken off the ring that did not fit in the message before it.
+    carry: Option<Arc<Batch>>,
     head: watch::Receiver<u64>,
     contact: watch::Receiver<Result<(), WatchEnd>>,
-    messages: mpsc::Sender<v1::WatchEventsResponse>,
+    messages: mpsc::Sender<WatchMessage>,
     progress_every: Duration,
 }
 
@@ -375,69 +399,121 @@ impl Watcher {
         progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The first tick is at once: a first message tells the consumer the watch is open.
         loop {
-            // Behind the tail: catch up from storage.
-            while self.next < *self.head.borrow() {
+            // The next batch, if the ring holds one: it tells whether the ring continues from
+            // `next` (it does not if this watcher started behind the head or fell off the ring).
+            if self.carry.is_none() {
+                match self.batches.try_recv() {
+                    Ok(batch) => self.carry = Some(batch),
+                    Err(broadcast::error::TryRecvError::Closed) => {
+                        return Some(WatchEnd::ShuttingDown);
+                    }
+                    // Nothing yet, or fell off the ring (storage has what it missed).
+                    Err(_) => {}
+                }
+            }
+            // Behind the tail, and the ring does not continue from here: catch up from storage.
+            while self.next < *self.head.borrow()
+                && self.carry.as_ref().is_none_or(|b| b.first > self.next)
+            {
                 let scan = match self.read_storage().await {
                     Ok(scan) => scan,
                     Err(end) => return Some(end),
                 };
-                let events = scan.value.items.iter().map(convert::wire_event).collect();
+                let mut message = WatchMessage {
+                    applied_index: scan.applied_index,
+                    ..WatchMessage::default()
+                };
+                // The scan applied the filter: every event it returned is sent.
+                Encoded::new(scan.value.items).append_matching(0, None, &mut message);
                 self.next = scan.value.next.max(self.next);
                 if scan.value.complete {
                     // Every position below the store's head was looked at.
                     self.next = self.next.max(scan.value.head);
                 }
-                if let Err(end) = self.send(events, scan.applied_index).await? {
+                if let Err(end) = self.send(message).await? {
                     return Some(end);
                 }
                 progress.reset();
             }
-            let shutdown = self.inner.shutdown.clone();
-            tokio::select! {
-                () = shutdown.cancelled() => return Some(WatchEnd::ShuttingDown),
-                () = self.messages.closed() => return None,
-                changed = self.contact.changed() => {
-                    if changed.is_err() {
-                        return Some(WatchEnd::ShuttingDown);
-                    }
-                    let lost = self.contact.borrow_and_update().clone().err();
-                    if let Some(end) = lost {
-                        return Some(end);
-                    }
-                }
-                _ = progress.tick() => {
-                    let applied = self.inner.reader.watch_applied().borrow().index();
-                    if let Err(end) = self.send(Vec::new(), applied).await? {
-                        return Some(end);
-                    }
-                }
-                batch = self.batches.recv() => match batch {
-                    Ok(batch) => {
-                        // Already past it, or a gap the loop above fills from storage (the
-                        // head has moved past the batch before it was broadcast).
-                        if batch.next <= self.next || batch.first > self.next {
-                            continue;
-                        }
-                        let events: Vec<v1::Event> = batch
-                            .events
-                            .iter()
-                            .filter(|t| t.event.position >= self.next && self.filter.matches(&t.event))
-                            .map(|t| t.wire.clone())
-                            .collect();
-                        self.next = batch.next;
-                        if !events.is_empty() {
-                            if let Err(end) = self.send(events, batch.applied_index).await? {
+            let batch = match self.carry.take() {
+                Some(batch) => batch,
+                None => {
+                    let shutdown = self.inner.shutdown.clone();
+                    tokio::select! {
+                        () = shutdown.cancelled() => return Some(WatchEnd::ShuttingDown),
+                        () = self.messages.closed() => return None,
+                        changed = self.contact.changed() => {
+                            if changed.is_err() {
+                                return Some(WatchEnd::ShuttingDown);
+                            }
+                            let lost = self.contact.borrow_and_update().clone().err();
+                            if let Some(end) = lost {
                                 return Some(end);
                             }
-                            progress.reset();
+                            continue;
                         }
+                        _ = progress.tick() => {
+                            let applied = self.inner.reader.watch_applied().borrow().index();
+                            let message = WatchMessage {
+                                applied_index: applied,
+                                ..WatchMessage::default()
+                            };
+                            if let Err(end) = self.send(message).await? {
+                                return Some(end);
+                            }
+                            continue;
+                        }
+                        batch = self.batches.recv() => match batch {
+                            Ok(batch) => batch,
+                            // Fell off the ring: storage has what it missed.
+                            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                            Err(broadcast::error::RecvError::Closed) => {
+                                return Some(WatchEnd::ShuttingDown);
+                            }
+                        },
                     }
-                    // Fell off the ring: storage has what it missed.
-                    Err(broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(broadcast::error::RecvError::Closed) => return Some(WatchEnd::ShuttingDown),
-                },
+                }
+            };
+            // A gap: the tail moved the head past it before it broadcast this batch, so storage
+            // has it; the loop reads it, then takes this batch.
+            if batch.first > self.next {
+                self.carry = Some(batch);
+                continue;
+            }
+            // This batch and those broadcast since, as one message.
+            let mut message = WatchMessage::default();
+            self.take(&batch, &mut message);
+            // Until the ring is empty (or lagged, or closed: the loop sees to those).
+            while let Ok(batch) = self.batches.try_recv() {
+                let (events, bytes) = (batch.events.events.len(), batch.events.wire.len());
+                if batch.first > self.next || !message.fits(events, bytes) {
+                    self.carry = Some(batch);
+                    break;
+                }
+                self.take(&batch, &mut message);
+            }
+            if message.event_count > 0 {
+                if let Err(end) = self.send(message).await? {
+                    return Some(end);
+                }
+                progress.reset();
             }
         }
+    }
+
+    /// Adds to `message` the events of `batch` (which starts at or before `next`) from `next`
+    /// that match, and moves `next` past the batch.
+    fn take(&mut self, batch: &Batch, message: &mut WatchMessage) {
+        debug_assert!(batch.first <= self.next, "a batch past a gap is not taken");
+        // Already past it.
+        if batch.next <= self.next {
+            return;
+        }
+        batch
+            .events
+            .append_matching(self.next, Some(&self.filter), message);
+        message.applied_index = batch.applied_index;
+        self.next = batch.next;
     }
 
     /// One page of matching events from `next`, read off the runtime.
@@ -460,34 +536,36 @@ impl Watcher {
         }
     }
 
-    /// Sends `events` (none: a progress message) with `resume_from` = `next`. Once the
+    /// Sends `message` (no events: a progress message) with `resume_from` = `next`. Once the
     /// consumer's buffer has been full for [`STALL_MIN`], looks every [`LAG_CHECK_EVERY`] at how
     /// far the log moved on: past `--watch-lag-max`, the watch ends. `None`: the consumer left.
-    async fn send(
-        &mut self,
-        events: Vec<v1::Event>,
-        applied_index: u64,
-    ) -> Option<Result<(), WatchEnd>> {
-        let sent_events = events.len();
-        let message = v1::WatchEventsResponse {
-            events,
-            resume_from: self.next,
-            applied_index,
-            node_id: self.inner.node_id,
+    async fn send(&mut self, mut message: WatchMessage) -> Option<Result<(), WatchEnd>> {
+        let sent_events = message.event_count;
+        message.resume_from = self.next;
+        message.node_id = self.inner.node_id;
+        // Room in the buffer (the usual case): no timer to arm.
+        let permit = match self.messages.try_reserve() {
+            Ok(permit) => Some(permit),
+            Err(mpsc::error::TrySendError::Closed(())) => return None,
+            Err(mpsc::error::TrySendError::Full(())) => None,
         };
         let mut wait = STALL_MIN;
-        let permit = loop {
-            tokio::select! {
-                permit = self.messages.reserve() => match permit {
-                    Ok(permit) => break permit,
-                    Err(_) => return None,
-                },
-                () = tokio::time::sleep(wait) => {
-                    wait = LAG_CHECK_EVERY;
-                    let lag = self.head.borrow().saturating_sub(self.next);
-                    let lag_max = self.inner.config.lag_max;
-                    if lag > lag_max {
-                        return Some(Err(WatchEnd::Behind { lag, lag_max }));
+        let permit = if let Some(permit) = permit {
+            permit
+        } else {
+            loop {
+                tokio::select! {
+                    permit = self.messages.reserve() => match permit {
+                        Ok(permit) => break permit,
+                        Err(_) => return None,
+                    },
+                    () = tokio::time::sleep(wait) => {
+                        wait = LAG_CHECK_EVERY;
+                        let lag = self.head.borrow().saturating_sub(self.next);
+                        let lag_max = self.inner.config.lag_max;
+                        if lag > lag_max {
+                            return Some(Err(WatchEnd::Behind { lag, lag_max }));
+                        }
                     }
                 }
             }
@@ -554,15 +632,7 @@ async fn run_tail(
                 first: next,
                 next: scan.value.next,
                 applied_index: scan.applied_index,
-                events: scan
-                    .value
-                    .items
-                    .into_iter()
-                    .map(|event| Tailed {
-                        wire: convert::wire_event(&event),
-                        event,
-                    })
-                    .collect(),
+                events: Encoded::new(scan.value.items),
             };
             next = batch.next;
             // The head moves first: a watcher that sees this batch start past its position
@@ -627,5 +697,462 @@ async fn monitor_contact(
             }
             changed
         });
+    }
+}
+
+/// `WatchEventsResponse` field numbers (`events.proto`); the encoding test holds them to prost's.
+const FIELD_EVENTS: u32 = 1;
+const FIELD_RESUME_FROM: u32 = 2;
+const FIELD_APPLIED_INDEX: u32 = 3;
+const FIELD_NODE_ID: u32 = 4;
+
+/// Events with their wire form, encoded once for every watcher: each event as an `events` entry
+/// of a `WatchEventsResponse` (key, length, `v1::Event`), back to back in one buffer.
+#[derive(Debug)]
+struct Encoded {
+    /// The domain form, to filter on.
+    events: Vec<Event>,
+    wire: Bytes,
+    /// `ends[i]`: where event `i`'s entry ends in `wire`.
+    ends: Vec<usize>,
+}
+
+impl Encoded {
+    fn new(events: Vec<Event>) -> Self {
+        let wire: Vec<v1::Event> = events.iter().map(convert::wire_event).collect();
+        let (wire, ends) = encode_entries(&wire);
+        Self { events, wire, ends }
+    }
+
+    /// Appends to `message` the events at or past position `from` that `filter` matches (none:
+    /// all), as slices of the shared buffer, one per run of consecutive matches.
+    fn append_matching(&self, from: u64, filter: Option<&EventFilter>, message: &mut WatchMessage) {
+        let mut run: Option<usize> = None;
+        for (i, event) in self.events.iter().enumerate() {
+            let keep = event.position >= from && filter.is_none_or(|f| f.matches(event));
+            match (keep, run) {
+                (true, None) => run = Some(i),
+                (false, Some(start)) => {
+                    message.push(self.entries(start, i), i - start);
+                    run = None;
+                }
+                _ => {}
+            }
+        }
+        if let Some(start) = run {
+            message.push(
+                self.entries(start, self.events.len()),
+                self.events.len() - start,
+            );
+        }
+    }
+
+    /// The entries of events `[start, end)`.
+    fn entries(&self, start: usize, end: usize) -> Bytes {
+        let from = start.checked_sub(1).map_or(0, |i| self.ends[i]);
+        self.wire.slice(from..self.ends[end - 1])
+    }
+}
+
+/// Encodes `events` as `events` entries of a `WatchEventsResponse`, as prost does, and says
+/// where each ends.
+fn encode_entries(events: &[v1::Event]) -> (Bytes, Vec<usize>) {
+    let len = events
+        .iter()
+        .map(|e| encoding::message::encoded_len(FIELD_EVENTS, e))
+        .sum();
+    let mut wire = BytesMut::with_capacity(len);
+    let mut ends = Vec::with_capacity(events.len());
+    for event in events {
+        encoding::message::encode(FIELD_EVENTS, event, &mut wire);
+        ends.push(wire.len());
+    }
+    (wire.freeze(), ends)
+}
+
+/// One `WatchEventsResponse`, its events already encoded (shared with every watcher that sends
+/// them). [`WatchCodec`] writes it; a client reads a `v1::WatchEventsResponse`.
+#[derive(Debug, Clone, Default)]
+pub struct WatchMessage {
+    /// Runs of encoded `events` entries, in position order.
+    events: Vec<Bytes>,
+    event_count: usize,
+    /// Bytes of `events`.
+    event_bytes: usize,
+    resume_from: u64,
+    applied_index: u64,
+    node_id: u64,
+}
+
+impl WatchMessage {
+    fn push(&mut self, entries: Bytes, count: usize) {
+        self.event_bytes += entries.len();
+        self.event_count += count;
+        self.events.push(entries);
+    }
+
+    /// Whether `events` more events of `bytes` encoded bytes may join this message: a message
+    /// that joins others holds at most a page (alone, it holds what it holds).
+    fn fits(&self, events: usize, bytes: usize) -> bool {
+        self.event_count + events <= PAGE_EVENTS as usize && self.event_bytes + bytes <= PAGE_BYTES
+    }
+
+    /// Appends the next message of the same stream: its events follow, its positions win.
+    fn join(&mut self, later: WatchMessage) {
+        self.event_bytes += later.event_bytes;
+        self.event_count += later.event_count;
+        self.events.extend(later.events);
+        self.resume_from = later.resume_from;
+        self.applied_index = later.applied_index;
+        self.node_id = later.node_id;
+    }
+
+    /// The message as the client sees it, decoded from the bytes it is sent as: for a consumer
+    /// inside the node that needs the fields (a copy and a decode, so not for the gRPC path).
+    pub fn to_response(&self) -> Result<v1::WatchEventsResponse, prost::DecodeError> {
+        let mut bytes = Vec::with_capacity(self.encoded_len());
+        self.encode(&mut bytes);
+        prost::Message::decode(bytes.as_slice())
+    }
+
+    /// The encoded length, as `prost::Message::encoded_len` of the same `WatchEventsResponse`.
+    fn encoded_len(&self) -> usize {
+        let field = |tag, value: u64| {
+            if value == 0 {
+                0
+            } else {
+                encoding::uint64::encoded_len(tag, &value)
+            }
+        };
+        self.event_bytes
+            + field(FIELD_RESUME_FROM, self.resume_from)
+            + field(FIELD_APPLIED_INDEX, self.applied_index)
+            + field(FIELD_NODE_ID, self.node_id)
+    }
+
+    /// Writes the message as prost writes the same `WatchEventsResponse`: fields in number order,
+    /// proto3 scalars at zero left out.
+    fn encode(&self, buf: &mut impl BufMut) {
+        for entries in &self.events {
+            buf.put_slice(entries);
+        }
+        for (tag, value) in [
+            (FIELD_RESUME_FROM, self.resume_from),
+            (FIELD_APPLIED_INDEX, self.applied_index),
+            (FIELD_NODE_ID, self.node_id),
+        ] {
+            if value != 0 {
+                encoding::uint64::encode(tag, &value, buf);
+            }
+        }
+    }
+}
+
+/// The codec of `WatchEvents`: requests decoded as every other RPC's (a malformed one is
+/// INVALID_ARGUMENT), responses written from their encoded events ([`WatchMessage`]).
+#[derive(Debug, Default)]
+pub struct WatchCodec(
+    proto::codec::InvalidArgumentCodec<v1::WatchEventsResponse, v1::WatchEventsRequest>,
+);
+
+impl Codec for WatchCodec {
+    type Encode = WatchMessage;
+    type Decode = v1::WatchEventsRequest;
+    type Encoder = WatchEncoder;
+    type Decoder = proto::codec::InvalidArgumentDecoder<v1::WatchEventsRequest>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        WatchEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        self.0.decoder()
+    }
+}
+
+/// Writes a [`WatchMessage`]: a copy of bytes encoded once, not an encoding per watcher.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WatchEncoder;
+
+impl Encoder for WatchEncoder {
+    type Item = WatchMessage;
+    type Error = Status;
+
+    fn encode(&mut self, item: WatchMessage, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.reserve(item.encoded_len());
+        item.encode(dst);
+        Ok(())
+    }
+}
+
+/// What answers `WatchEvents` (the API: it authenticates, checks the request and opens the
+/// watch); [`WatchServiceServer`] serves it.
+#[tonic::async_trait]
+pub trait WatchHandler: Send + Sync + 'static {
+    async fn watch_events(
+        &self,
+        request: tonic::Request<v1::WatchEventsRequest>,
+    ) -> Result<tonic::Response<WatchStream>, Status>;
+}
+
+/// The gRPC path of `WatchEvents`.
+const WATCH_EVENTS_PATH: &str = "/switchboard.v1.WatchService/WatchEvents";
+
+/// `switchboard.v1.WatchService`, as tonic would generate it but with [`WatchCodec`]: the
+/// generated server encodes every message with prost, once per watcher. No compression (the
+/// node enables none for any service).
+#[derive(Debug)]
+pub struct WatchServiceServer<T> {
+    inner: Arc<T>,
+    max_decoding_message_size: Option<usize>,
+    max_encoding_message_size: Option<usize>,
+}
+
+impl<T> WatchServiceServer<T> {
+    pub fn new(inner: T) -> Self {
+        Self {
+            inner: Arc::new(inner),
+            max_decoding_message_size: None,
+            max_encoding_message_size: None,
+        }
+    }
+
+    /// Largest request accepted (tonic's default: 4 MiB).
+    #[must_use]
+    pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+        self.max_decoding_message_size = Some(limit);
+        self
+    }
+
+    /// Largest message sent (tonic's default: unbounded).
+    #[must_use]
+    pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+        self.max_encoding_message_size = Some(limit);
+        self
+    }
+}
+
+impl<T> Clone for WatchServiceServer<T> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            max_decoding_message_size: self.max_decoding_message_size,
+            max_encoding_message_size: self.max_encoding_message_size,
+        }
+    }
+}
+
+impl<T> tonic::server::NamedService for WatchServiceServer<T> {
+    const NAME: &'static str = v1::watch_service_server::SERVICE_NAME;
+}
+
+impl<T, B> tower::Service<http::Request<B>> for WatchServiceServer<T>
+where
+    T: WatchHandler,
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if request.uri().path() != WATCH_EVENTS_PATH {
+            return Box::pin(async move {
+                let mut response = http::Response::new(tonic::body::Body::default());
+                let headers = response.headers_mut();
+                headers.insert(
+                    Status::GRPC_STATUS,
+                    (tonic::Code::Unimplemented as i32).into(),
+                );
+                headers.insert(
+                    http::header::CONTENT_TYPE,
+                    tonic::metadata::GRPC_CONTENT_TYPE,
+                );
+                Ok(response)
+            });
+        }
+        let method = WatchEventsMethod(self.inner.clone());
+        let mut grpc = tonic::server::Grpc::new(WatchCodec::default())
+            .apply_max_message_size_config(
+                self.max_decoding_message_size,
+                self.max_encoding_message_size,
+            );
+        Box::pin(async move { Ok(grpc.server_streaming(method, request).await) })
+    }
+}
+
+/// `WatchEvents` as tonic's server-streaming call.
+struct WatchEventsMethod<T>(Arc<T>);
+
+impl<T: WatchHandler> tonic::server::ServerStreamingService<v1::WatchEventsRequest>
+    for WatchEventsMethod<T>
+{
+    type Response = WatchMessage;
+    type ResponseStream = WatchStream;
+    type Future = BoxFuture<'static, Result<tonic::Response<WatchStream>, Status>>;
+
+    fn call(&mut self, request: tonic::Request<v1::WatchEventsRequest>) -> Self::Future {
+        let handler = self.0.clone();
+        Box::pin(async move { handler.watch_events(request).await })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+
+    use super::*;
+
+    fn domain_event(position: u64, tenant: &str, event_type: &str) -> Event {
+        Event {
+            position,
+            event_id: domain::event_id(position),
+            event_type: event_type.to_owned(),
+            call_id: domain::CallId::from_u128(u128::from(position % 3)),
+            tenant_id: tenant.to_owned(),
+            trace_id: format!("trace-{position}"),
+            sequence_number: position,
+            at_ms: 1_700_000_000_000 + position,
+            payload: if position.is_multiple_of(2) {
+                domain::Payload::Json(format!(r#"{{"n":{position}}}"#))
+            } else {
+                domain::Payload::Bytes(vec![0, 1, 2, u8::try_from(position % 256).unwrap_or(0)])
+            },
+            metadata: [("k".to_owned(), format!("v{position}"))]
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    fn encoded(message: &WatchMessage) -> Vec<u8> {
+        let mut buf = Vec::new();
+        message.encode(&mut buf);
+        assert_eq!(buf.len(), message.encoded_len());
+        buf
+    }
+
+    #[test]
+    fn a_message_encodes_as_prost_encodes_the_same_response() {
+        let wire: Vec<v1::Event> = (1..=5)
+            .map(|p| {
+                let mut event = convert::wire_event(&domain_event(p, "t", "bench.tick"));
+                // Two metadata entries: the map is encoded in its iteration order, the same
+                // for both encodings of this one value.
+                event.metadata.insert("other".to_owned(), "x".to_owned());
+                event
+            })
+            .collect();
+        let (bytes, ends) = encode_entries(&wire);
+        assert_eq!(ends.len(), wire.len());
+        for (resume_from, applied_index, node_id) in [(6, 17, 2), (0, 0, 0), (1 << 40, 1, 0)] {
+            let mut message = WatchMessage {
+                resume_from,
+                applied_index,
+                node_id,
+                ..WatchMessage::default()
+            };
+            // Split in two runs, as a watcher with a filter would send them.
+            message.push(bytes.slice(..ends[1]), 2);
+            message.push(bytes.slice(ends[1]..), 3);
+            let expected = v1::WatchEventsResponse {
+                events: wire.clone(),
+                resume_from,
+                applied_index,
+                node_id,
+            };
+            assert_eq!(encoded(&message), expected.encode_to_vec());
+            assert_eq!(message.to_response().ok(), Some(expected));
+        }
+    }
+
+    #[test]
+    fn a_progress_message_encodes_as_prost_encodes_it() {
+        let message = WatchMessage {
+            resume_from: 300,
+            applied_index: 7,
+            node_id: 1,
+            ..WatchMessage::default()
+        };
+        let expected = v1::WatchEventsResponse {
+            events: Vec::new(),
+            resume_from: 300,
+            applied_index: 7,
+            node_id: 1,
+        };
+        assert_eq!(encoded(&message), expected.encode_to_vec());
+    }
+
+    #[test]
+    fn a_watcher_sends_the_matching_events_past_its_position_in_order() {
+        let events = Encoded::new(vec![
+            domain_event(10, "a", "call.started"),
+            domain_event(11, "b", "call.started"),
+            domain_event(12, "a", "turn.appended"),
+            domain_event(13, "a", "call.ended"),
+            domain_event(14, "b", "call.ended"),
+            domain_event(15, "a", "call.ended"),
+        ]);
+        let filter = EventFilter {
+            tenant_id: Some("a".to_owned()),
+            ..EventFilter::default()
+        };
+        let mut message = WatchMessage::default();
+        events.append_matching(11, Some(&filter), &mut message);
+        assert_eq!(message.event_count, 3);
+        // 12 and 13 are one run of the shared buffer, 15 another.
+        assert_eq!(message.events.len(), 2);
+        let decoded = v1::WatchEventsResponse::decode(encoded(&message).as_slice())
+            .map(|r| r.events.iter().map(|e| e.position).collect::<Vec<_>>())
+            .ok();
+        assert_eq!(decoded, Some(vec![12, 13, 15]));
+
+        let mut all = WatchMessage::default();
+        events.append_matching(0, None, &mut all);
+        assert_eq!((all.event_count, all.events.len()), (6, 1));
+        assert_eq!(all.event_bytes, events.wire.len());
+    }
+
+    #[test]
+    fn joined_messages_keep_the_later_positions_and_every_event() {
+        let events = Encoded::new((1..=4).map(|p| domain_event(p, "a", "x")).collect());
+        let mut first = WatchMessage {
+            resume_from: 3,
+            applied_index: 5,
+            node_id: 1,
+            ..WatchMessage::default()
+        };
+        events.append_matching(1, None, &mut first);
+        let progress = WatchMessage {
+            resume_from: 9,
+            applied_index: 12,
+            node_id: 1,
+            ..WatchMessage::default()
+        };
+        first.join(progress);
+        let decoded = v1::WatchEventsResponse::decode(encoded(&first).as_slice()).ok();
+        assert_eq!(
+            decoded.map(|r| (r.events.len(), r.resume_from, r.applied_index)),
+            Some((4, 9, 12))
+        );
+    }
+
+    #[test]
+    fn a_joined_message_stays_within_a_page() {
+        let mut message = WatchMessage::default();
+        assert!(message.fits(PAGE_EVENTS as usize, PAGE_BYTES));
+        message.push(Bytes::from_static(b"xx"), 1);
+        assert!(!message.fits(PAGE_EVENTS as usize, 0));
+        assert!(!message.fits(0, PAGE_BYTES - 1));
+        assert!(message.fits(PAGE_EVENTS as usize - 1, PAGE_BYTES - 2));
+    }
+
+    #[test]
+    fn the_path_served_is_the_tables() {
+        assert_eq!(proto::WATCH_RPC_PATHS, &[WATCH_EVENTS_PATH]);
     }
 }
