@@ -250,6 +250,11 @@ fn sse_events(
         .event("open")
         .data(serde_json::json!({ "resumeFrom": watch.resume_from() }).to_string());
     futures::stream::once(async move { Ok(opened) }).chain(watch.flat_map(|message| {
+        // The watch sends encoded messages; the page wants their fields.
+        let message = message.and_then(|m| {
+            m.to_response()
+                .map_err(|e| Status::internal(format!("failed to read a watch message: {e}")))
+        });
         let events: Vec<SseEvent> = match message {
             Ok(message) if message.events.is_empty() => {
                 let progress = serde_json::json!({

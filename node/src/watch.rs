@@ -1013,7 +1013,7 @@ mod tests {
             position,
             event_id: domain::event_id(position),
             event_type: event_type.to_owned(),
-            call_id: domain::CallId::from_u128(u128::from(position % 3)),
+            call_id: Some(domain::CallId::from_u128(u128::from(position % 3))),
             tenant_id: tenant.to_owned(),
             trace_id: format!("trace-{position}"),
             sequence_number: position,
@@ -1026,6 +1026,19 @@ mod tests {
             metadata: [("k".to_owned(), format!("v{position}"))]
                 .into_iter()
                 .collect(),
+            // Some events are agent activity, so that its field is encoded too.
+            activity: position.is_multiple_of(5).then(|| {
+                Box::new(domain::Activity {
+                    agent_type: "agent-api".to_owned(),
+                    agent_name: "API".to_owned(),
+                    project_id: "P".to_owned(),
+                    task_id: format!("T-{position}"),
+                    task_description: String::new(),
+                    severity: domain::Severity::Warning,
+                    status: domain::ActivityStatus::InProgress,
+                    message: "m".to_owned(),
+                })
+            }),
         }
     }
 

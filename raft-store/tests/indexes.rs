@@ -6,8 +6,10 @@ use domain::{
     Activity, ActivityInput, ActivityStatus, ActivityType, CallId, Channel, Command, EventFilter,
     Labels, Severity, Stamp,
 };
-use raft_store::EventQuery;
+use openraft::storage::{IOFlushed, RaftLogStorage};
+use openraft::type_config::TypeConfigExt;
 use raft_store::keys::{self, CF_SM, COLUMN_FAMILIES, table};
+use raft_store::{EventQuery, TypeConfig};
 
 mod support;
 
@@ -85,8 +87,22 @@ fn derived_tables_missing_from_a_store_are_rebuilt_at_open_as_the_apply_path_wri
         }
         store
             .state_machine
-            .apply_batch(entries)
+            .apply_batch(entries.clone())
             .expect("apply the entries");
+        // The log holds what was applied, as a node's does (a reopened store checks it).
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let (tx, rx) = TypeConfig::oneshot();
+            store
+                .log
+                .append(entries, IOFlushed::signal(tx))
+                .await
+                .expect("append");
+            rx.await.expect("ack").expect("durable");
+        });
         assert_eq!(
             store.state_machine.verify_indexes(8).expect("verify"),
             Vec::<String>::new()
