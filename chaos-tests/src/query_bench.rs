@@ -20,6 +20,7 @@ use tokio::task::JoinSet;
 
 use crate::bench::procstat;
 use crate::bench::stats::Summary;
+use crate::watch_bench::triple;
 
 const LEADER_WAIT: Duration = Duration::from_secs(30);
 const TENANT: &str = "bench";
@@ -259,11 +260,11 @@ pub async fn run(args: QueryBenchArgs) -> anyhow::Result<()> {
         println!(
             "| {} | {} | {} | {} | {:.0} | {} |",
             query.name(),
-            triple(of(|m| m.summary.p50_ms)),
-            triple(of(|m| m.summary.p99_ms)),
-            triple(of(|m| m.summary.p999_ms)),
+            triple(of(|m| m.summary.p50_ms), 2),
+            triple(of(|m| m.summary.p99_ms), 2),
+            triple(of(|m| m.summary.p999_ms), 2),
             of(|m| m.returned).first().copied().unwrap_or(0.0),
-            triple(of(|m| m.node_cpu_ms)),
+            triple(of(|m| m.node_cpu_ms), 2),
         );
     }
     Ok(())
@@ -352,17 +353,4 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-fn triple(mut values: Vec<f64>) -> String {
-    if values.is_empty() {
-        return "-".to_owned();
-    }
-    values.sort_by(f64::total_cmp);
-    format!(
-        "{:.2} / {:.2} / {:.2}",
-        values[0],
-        values[values.len() / 2],
-        values[values.len() - 1]
-    )
 }

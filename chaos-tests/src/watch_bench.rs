@@ -149,7 +149,8 @@ fn median(mut values: Vec<f64>) -> Option<f64> {
     Some(values[values.len() / 2])
 }
 
-fn triple(mut values: Vec<f64>, decimals: usize) -> String {
+/// `min / median / max` of `values` with `decimals` decimals (`-` when empty).
+pub(crate) fn triple(mut values: Vec<f64>, decimals: usize) -> String {
     if values.is_empty() {
         return "-".to_owned();
     }

@@ -14,8 +14,8 @@ use proto::v1::{
 };
 
 use crate::cli_client::{
-    CliError, ClientOpts, connect, emit, event_line, parse_key_value, proto_value, read_meta_line,
-    read_options, request_id, tenant, write_meta_suffix,
+    CliError, ClientOpts, connect, emit, event_line, now_ms, parse_key_value, proto_value,
+    read_meta_line, read_options, request_id, tenant, write_meta_suffix,
 };
 
 /// Records one RecordActivity carries at most (the domain's bound).
@@ -200,14 +200,6 @@ fn parse_age(raw: &str) -> Result<Duration, String> {
 
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
-
-fn now_ms() -> u64 {
-    millis(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default(),
-    )
 }
 
 pub(crate) fn severity(arg: SeverityArg) -> Severity {

@@ -1107,7 +1107,7 @@ pub fn parse_timeout(raw: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

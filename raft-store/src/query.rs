@@ -304,7 +304,7 @@ impl Reader {
                 .to_be_bytes(),
         );
         let mut buckets: Vec<(u64, u64)> = Vec::new();
-        for (read, item) in ranged(&view, &start, &end).enumerate() {
+        for (read, item) in view.range(&start, &end).enumerate() {
             if read == STATS_HOURS_MAX {
                 break;
             }
@@ -334,20 +334,6 @@ fn head_of(view: &View<'_>) -> Result<u64, Error> {
     Ok(head.map_or(1, |h| h.next_position))
 }
 
-fn ranged<'a>(
-    view: &'a View<'_>,
-    start: &[u8],
-    end: &[u8],
-) -> rocksdb::DBIteratorWithThreadMode<'a, DB> {
-    let mut options = rocksdb::ReadOptions::default();
-    options.set_iterate_upper_bound(end.to_vec());
-    view.snap.iterator_cf_opt(
-        view.cf(),
-        options,
-        rocksdb::IteratorMode::From(start, rocksdb::Direction::Forward),
-    )
-}
-
 /// The counters of one dimension in a scope: `(value, count)` in value order, at most `max`.
 fn counters_of(
     view: &View<'_>,
@@ -359,7 +345,7 @@ fn counters_of(
     let prefix = keys::counter_prefix(tenant, scope, dim);
     let end = keys::prefix_end(&prefix).expect("a counter prefix has an end");
     let mut out = Vec::new();
-    for item in ranged(view, &prefix, &end) {
+    for item in view.range(&prefix, &end) {
         if out.len() == max {
             break;
         }
@@ -417,7 +403,7 @@ fn first_at_or_after(view: &View<'_>, ms: u64, head: u64) -> Result<u64, Error> 
 /// The first stored event at or after `position` (compaction leaves holes).
 fn next_stored(view: &View<'_>, position: u64, head: u64) -> Result<Option<Event>, Error> {
     let end = keys::event(head);
-    match ranged(view, &keys::event(position), &end).next() {
+    match view.range(&keys::event(position), &end).next() {
         Some(item) => {
             let (key, value) = item.map_err(Error::rocks("scan events"))?;
             Ok(Some(decode("event", &key, &value)?))
@@ -698,7 +684,7 @@ impl Reader {
         let start = [keys::table::RETENTION];
         let end = [keys::table::RETENTION + 1];
         let mut due = Vec::new();
-        for item in ranged(&view, &start, &end) {
+        for item in view.range(&start, &end) {
             if due.len() == limit {
                 break;
             }
@@ -713,7 +699,7 @@ impl Reader {
             let held = counter(&view, &tenant, Dim::Activity, b"")?;
             let prefix = keys::index_prefix(&tenant, Dim::Activity, b"");
             let end = keys::prefix_end(&prefix).expect("an index prefix has an end");
-            let oldest = match ranged(&view, &prefix, &end).next() {
+            let oldest = match view.range(&prefix, &end).next() {
                 Some(item) => {
                     let (row, _) = item.map_err(Error::rocks("scan activity"))?;
                     match keys::trailing_position(&row) {

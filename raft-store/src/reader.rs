@@ -172,7 +172,11 @@ impl View<'_> {
     /// checked here: without it, an iterator that runs out of live keys in the range walks on
     /// over every deleted key after it (the state index's tombstones follow the event table),
     /// which made each read of the log's end cost as many steps as calls had changed state.
-    fn range(&self, start: &[u8], end: &[u8]) -> rocksdb::DBIteratorWithThreadMode<'_, DB> {
+    pub(crate) fn range(
+        &self,
+        start: &[u8],
+        end: &[u8],
+    ) -> rocksdb::DBIteratorWithThreadMode<'_, DB> {
         let mut options = rocksdb::ReadOptions::default();
         options.set_iterate_upper_bound(end.to_vec());
         self.snap.iterator_cf_opt(

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use domain::{CallId, Channel, Command, Stamp};
+use domain::{CallId, Channel, Command};
 use openraft::storage::{IOFlushed, RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::type_config::TypeConfigExt;
 use raft_store::{Entry, LogStore, StateMachine, TypeConfig};
@@ -16,13 +16,7 @@ mod support;
 const TENANT: &str = "acme";
 const CALL: CallId = CallId::from_u128(0x0197_0000_0000_7000_8000_0000_0000_0001);
 
-fn stamp(at_ms: u64, minted: Option<CallId>) -> Stamp {
-    Stamp {
-        at_ms,
-        minted_call_id: minted,
-        minted_trace_id: None,
-    }
-}
+use support::stamp;
 
 /// The entries of a call that holds `marker` in a turn and its summary, erased at index 5.
 fn erased_call(marker: &str) -> Vec<Entry> {

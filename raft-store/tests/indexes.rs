@@ -4,7 +4,7 @@
 
 use domain::{
     Activity, ActivityInput, ActivityStatus, ActivityType, CallId, Channel, Command, EventFilter,
-    Labels, Severity, Stamp,
+    Labels, Severity,
 };
 use openraft::storage::{IOFlushed, RaftLogStorage};
 use openraft::type_config::TypeConfigExt;
@@ -15,13 +15,7 @@ mod support;
 
 const TENANT: &str = "acme";
 
-fn stamp(at_ms: u64, minted_call_id: Option<CallId>) -> Stamp {
-    Stamp {
-        at_ms,
-        minted_call_id,
-        minted_trace_id: None,
-    }
-}
+use support::stamp;
 
 fn record(task: &str, severity: Severity) -> ActivityInput {
     ActivityInput {

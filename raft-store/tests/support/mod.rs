@@ -27,6 +27,15 @@ pub fn vote(term: u64) -> Vote {
     Vote::new(term, 1)
 }
 
+/// The leader's stamp: its time and, for a create, the call id it minted.
+pub fn stamp(at_ms: u64, minted_call_id: Option<domain::CallId>) -> Stamp {
+    Stamp {
+        at_ms,
+        minted_call_id,
+        minted_trace_id: None,
+    }
+}
+
 pub fn request(tenant: &str, request_id: &str, command: Command, stamp: Stamp) -> Request {
     Request {
         tenant_id: tenant.to_owned(),
