@@ -1,6 +1,6 @@
 //! Drills against real node processes (workload, nemesis, invariant checkers), the load
-//! generator and the etcd baseline. For now: the failover measurement; the rest arrives with
-//! the drills and benchmark issues.
+//! generator and the etcd baseline, and the benches of failover, watches, queries and the live
+//! page's event stream.
 
 pub mod bench;
 pub mod checkers;
@@ -15,6 +15,7 @@ pub mod regions;
 pub mod relay;
 pub mod rng;
 pub mod soak;
+pub mod sse_bench;
 pub mod watch_bench;
 
 use std::path::PathBuf;

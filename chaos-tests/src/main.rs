@@ -24,6 +24,8 @@ enum Cli {
     WatchBench(chaos_tests::watch_bench::WatchBenchArgs),
     /// Measure QueryEvents and EventStats latency over a large activity log (default 1M).
     QueryBench(chaos_tests::query_bench::QueryBenchArgs),
+    /// Measure the node's memory while SSE clients follow the live page's feed (default 50, 5 min).
+    SseBench(chaos_tests::sse_bench::SseBenchArgs),
     /// Run a chaos drill: real processes, real faults, invariant checkers.
     Drill(chaos_tests::drill::DrillArgs),
     /// Run many seeded drills in turn, rotating fault groups; table in <out>/soak.md.
@@ -43,6 +45,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         Cli::Bench(args) => chaos_tests::bench::run(args).await?,
         Cli::WatchBench(args) => chaos_tests::watch_bench::run(args).await?,
         Cli::QueryBench(args) => chaos_tests::query_bench::run(args).await?,
+        Cli::SseBench(args) => chaos_tests::sse_bench::run(args).await?,
         Cli::Drill(args) => {
             if !chaos_tests::drill::run(args).await? {
                 return Ok(ExitCode::FAILURE);

@@ -8,6 +8,12 @@
 //! committed and applied on the leader) to the moment a watcher had the event, per watcher and
 //! event (an event delivered before its writer heard back counts as 0). Numbers go to stdout;
 //! nothing is asserted.
+//!
+//! Two shapes of watcher: `--filter all` (each watcher takes every event: a firehose, as a
+//! warehouse or relay consumer) and `--filter call` (each watcher follows one call of the
+//! `--calls` the writers cycle through, as a human agent's console does). The CPU columns
+//! (node and bench process, per delivered event) show what fan-out costs on this machine, where
+//! the watchers' receiving side shares the cores with the node.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,8 +33,6 @@ const ACKS_KEPT: usize = 4_000_000;
 /// Watch streams per connection (the edge allows 256 requests in flight per connection).
 const WATCHES_PER_CONNECTION: usize = 200;
 const LEADER_WAIT: Duration = Duration::from_secs(30);
-/// Progress interval the watchers ask for.
-const PROGRESS_INTERVAL_MS: u32 = 200;
 /// How long the watchers may take to notice the end of a run.
 const WATCHERS_STOP_WAIT: Duration = Duration::from_secs(10);
 
@@ -49,12 +53,30 @@ pub struct WatchBenchArgs {
     /// Rounds: each watcher count runs once per round.
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
+    /// What each watcher follows: `all` (every event) or `call` (one call of `--calls`).
+    #[arg(long, value_enum, default_value_t = Follow::All)]
+    pub filter: Follow,
+    /// Progress interval the watchers ask for, in milliseconds (the server's default is 1000).
+    #[arg(long, default_value_t = 200)]
+    pub progress_ms: u32,
+    /// Calls the writers cycle through (at least one per writer; default one per writer).
+    #[arg(long)]
+    pub calls: Option<usize>,
     /// Nodes of the cluster (the watchers are spread over them).
     #[arg(long, default_value_t = 1)]
     pub nodes: u64,
     /// Extra flags for every `switchboard serve`.
     #[arg(long = "node-arg", allow_hyphen_values = true)]
     pub node_args: Vec<String>,
+}
+
+/// What a watcher of the bench follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Follow {
+    /// Every event.
+    All,
+    /// One call's events.
+    Call,
 }
 
 /// One run's numbers.
@@ -67,18 +89,29 @@ struct Run {
     deliveries: u64,
     node_cpu_ms_per_write: f64,
     node_peak_rss_mib: f64,
+    node_cpu_us_per_delivery: f64,
     bench_cpu_s: f64,
+    bench_cpu_us_per_delivery: f64,
     watch_errors: u64,
 }
 
 pub async fn run(args: WatchBenchArgs) -> anyhow::Result<()> {
     let binary = crate::switchboard_binary()?;
+    println!(
+        "watch-bench: filter {:?}, progress every {} ms, {} calls, {} writers, {} node(s), {:?} per run",
+        args.filter,
+        args.progress_ms,
+        calls_of(&args),
+        args.writers,
+        args.nodes,
+        args.duration
+    );
     let mut runs: Vec<Run> = Vec::new();
     for round in 1..=args.rounds {
         for &watchers in &args.watchers {
             let run = one_run(&binary, &args, watchers).await?;
             println!(
-                "round {round} watchers {:>5}: {:>7.0} writes/s  write p50 {:>6.2} p99 {:>6.2} ms  delivery p50 {:>6.2} p99 {:>6.2} p99.9 {:>6.2} ms ({} deliveries)  node {:.3} ms CPU/write, peak {:.0} MiB  bench {:.1}s CPU  watch errors {}",
+                "round {round} watchers {:>5}: {:>7.0} writes/s  write p50 {:>6.2} p99 {:>6.2} ms  delivery p50 {:>6.2} p99 {:>6.2} p99.9 {:>6.2} ms ({} deliveries)  node {:.3} ms CPU/write, {:.2} us CPU/delivery, peak {:.0} MiB  bench {:.1}s CPU, {:.2} us CPU/delivery  watch errors {}",
                 watchers,
                 run.writes_per_s,
                 run.write.p50_ms,
@@ -88,8 +121,10 @@ pub async fn run(args: WatchBenchArgs) -> anyhow::Result<()> {
                 run.delivery.p999_ms,
                 run.deliveries,
                 run.node_cpu_ms_per_write,
+                run.node_cpu_us_per_delivery,
                 run.node_peak_rss_mib,
                 run.bench_cpu_s,
+                run.bench_cpu_us_per_delivery,
                 run.watch_errors,
             );
             runs.push(run);
@@ -100,9 +135,9 @@ pub async fn run(args: WatchBenchArgs) -> anyhow::Result<()> {
         args.rounds
     );
     println!(
-        "| watchers | writes/s | vs 0 watchers (median) | delivery p50 ms | delivery p99 ms | node CPU ms/write |"
+        "| watchers | writes/s | vs 0 watchers (median) | delivery p50 ms | delivery p99 ms | node CPU ms/write | node CPU us/delivery | bench CPU us/delivery |"
     );
-    println!("|---:|---|---:|---|---|---|");
+    println!("|---:|---|---:|---|---|---|---|---|");
     let baseline = median(
         runs.iter()
             .filter(|r| r.watchers == 0)
@@ -131,14 +166,20 @@ pub async fn run(args: WatchBenchArgs) -> anyhow::Result<()> {
             }
         };
         println!(
-            "| {watchers} | {} | {ratio} | {} | {} | {} |",
+            "| {watchers} | {} | {ratio} | {} | {} | {} | {} | {} |",
             triple(throughput, 0),
             delivery(|r| r.delivery.p50_ms),
             delivery(|r| r.delivery.p99_ms),
             triple(of(|r| r.node_cpu_ms_per_write), 3),
+            delivery(|r| r.node_cpu_us_per_delivery),
+            delivery(|r| r.bench_cpu_us_per_delivery),
         );
     }
     Ok(())
+}
+
+fn calls_of(args: &WatchBenchArgs) -> usize {
+    args.calls.unwrap_or(args.writers).max(args.writers).max(1)
 }
 
 fn median(mut values: Vec<f64>) -> Option<f64> {
@@ -184,32 +225,50 @@ async fn one_run(
         .filter_map(|n| n.pid().map(|pid| (format!("n{}", n.id), pid)))
         .collect();
 
-    // Writers' calls, created before anything is measured.
+    // The calls written to, created before anything is measured, a writer's share each.
     let writer_channel = cluster.channel(leader)?;
-    let mut calls = Vec::new();
-    for n in 0..args.writers.max(1) {
-        let mut calls_client =
-            v1::call_service_client::CallServiceClient::new(writer_channel.clone());
-        let call = calls_client
-            .create_call(v1::CreateCallRequest {
-                tenant_id: "bench".to_owned(),
-                request_id: format!("create-{n}"),
-                source: format!("writer-{n}"),
-                channel: v1::Channel::Voice.into(),
-                ..Default::default()
-            })
-            .await?
-            .into_inner()
-            .call
-            .ok_or_else(|| anyhow::anyhow!("create answered without a call"))?;
-        calls_client
-            .start_call(v1::StartCallRequest {
-                tenant_id: "bench".to_owned(),
-                request_id: format!("start-{n}"),
-                call_id: call.call_id.clone(),
-            })
-            .await?;
-        calls.push(call.call_id);
+    let writers = args.writers.max(1);
+    let mut creators = JoinSet::new();
+    for w in 0..writers {
+        let channel = writer_channel.clone();
+        let shares: Vec<usize> = (w..calls_of(args)).step_by(writers).collect();
+        creators.spawn(async move {
+            let mut calls_client = v1::call_service_client::CallServiceClient::new(channel);
+            let mut created = Vec::new();
+            for n in shares {
+                let call = calls_client
+                    .create_call(v1::CreateCallRequest {
+                        tenant_id: "bench".to_owned(),
+                        request_id: format!("create-{n}"),
+                        source: format!("writer-{w}"),
+                        channel: v1::Channel::Voice.into(),
+                        ..Default::default()
+                    })
+                    .await?
+                    .into_inner()
+                    .call
+                    .ok_or_else(|| anyhow::anyhow!("create answered without a call"))?;
+                calls_client
+                    .start_call(v1::StartCallRequest {
+                        tenant_id: "bench".to_owned(),
+                        request_id: format!("start-{n}"),
+                        call_id: call.call_id.clone(),
+                    })
+                    .await?;
+                created.push((n, call.call_id));
+            }
+            anyhow::Ok((w, created))
+        });
+    }
+    // Per writer, the calls it cycles through; `calls[n]` is the n-th call.
+    let mut shares: Vec<Vec<String>> = vec![Vec::new(); writers];
+    let mut calls = vec![String::new(); calls_of(args)];
+    while let Some(joined) = creators.join_next().await {
+        let (w, created) = joined??;
+        for (n, call_id) in created {
+            shares[w].push(call_id.clone());
+            calls[n] = call_id;
+        }
     }
 
     let epoch = Instant::now();
@@ -235,6 +294,11 @@ async fn one_run(
             errors.clone(),
         );
         let opened = opened_tx.clone();
+        let progress_ms = args.progress_ms;
+        let followed = match args.filter {
+            Follow::All => String::new(),
+            Follow::Call => calls[w % calls.len()].clone(),
+        };
         watch_tasks.spawn(async move {
             let mut histogram =
                 Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
@@ -242,7 +306,8 @@ async fn one_run(
             // Progress messages at least this often keep an idle stream's loop turning, so it
             // sees `stop` without a timer per message.
             let request = v1::WatchEventsRequest {
-                progress_interval_ms: PROGRESS_INTERVAL_MS,
+                progress_interval_ms: progress_ms,
+                call_id: followed,
                 ..Default::default()
             };
             let mut stream = match client.watch_events(request).await {
@@ -302,7 +367,7 @@ async fn one_run(
     // Writers, closed loop.
     let writes = Arc::new(AtomicU64::new(0));
     let mut write_tasks = JoinSet::new();
-    for call_id in calls {
+    for share in shares {
         let channel = writer_channel.clone();
         let (acks, measuring, stop, writes) = (
             acks.clone(),
@@ -316,6 +381,7 @@ async fn one_run(
             let mut calls_client = v1::call_service_client::CallServiceClient::new(channel);
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
+                let call_id = &share[usize::try_from(n).unwrap_or(0) % share.len()];
                 n += 1;
                 let sent = Instant::now();
                 let answer = calls_client
@@ -382,12 +448,22 @@ async fn one_run(
     let written = writes.load(Ordering::Relaxed);
     let node_cpu_s: f64 = nodes.iter().map(|n| n.cpu_s).sum();
     drop(cluster);
+    let deliveries = delivery.len();
+    let per_delivery = |cpu_s: f64| {
+        if deliveries == 0 {
+            0.0
+        } else {
+            cpu_s * 1e6 / deliveries as f64
+        }
+    };
     Ok(Run {
         watchers,
         writes_per_s: written as f64 / window.as_secs_f64(),
         write: Summary::of(&write),
-        deliveries: delivery.len(),
+        deliveries,
         delivery: Summary::of(&delivery),
+        node_cpu_us_per_delivery: per_delivery(node_cpu_s),
+        bench_cpu_us_per_delivery: per_delivery(bench_cpu_s),
         node_cpu_ms_per_write: if written == 0 {
             0.0
         } else {

@@ -144,6 +144,10 @@ pub struct ServeArgs {
     /// [default: 10000].
     #[arg(long, env = "SWITCHBOARD_WATCH_LAG_MAX")]
     pub watch_lag_max: Option<u64>,
+    /// Batches the node holds for one watcher of one call that has not taken them yet; past
+    /// that, the watcher reads them from storage instead [default: 256].
+    #[arg(long, env = "SWITCHBOARD_WATCH_HANDOVER_MAX")]
+    pub watch_handover_max: Option<usize>,
     /// How long this node serves watches without hearing from a leader; then they end with
     /// UNAVAILABLE and the position to resume from, so that clients resume on a node that
     /// follows the log [default: 3000, at least 3 election timeouts].
@@ -460,6 +464,7 @@ impl ServeArgs {
             watch: WatchConfig {
                 watchers_max: pick!(watchers_max).unwrap_or(watch::WATCHERS_MAX),
                 lag_max: pick!(watch_lag_max).unwrap_or(watch::WATCH_LAG_MAX),
+                handover_max: pick!(watch_handover_max).unwrap_or(watch::WATCH_HANDOVER_MAX),
                 contact_max: Duration::from_millis(
                     pick!(watch_contact_ms_max).unwrap_or(
                         watch::WATCH_CONTACT_MAX_MS.max(
@@ -670,6 +675,13 @@ impl NodeConfig {
         if watch.lag_max == 0 {
             return Err(invalid("watch-lag-max", 0, "must be positive"));
         }
+        if !(1..=watch::WATCH_HANDOVER_LIMIT).contains(&watch.handover_max) {
+            return Err(invalid(
+                "watch-handover-max",
+                watch.handover_max,
+                format!("must be from 1 to {}", watch::WATCH_HANDOVER_LIMIT),
+            ));
+        }
         // A follower hears from the leader every heartbeat; an election takes up to the
         // election timeout. Less than that would end watches of a healthy node.
         if watch.contact_max < self.election_timeout_max {
@@ -795,6 +807,28 @@ mod tests {
             insecure: true,
             ..ServeArgs::default()
         }
+    }
+
+    #[test]
+    fn the_watch_hand_over_bound_defaults_and_is_refused_out_of_range_by_name() {
+        let config = args().resolve().expect("defaults");
+        assert_eq!(config.watch.handover_max, watch::WATCH_HANDOVER_MAX);
+        for bad in [0, watch::WATCH_HANDOVER_LIMIT + 1] {
+            let err = ServeArgs {
+                watch_handover_max: Some(bad),
+                ..args()
+            }
+            .resolve()
+            .expect_err("out of range");
+            assert!(err.to_string().contains("watch-handover-max"), "{err}");
+        }
+        let config = ServeArgs {
+            watch_handover_max: Some(4),
+            ..args()
+        }
+        .resolve()
+        .expect("in range");
+        assert_eq!(config.watch.handover_max, 4);
     }
 
     #[test]

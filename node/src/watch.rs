@@ -20,6 +20,11 @@
 //! - Every message carries `resume_from`: all matching events before it were delivered on this
 //!   stream. Progress messages (no events) keep coming when nothing matches, so a consumer of a
 //!   sparse filter can still checkpoint.
+//! - A watcher of one call (a console) does not read the ring: the tail hands it the batches
+//!   that hold its call (a map from call to its watchers) and wakes it, so a thousand consoles
+//!   each following its own call cost the node a wake per event, not a thousand. The head moves
+//!   under the same lock as the hand-over, so what such a watcher takes with the head is all of
+//!   its call below that head.
 //! - An event is encoded to protobuf once, by whoever read it (the tail, or a watcher's storage
 //!   read). Watchers pass the encoded bytes on (shared, not copied) and [`WatchCodec`] writes
 //!   them into the response as they are, with the message's own fields after them: the bytes on
@@ -28,6 +33,7 @@
 //!   as one message (at most a page: [`PAGE_EVENTS`] events, [`PAGE_BYTES`] bytes), so a busy
 //!   node sends fewer, larger messages instead of falling further behind.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future as _;
 use std::pin::Pin;
@@ -37,7 +43,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use domain::{Event, EventFilter};
+use domain::{CallId, Event, EventFilter};
 use futures::Stream;
 use futures::future::BoxFuture;
 use openraft::async_runtime::WatchReceiver;
@@ -45,7 +51,7 @@ use openraft::{Instant as _, ServerState};
 use prost::encoding;
 use proto::v1;
 use raft_store::{EventScan, Reader};
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tonic::codec::{Codec, EncodeBuf, Encoder};
@@ -83,6 +89,11 @@ const PAGE_BYTES: usize = domain::limits::PAGE_BYTES_MAX;
 /// (then every [`LAG_CHECK_EVERY`]): a consumer that reads, however far behind, is not ended.
 const STALL_MIN: Duration = Duration::from_secs(1);
 const LAG_CHECK_EVERY: Duration = Duration::from_millis(100);
+/// Default of `--watch-handover-max`: batches handed to one watcher of one call and not yet
+/// taken, at most; past that it reads storage instead.
+pub const WATCH_HANDOVER_MAX: usize = 256;
+/// Largest `--watch-handover-max` (each held batch is shared with the ring, not copied).
+pub const WATCH_HANDOVER_LIMIT: usize = 65_536;
 /// How often leader contact is looked at.
 const CONTACT_CHECK_EVERY: Duration = Duration::from_millis(250);
 
@@ -94,6 +105,7 @@ pub use client::RESUME_FROM_HEADER;
 pub struct WatchConfig {
     pub watchers_max: usize,
     pub lag_max: u64,
+    pub handover_max: usize,
     pub contact_max: Duration,
 }
 
@@ -102,6 +114,7 @@ impl Default for WatchConfig {
         Self {
             watchers_max: WATCHERS_MAX,
             lag_max: WATCH_LAG_MAX,
+            handover_max: WATCH_HANDOVER_MAX,
             contact_max: Duration::from_millis(WATCH_CONTACT_MAX_MS),
         }
     }
@@ -176,7 +189,165 @@ struct Inner {
     /// Whether this node hears from a leader (else its watches end).
     contact: watch::Receiver<Result<(), WatchEnd>>,
     open: AtomicUsize,
+    keyed: Arc<Keyed>,
     shutdown: CancellationToken,
+}
+
+/// Watchers of one call each: the tail hands each of them the batches that hold its call, so
+/// they never read the ring and are woken only for their call.
+///
+/// One lock covers the hand-over and every move of the head: a watcher that takes its queue
+/// under the lock, with the head as it is then, has every batch of its call below that head
+/// (or knows its queue overflowed); every other position below the head holds none of its
+/// events.
+struct Keyed {
+    state: std::sync::Mutex<KeyedState>,
+    /// Batches held for one watcher, at most (`--watch-handover-max`).
+    held_max: usize,
+}
+
+#[derive(Default)]
+struct KeyedState {
+    by_call: HashMap<CallId, Vec<u64>>,
+    slots: HashMap<u64, KeyedSlot>,
+    next_id: u64,
+}
+
+struct KeyedSlot {
+    notify: Arc<Notify>,
+    /// Batches holding the call, not yet taken (at most `--watch-handover-max`).
+    queue: Vec<Arc<Batch>>,
+    /// A batch was not queued: the watcher reads storage up to the head instead.
+    overflowed: bool,
+}
+
+/// What a watcher of one call takes from [`Keyed`] at once.
+struct Handed {
+    /// The head when taken: every batch of the call below it is in `batches` (unless
+    /// `overflowed`).
+    head: u64,
+    batches: Vec<Arc<Batch>>,
+    overflowed: bool,
+}
+
+impl Keyed {
+    fn lock(&self) -> std::sync::MutexGuard<'_, KeyedState> {
+        // Every critical section leaves the state whole: a panic elsewhere cannot tear it.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Registers a watcher of `call`; returns it with the head at that instant (batches from
+    /// it on are handed over; positions below it are in storage).
+    fn register(self: &Arc<Self>, call: CallId, head: &watch::Receiver<u64>) -> (KeyedWake, u64) {
+        let notify = Arc::new(Notify::new());
+        let mut state = self.lock();
+        let id = state.next_id;
+        state.next_id += 1;
+        state.slots.insert(
+            id,
+            KeyedSlot {
+                notify: notify.clone(),
+                queue: Vec::new(),
+                overflowed: false,
+            },
+        );
+        state.by_call.entry(call).or_default().push(id);
+        let at = *head.borrow();
+        drop(state);
+        let wake = KeyedWake {
+            keyed: self.clone(),
+            call,
+            id,
+            notify,
+        };
+        (wake, at)
+    }
+
+    /// Hands `batch` to the watchers of the calls it holds, then moves the head (`move_head`),
+    /// under the lock; wakes them.
+    fn publish(&self, batch: &Arc<Batch>, move_head: impl FnOnce()) {
+        let mut state = self.lock();
+        if !state.slots.is_empty() {
+            let mut calls: Vec<CallId> = batch
+                .events
+                .events
+                .iter()
+                .filter_map(|e| e.call_id)
+                .collect();
+            calls.sort_unstable();
+            calls.dedup();
+            let KeyedState { by_call, slots, .. } = &mut *state;
+            for call in calls {
+                for id in by_call.get(&call).into_iter().flatten() {
+                    if let Some(slot) = slots.get_mut(id) {
+                        if slot.queue.len() < self.held_max {
+                            slot.queue.push(batch.clone());
+                        } else {
+                            slot.overflowed = true;
+                        }
+                        // A permit is kept if the watcher is not waiting yet: no wake is lost.
+                        slot.notify.notify_one();
+                    }
+                }
+            }
+        }
+        move_head();
+    }
+
+    /// Moves the head under the lock if no watcher of one call is registered; returns
+    /// whether it did (else the tail must read and hand over the batches).
+    fn move_head_if_unwatched(&self, move_head: impl FnOnce()) -> bool {
+        let state = self.lock();
+        if !state.slots.is_empty() {
+            return false;
+        }
+        move_head();
+        drop(state);
+        true
+    }
+}
+
+/// A watcher's place in [`Keyed`], removed when dropped.
+struct KeyedWake {
+    keyed: Arc<Keyed>,
+    call: CallId,
+    id: u64,
+    notify: Arc<Notify>,
+}
+
+impl KeyedWake {
+    /// The batches handed over so far, with the head.
+    fn take(&self, head: &watch::Receiver<u64>) -> Handed {
+        let mut state = self.keyed.lock();
+        let at = *head.borrow();
+        match state.slots.get_mut(&self.id) {
+            Some(slot) => Handed {
+                head: at,
+                batches: std::mem::take(&mut slot.queue),
+                overflowed: std::mem::take(&mut slot.overflowed),
+            },
+            None => Handed {
+                head: at,
+                batches: Vec::new(),
+                overflowed: true,
+            },
+        }
+    }
+}
+
+impl Drop for KeyedWake {
+    fn drop(&mut self) {
+        let mut state = self.keyed.lock();
+        state.slots.remove(&self.id);
+        if let Some(ids) = state.by_call.get_mut(&self.call) {
+            ids.retain(|id| *id != self.id);
+            if ids.is_empty() {
+                state.by_call.remove(&self.call);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Watches {
@@ -202,9 +373,14 @@ impl Watches {
         let (head_tx, head) = watch::channel(start);
         let (tail, _) = broadcast::channel(TAIL_BATCHES_RETAINED);
         let (contact_tx, contact_rx) = watch::channel(Ok(()));
+        let keyed = Arc::new(Keyed {
+            state: std::sync::Mutex::default(),
+            held_max: config.handover_max,
+        });
         tokio::spawn(run_tail(
             reader.clone(),
             tail.clone(),
+            keyed.clone(),
             head_tx,
             start,
             shutdown.clone(),
@@ -226,6 +402,7 @@ impl Watches {
                 head,
                 contact: contact_rx,
                 open: AtomicUsize::new(0),
+                keyed,
                 shutdown,
             }),
         })
@@ -245,17 +422,32 @@ impl Watches {
         let slot = Slot::take(inner.clone()).ok_or(ApiError::WatchersFull {
             watchers_max: inner.config.watchers_max,
         })?;
-        // Subscribed before the head is read: whatever the tail broadcasts after that instant
-        // reaches this watcher or is in storage below the head it reads.
-        let batches = inner.tail.subscribe();
-        let next = from.unwrap_or_else(|| *inner.head.borrow()).max(1);
+        // A watcher of one call registers for the tail's hand-over, with the head under the
+        // same lock; any other subscribes to the ring before it reads the head. Either way,
+        // whatever the tail publishes after that instant reaches the watcher, and the rest is
+        // in storage below the head it read.
+        let (feed, head) = match filter.call_id {
+            Some(call) => {
+                let (wake, head) = inner.keyed.register(call, &inner.head);
+                let feed = Feed::Keyed {
+                    wake,
+                    storage_below: head,
+                };
+                (feed, head)
+            }
+            None => {
+                let batches = inner.tail.subscribe();
+                (Feed::Ring(batches), *inner.head.borrow())
+            }
+        };
+        let next = from.unwrap_or(head).max(1);
         let (messages_tx, messages) = mpsc::channel(WATCH_BUFFER_MESSAGES);
         let (end_tx, end) = oneshot::channel();
         let watcher = Watcher {
             inner: inner.clone(),
             filter,
             next,
-            batches,
+            feed: Some(feed),
             carry: None,
             head: inner.head.clone(),
             contact: inner.contact.clone(),
@@ -377,13 +569,23 @@ impl Stream for WatchStream {
     }
 }
 
+/// Where a watcher's batches come from.
+enum Feed {
+    /// The tail's ring (any filter but one call).
+    Ring(broadcast::Receiver<Arc<Batch>>),
+    /// Handed over by the tail (a filter of one call); positions below `storage_below` are read
+    /// from storage.
+    Keyed { wake: KeyedWake, storage_below: u64 },
+}
+
 /// One watch being served.
 struct Watcher {
     inner: Arc<Inner>,
     filter: EventFilter,
     /// The next position to deliver (or to pass over).
     next: u64,
-    batches: broadcast::Receiver<Arc<Batch>>,
+    /// Where its batches come from (taken when it runs).
+    feed: Option<Feed>,
     /// A batch taken off the ring that did not fit in the message before it.
     carry: Option<Arc<Batch>>,
     head: watch::Receiver<u64>,
@@ -395,6 +597,18 @@ struct Watcher {
 impl Watcher {
     /// Serves the watch until the consumer leaves (`None`) or it ends on its own.
     async fn run(mut self) -> Option<WatchEnd> {
+        match self.feed.take() {
+            Some(Feed::Ring(batches)) => self.run_ring(batches).await,
+            Some(Feed::Keyed {
+                wake,
+                storage_below,
+            }) => self.run_keyed(wake, storage_below).await,
+            None => Some(WatchEnd::ShuttingDown),
+        }
+    }
+
+    /// A watcher of the ring (any filter but one call).
+    async fn run_ring(mut self, mut batches: broadcast::Receiver<Arc<Batch>>) -> Option<WatchEnd> {
         let mut progress = tokio::time::interval(self.progress_every);
         progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The first tick is at once: a first message tells the consumer the watch is open.
@@ -402,7 +616,7 @@ impl Watcher {
             // The next batch, if the ring holds one: it tells whether the ring continues from
             // `next` (it does not if this watcher started behind the head or fell off the ring).
             if self.carry.is_none() {
-                match self.batches.try_recv() {
+                match batches.try_recv() {
                     Ok(batch) => self.carry = Some(batch),
                     Err(broadcast::error::TryRecvError::Closed) => {
                         return Some(WatchEnd::ShuttingDown);
@@ -415,22 +629,7 @@ impl Watcher {
             while self.next < *self.head.borrow()
                 && self.carry.as_ref().is_none_or(|b| b.first > self.next)
             {
-                let scan = match self.read_storage().await {
-                    Ok(scan) => scan,
-                    Err(end) => return Some(end),
-                };
-                let mut message = WatchMessage {
-                    applied_index: scan.applied_index,
-                    ..WatchMessage::default()
-                };
-                // The scan applied the filter: every event it returned is sent.
-                Encoded::new(scan.value.items).append_matching(0, None, &mut message);
-                self.next = scan.value.next.max(self.next);
-                if scan.value.complete {
-                    // Every position below the store's head was looked at.
-                    self.next = self.next.max(scan.value.head);
-                }
-                if let Err(end) = self.send(message).await? {
+                if let Err(end) = self.catch_up_page().await? {
                     return Some(end);
                 }
                 progress.reset();
@@ -438,32 +637,18 @@ impl Watcher {
             let batch = match self.carry.take() {
                 Some(batch) => batch,
                 None => {
-                    let shutdown = self.inner.shutdown.clone();
                     tokio::select! {
-                        () = shutdown.cancelled() => return Some(WatchEnd::ShuttingDown),
-                        () = self.messages.closed() => return None,
-                        changed = self.contact.changed() => {
-                            if changed.is_err() {
-                                return Some(WatchEnd::ShuttingDown);
-                            }
-                            let lost = self.contact.borrow_and_update().clone().err();
-                            if let Some(end) = lost {
-                                return Some(end);
-                            }
-                            continue;
-                        }
+                        waited = self.wait() => match waited? {
+                            Ok(()) => continue,
+                            Err(end) => return Some(end),
+                        },
                         _ = progress.tick() => {
-                            let applied = self.inner.reader.watch_applied().borrow().index();
-                            let message = WatchMessage {
-                                applied_index: applied,
-                                ..WatchMessage::default()
-                            };
-                            if let Err(end) = self.send(message).await? {
+                            if let Err(end) = self.send_progress().await? {
                                 return Some(end);
                             }
                             continue;
                         }
-                        batch = self.batches.recv() => match batch {
+                        batch = batches.recv() => match batch {
                             Ok(batch) => batch,
                             // Fell off the ring: storage has what it missed.
                             Err(broadcast::error::RecvError::Lagged(_)) => continue,
@@ -484,7 +669,7 @@ impl Watcher {
             let mut message = WatchMessage::default();
             self.take(&batch, &mut message);
             // Until the ring is empty (or lagged, or closed: the loop sees to those).
-            while let Ok(batch) = self.batches.try_recv() {
+            while let Ok(batch) = batches.try_recv() {
                 let (events, bytes) = (batch.events.events.len(), batch.events.wire.len());
                 if batch.first > self.next || !message.fits(events, bytes) {
                     self.carry = Some(batch);
@@ -499,6 +684,116 @@ impl Watcher {
                 progress.reset();
             }
         }
+    }
+
+    /// A watcher of one call: storage below `storage_below`, then the batches the tail hands
+    /// over. Positions between them hold none of the call's events.
+    async fn run_keyed(mut self, wake: KeyedWake, mut storage_below: u64) -> Option<WatchEnd> {
+        let mut progress = tokio::time::interval(self.progress_every);
+        progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick is at once: a first message tells the consumer the watch is open.
+        let mut progress_due = false;
+        loop {
+            let handed = wake.take(&self.head);
+            let mut batches = handed.batches;
+            if handed.overflowed {
+                // Some batch of the call was not queued: storage has it, below this head.
+                storage_below = storage_below.max(handed.head);
+                batches.clear();
+            }
+            let mut sent = false;
+            while self.next < storage_below {
+                if let Err(end) = self.catch_up_page().await? {
+                    return Some(end);
+                }
+                sent = true;
+            }
+            let mut message = WatchMessage::default();
+            for batch in batches {
+                if batch.next <= self.next {
+                    continue;
+                }
+                let (events, bytes) = (batch.events.events.len(), batch.events.wire.len());
+                if message.event_count > 0 && !message.fits(events, bytes) {
+                    if let Err(end) = self.send(std::mem::take(&mut message)).await? {
+                        return Some(end);
+                    }
+                    sent = true;
+                }
+                // No batch between: nothing of the call there.
+                self.next = self.next.max(batch.first);
+                self.take(&batch, &mut message);
+            }
+            // Every position below the head is delivered or holds none of the call's events.
+            self.next = self.next.max(handed.head);
+            if message.event_count > 0 {
+                if let Err(end) = self.send(message).await? {
+                    return Some(end);
+                }
+                sent = true;
+            }
+            if sent {
+                progress.reset();
+            } else if progress_due && let Err(end) = self.send_progress().await? {
+                return Some(end);
+            }
+            progress_due = false;
+            tokio::select! {
+                waited = self.wait() => match waited? {
+                    Ok(()) => {}
+                    Err(end) => return Some(end),
+                },
+                _ = progress.tick() => progress_due = true,
+                () = wake.notify.notified() => {}
+            }
+        }
+    }
+
+    /// One page of storage from `next`, sent (as a progress message if nothing matched).
+    async fn catch_up_page(&mut self) -> Option<Result<(), WatchEnd>> {
+        let scan = match self.read_storage().await {
+            Ok(scan) => scan,
+            Err(end) => return Some(Err(end)),
+        };
+        let mut message = WatchMessage {
+            applied_index: scan.applied_index,
+            ..WatchMessage::default()
+        };
+        // The scan applied the filter: every event it returned is sent.
+        Encoded::new(scan.value.items).append_matching(0, None, &mut message);
+        self.next = scan.value.next.max(self.next);
+        if scan.value.complete {
+            // Every position below the store's head was looked at.
+            self.next = self.next.max(scan.value.head);
+        }
+        self.send(message).await
+    }
+
+    /// Waits for shutdown, the consumer leaving (`None`), or a change of leader contact:
+    /// `Ok(())` if the watch goes on.
+    async fn wait(&mut self) -> Option<Result<(), WatchEnd>> {
+        let shutdown = self.inner.shutdown.clone();
+        tokio::select! {
+            () = shutdown.cancelled() => Some(Err(WatchEnd::ShuttingDown)),
+            () = self.messages.closed() => None,
+            changed = self.contact.changed() => {
+                if changed.is_err() {
+                    return Some(Err(WatchEnd::ShuttingDown));
+                }
+                let lost = self.contact.borrow_and_update().clone().err();
+                Some(lost.map_or(Ok(()), Err))
+            }
+        }
+    }
+
+    /// A progress message: no events, the node's applied index.
+    async fn send_progress(&mut self) -> Option<Result<(), WatchEnd>> {
+        let applied = self.inner.reader.watch_applied().borrow().index();
+        let message = WatchMessage {
+            applied_index: applied,
+            ..WatchMessage::default()
+        };
+        self.send(message).await
     }
 
     /// Adds to `message` the events of `batch` (which starts at or before `next`) from `next`
@@ -580,6 +875,7 @@ impl Watcher {
 async fn run_tail(
     reader: Reader,
     tail: broadcast::Sender<Arc<Batch>>,
+    keyed: Arc<Keyed>,
     head: watch::Sender<u64>,
     mut next: u64,
     shutdown: CancellationToken,
@@ -595,14 +891,19 @@ async fn run_tail(
         if tail.receiver_count() == 0 {
             match reader.event_head() {
                 Ok(at) => {
-                    next = next.max(at);
-                    head.send_replace(next);
+                    let moved = keyed.move_head_if_unwatched(|| {
+                        next = next.max(at);
+                        head.send_replace(next);
+                    });
+                    if moved {
+                        continue;
+                    }
                 }
                 Err(error) => {
-                    tracing::error!(%error, "the watch tail could not read the log's end")
+                    tracing::error!(%error, "the watch tail could not read the log's end");
+                    continue;
                 }
             }
-            continue;
         }
         // Everything applied so far, a page at a time; a snapshot install may have added many.
         loop {
@@ -635,11 +936,15 @@ async fn run_tail(
                 events: Encoded::new(scan.value.items),
             };
             next = batch.next;
-            // The head moves first: a watcher that sees this batch start past its position
-            // finds the gap below the head, in storage.
-            head.send_replace(next);
+            let batch = Arc::new(batch);
+            // Handed to the watchers of its calls, and the head moved, under one lock. The head
+            // moves before the ring has the batch: a watcher that sees this batch start past its
+            // position finds the gap below the head, in storage.
+            keyed.publish(&batch, || {
+                head.send_replace(next);
+            });
             // No receiver is fine: nobody watches.
-            let _ = tail.send(Arc::new(batch));
+            let _ = tail.send(batch);
             if scan.value.complete {
                 break;
             }

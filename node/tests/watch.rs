@@ -14,6 +14,8 @@ const LEADER_WAIT: Duration = Duration::from_secs(30);
 const TENANT: &str = "acme";
 /// Bound of every wait for a watch message in these tests.
 const MESSAGE_WAIT: Duration = Duration::from_secs(20);
+/// Bound of every wait for a number of events.
+const EVENTS_WAIT: Duration = Duration::from_secs(60);
 
 fn binary() -> &'static std::path::Path {
     std::path::Path::new(env!("CARGO_BIN_EXE_switchboard"))
@@ -52,11 +54,18 @@ async fn next(watch: &mut EventWatch) -> v1::WatchEventsResponse {
         .expect("the watch goes on")
 }
 
-/// Events from `watch` until `count` of them arrived.
+/// Events from `watch` until `count` of them arrived, within [`EVENTS_WAIT`] in all (progress
+/// messages keep a stream alive, so a missing event must not wait forever).
 async fn take_events(watch: &mut EventWatch, count: usize) -> Vec<v1::Event> {
+    let started = Instant::now();
     let mut events = Vec::new();
     while events.len() < count {
         events.extend(next(watch).await.events);
+        assert!(
+            started.elapsed() < EVENTS_WAIT,
+            "{} of {count} events arrived",
+            events.len()
+        );
     }
     events
 }
@@ -507,4 +516,102 @@ async fn a_consumer_that_stops_reading_is_ended_with_the_position_to_resume_from
     delivered.extend(take_events(&mut rest, remaining).await);
     let expected: Vec<u64> = (1..=total).collect();
     assert_eq!(positions(&delivered), expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_of_one_call_hear_only_it_and_checkpoint_past_more_batches_than_the_ring_holds() {
+    // More applies than the tail's ring keeps, between two events of the watched call: the
+    // watchers of that call, woken only for it, must still deliver it once and move their
+    // checkpoint past the others.
+    const OTHERS: usize = node::watch::TAIL_BATCHES_RETAINED + 200;
+    const WRITERS: usize = 8;
+    // Few batches may wait for a watcher of one call; past them it reads storage.
+    let mut cluster =
+        ProcessCluster::start(binary(), 1, &["--watch-handover-max", "4"]).expect("start cluster");
+    cluster
+        .wait_for_leader(LEADER_WAIT)
+        .await
+        .expect("a leader");
+    let token = cluster.token("w", TENANT, "agent").expect("token");
+    let client = client_on(&cluster, &token, cluster.endpoints());
+    let quiet = create_call(&client, TENANT, "quiet").await;
+    let busy = create_call(&client, TENANT, "busy").await;
+    let watch_of = |call: &str| {
+        client.watch_events(v1::WatchEventsRequest {
+            call_id: call.to_owned(),
+            progress_interval_ms: 100,
+            ..Default::default()
+        })
+    };
+    let mut quiet_watches = [watch_of(&quiet), watch_of(&quiet)];
+    let mut busy_watch = watch_of(&busy);
+    // Not read until every write is done: the events are large, so the transport's window and
+    // then its buffer fill, the batches handed to it pass their bound, and it must read the
+    // rest from storage.
+    let mut busy_late = watch_of(&busy);
+    for watch in quiet_watches
+        .iter_mut()
+        .chain([&mut busy_watch, &mut busy_late])
+    {
+        let opened = next(watch).await;
+        assert!(opened.events.is_empty(), "{opened:?}");
+    }
+
+    log_event(&client, &quiet, "agent.note", "before").await;
+    let mut writers = tokio::task::JoinSet::new();
+    for w in 0..WRITERS {
+        let (client, busy) = (client.clone(), busy.clone());
+        writers.spawn(async move {
+            for _ in (w..OTHERS).step_by(WRITERS) {
+                client
+                    .log_event(v1::LogEventRequest {
+                        call_id: busy.clone(),
+                        event_type: "agent.note".to_owned(),
+                        metadata: [("lane".to_owned(), "busy".to_owned())].into(),
+                        payload: Some(v1::log_event_request::Payload::PayloadJson(format!(
+                            r#"{{"pad":"{}"}}"#,
+                            "x".repeat(8 * 1024)
+                        ))),
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("log event");
+            }
+        });
+    }
+    while let Some(done) = writers.join_next().await {
+        done.expect("writer");
+    }
+    log_event(&client, &quiet, "agent.note", "after").await;
+
+    let busy_events = take_events(&mut busy_watch, OTHERS).await;
+    let busy_positions = positions(&busy_events);
+    assert!(
+        busy_positions.windows(2).all(|w| w[0] < w[1]),
+        "in order, once"
+    );
+    assert!(busy_events.iter().all(|e| e.call_id == busy));
+    let late = take_events(&mut busy_late, OTHERS).await;
+    assert_eq!(
+        positions(&late),
+        busy_positions,
+        "the late reader sees the same"
+    );
+    let last_busy = *busy_positions.last().expect("events");
+    for watch in &mut quiet_watches {
+        let got = take_events(watch, 2).await;
+        let lanes: Vec<&str> = got.iter().map(|e| e.metadata["lane"].as_str()).collect();
+        assert_eq!(lanes, ["before", "after"], "{got:?}");
+        assert!(got[0].position < busy_positions[0] && got[1].position > last_busy);
+        // Then only checkpoints, past the last event.
+        let started = Instant::now();
+        loop {
+            let message = next(watch).await;
+            assert!(message.events.is_empty(), "{message:?}");
+            if message.resume_from > got[1].position {
+                break;
+            }
+            assert!(started.elapsed() < MESSAGE_WAIT, "the checkpoint stayed");
+        }
+    }
 }

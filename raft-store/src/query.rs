@@ -5,17 +5,22 @@
 //! - **Range.** A time range becomes a position range by binary search over the event table
 //!   (the state machine's clock never goes back, so `at_ms` never decreases along positions).
 //!   A page token narrows it further.
-//! - **Driver.** The rows to walk are those of the cheapest index the filter allows: a list of
-//!   exact types (one index per type), a minimum severity (one per severity at or above it),
-//!   a project, task, agent type or call, all activity, or else all of the tenant's events. Its
-//!   cost is read from the counters; the rows of several indexes are merged by position.
-//! - **Walk.** Each row's event is read and the whole filter checked; the walk stops when the
-//!   page is full or [`QUERY_EXAMINED_MAX`] events were looked at, and the page token says
-//!   where to go on. A page may be short, or empty, and still have a next one.
+//! - **Lists.** Each indexed part of the filter is a list of positions: a list of exact types
+//!   (one index per type, merged by position), a minimum severity (one per severity at or above
+//!   it), a project, task, agent type or call. With none of those, all activity or else all of
+//!   the tenant's events. Their lengths are read from the counters.
+//! - **Walk.** The positions in every list, found by a leapfrog join (as in worst-case optimal
+//!   joins): the shortest list leads, and each other list seeks to the candidate or past it,
+//!   so disjoint long lists cost seeks, not reads. Only those positions' events are read, and
+//!   the rest of the filter (type prefixes, metadata) checked on them; the walk stops when the
+//!   page is full, [`QUERY_EXAMINED_MAX`] events were read or [`WALK_STEPS_MAX`] seeks made,
+//!   and the page token says where to go on. A page may be short, or empty, and still have a
+//!   next one.
 //! - **Total.** From the counters when the filter is exactly one indexed value (or nothing), or
 //!   a project and one of types, minimum severity or agent type (the project's own counters),
-//!   and no time range; else counted by walking, up to [`COUNT_EXAMINED_MAX`] rows, and marked
-//!   inexact (a lower bound) when that bound ends the count.
+//!   and no time range; else counted by the same walk, reading events only when the filter has
+//!   parts no index holds (up to [`COUNT_EXAMINED_MAX`] of them), and marked inexact (a lower
+//!   bound) when a bound ends the count.
 
 use domain::limits::{self, Field, Invalid, Problem, QUERY_VALUES_MAX};
 use domain::{Event, EventFilter, Severity};
@@ -29,8 +34,12 @@ use crate::reader::{At, ReadError, Reader, View};
 
 /// Events one query page looks at, at most.
 pub const QUERY_EXAMINED_MAX: usize = 10_000;
-/// Rows a total is counted over, at most, before it is reported as a lower bound.
+/// Events a total reads, at most, before it is reported as a lower bound.
 pub const COUNT_EXAMINED_MAX: usize = 10_000;
+/// Index seeks and rows one page or one total walks, at most.
+pub const WALK_STEPS_MAX: usize = 50_000;
+/// Rows a list steps over towards a candidate before it seeks to it instead.
+const STEPS_BEFORE_SEEK: usize = 4;
 /// Time buckets one statistics answer holds, at most.
 pub const STATS_BUCKETS_MAX: usize = 1_000;
 /// Hour counters one statistics answer reads, at most.
@@ -100,12 +109,18 @@ impl AgentStats {
     }
 }
 
-/// The rows a query walks: one or more index prefixes, merged by position.
-struct Driver {
-    prefixes: Vec<Vec<u8>>,
-    /// The filter parts the driver's rows already guarantee, beyond the tenant.
+/// The position lists a query joins, shortest first.
+struct Plan {
+    lists: Vec<List>,
+    /// The filter parts the lists together guarantee, beyond the tenant.
     covers: Covers,
-    /// Its cost as the counters tell; `None` for a call's rows, which are few by bound.
+}
+
+/// One position list: the rows of one or more index prefixes, merged by position.
+struct List {
+    prefixes: Vec<Vec<u8>>,
+    covers: Covers,
+    /// Its length as the counters tell; `None` for a call's rows, which are few by bound.
     cost: Option<u64>,
 }
 
@@ -175,11 +190,11 @@ impl Reader {
         let view = self.view();
         let head = head_of(&view)?;
         let (lo, hi) = position_range(&view, query.from_ms, query.to_ms, head)?;
-        let driver = plan(&view, tenant, query)?;
+        let plan = plan(&view, tenant, query)?;
         let timed = query.from_ms.is_some() || query.to_ms.is_some();
 
         let total = if query.with_total {
-            Some(count(&view, query, &driver, lo, hi, timed)?)
+            Some(count(&view, query, &plan, lo, hi, timed)?)
         } else {
             None
         };
@@ -193,11 +208,20 @@ impl Reader {
         let mut bytes_left = limits::PAGE_BYTES_MAX;
         let mut examined = 0u64;
         let mut next = None;
-        let mut walk = Merge::new(&view, &driver.prefixes, lo, hi, query.newest_first);
-        while let Some(position) = walk.next()? {
+        let mut walk = Join::new(&view, &plan, lo, hi, query.newest_first);
+        loop {
+            let position = match walk.next()? {
+                Step::Match(position) => position,
+                Step::End => break,
+                Step::OutOfSteps(at) => {
+                    // Every position before `at` (in walk order) was decided.
+                    next = Some(walk.token_before(at));
+                    break;
+                }
+            };
             if examined as usize == QUERY_EXAMINED_MAX {
                 // Out of budget: the next page starts after the last position looked at.
-                next = Some(walk.last_taken_before(position, query.newest_first));
+                next = Some(walk.token_before(position));
                 break;
             }
             examined += 1;
@@ -216,7 +240,7 @@ impl Reader {
             }
             let size = key.len() + bytes.len();
             if items.len() == limit as usize || (!items.is_empty() && size > bytes_left) {
-                next = Some(walk.last_taken_before(position, query.newest_first));
+                next = Some(walk.token_before(position));
                 break;
             }
             bytes_left = bytes_left.saturating_sub(size);
@@ -412,19 +436,19 @@ fn next_stored(view: &View<'_>, position: u64, head: u64) -> Result<Option<Event
     }
 }
 
-/// Picks the cheapest rows to walk for `query`.
-fn plan(view: &View<'_>, tenant: &str, query: &EventQuery) -> Result<Driver, Error> {
+/// The position lists of `query`'s indexed parts, shortest first.
+fn plan(view: &View<'_>, tenant: &str, query: &EventQuery) -> Result<Plan, Error> {
     let f = &query.filter;
-    let mut options: Vec<Driver> = Vec::new();
-    let single = |dim: Dim, value: &[u8], covers: Covers| -> Result<Driver, Error> {
-        Ok(Driver {
+    let mut lists: Vec<List> = Vec::new();
+    let single = |dim: Dim, value: &[u8], covers: Covers| -> Result<List, Error> {
+        Ok(List {
             prefixes: vec![keys::index_prefix(tenant, dim, value)],
             cost: Some(counter(view, tenant, dim, value)?),
             covers,
         })
     };
     if let Some(call) = &f.call_id {
-        options.push(Driver {
+        lists.push(List {
             prefixes: vec![keys::index_prefix(tenant, Dim::Call, call.as_bytes())],
             cost: None,
             covers: Covers {
@@ -440,7 +464,7 @@ fn plan(view: &View<'_>, tenant: &str, query: &EventQuery) -> Result<Driver, Err
             cost += counter(view, tenant, Dim::Type, t.as_bytes())?;
             prefixes.push(keys::index_prefix(tenant, Dim::Type, t.as_bytes()));
         }
-        options.push(Driver {
+        lists.push(List {
             prefixes,
             cost: Some(cost),
             covers: Covers {
@@ -457,7 +481,7 @@ fn plan(view: &View<'_>, tenant: &str, query: &EventQuery) -> Result<Driver, Err
             cost += counter(view, tenant, Dim::Severity, &code)?;
             prefixes.push(keys::index_prefix(tenant, Dim::Severity, &code));
         }
-        options.push(Driver {
+        lists.push(List {
             prefixes,
             cost: Some(cost),
             covers: Covers {
@@ -467,7 +491,7 @@ fn plan(view: &View<'_>, tenant: &str, query: &EventQuery) -> Result<Driver, Err
         });
     }
     if let Some(project) = &f.project_id {
-        options.push(single(
+        lists.push(single(
             Dim::Project,
             project.as_bytes(),
             Covers {
@@ -477,7 +501,7 @@ fn plan(view: &View<'_>, tenant: &str, query: &EventQuery) -> Result<Driver, Err
         )?);
     }
     if let Some(task) = &f.task_id {
-        options.push(single(
+        lists.push(single(
             Dim::Task,
             task.as_bytes(),
             Covers {
@@ -487,7 +511,7 @@ fn plan(view: &View<'_>, tenant: &str, query: &EventQuery) -> Result<Driver, Err
         )?);
     }
     if let Some(agent) = &f.agent_type {
-        options.push(single(
+        lists.push(single(
             Dim::Agent,
             agent.as_bytes(),
             Covers {
@@ -496,32 +520,44 @@ fn plan(view: &View<'_>, tenant: &str, query: &EventQuery) -> Result<Driver, Err
             },
         )?);
     }
-    if f.activity_only() {
-        options.push(single(Dim::Activity, b"", Covers::default())?);
+    // Nothing indexed asked for: all activity, or all of the tenant's events.
+    if lists.is_empty() {
+        lists.push(if f.activity_only() {
+            single(Dim::Activity, b"", Covers::default())?
+        } else {
+            List {
+                prefixes: vec![keys::tenant_event_prefix(tenant)],
+                cost: Some(counter(view, tenant, Dim::Total, b"")?),
+                covers: Covers::default(),
+            }
+        });
     }
-    options.push(Driver {
-        prefixes: vec![keys::tenant_event_prefix(tenant)],
-        cost: Some(counter(view, tenant, Dim::Total, b"")?),
-        covers: Covers::default(),
+    // A call's rows are bounded by its limits: they lead; else the shortest list.
+    lists.sort_by_key(|l| l.cost.unwrap_or(0));
+    let covers = lists.iter().fold(Covers::default(), |a, l| Covers {
+        types: a.types || l.covers.types,
+        severity: a.severity || l.covers.severity,
+        project: a.project || l.covers.project,
+        task: a.task || l.covers.task,
+        agent: a.agent || l.covers.agent,
+        call: a.call || l.covers.call,
     });
-    // A call's rows are bounded by its limits: take them first; else the fewest rows.
-    Ok(options
-        .into_iter()
-        .min_by_key(|d| d.cost.unwrap_or(0))
-        .expect("the tenant's own rows are always an option"))
+    Ok(Plan { lists, covers })
 }
 
 /// The total of `query` over `[lo, hi)`, from counters when they answer it exactly.
 fn count(
     view: &View<'_>,
     query: &EventQuery,
-    driver: &Driver,
+    plan: &Plan,
     lo: u64,
     hi: u64,
     timed: bool,
 ) -> Result<Total, Error> {
-    let fetch = query.beyond(driver.covers);
-    if let (Some(cost), false, false) = (driver.cost, fetch, timed) {
+    let fetch = query.beyond(plan.covers);
+    if let ([list], false, false) = (plan.lists.as_slice(), fetch, timed)
+        && let Some(cost) = list.cost
+    {
         return Ok(Total {
             count: cost,
             exact: true,
@@ -530,10 +566,24 @@ fn count(
     if !timed && let Some(count) = project_count(view, query)? {
         return Ok(Total { count, exact: true });
     }
-    let mut walk = Merge::new(view, &driver.prefixes, lo, hi, false);
+    let mut walk = Join::new(view, plan, lo, hi, false);
     let mut count = 0;
     let mut examined = 0;
-    while let Some(position) = walk.next()? {
+    loop {
+        let position = match walk.next()? {
+            Step::Match(position) => position,
+            Step::End => break,
+            Step::OutOfSteps(_) => {
+                return Ok(Total {
+                    count,
+                    exact: false,
+                });
+            }
+        };
+        if !fetch {
+            count += 1;
+            continue;
+        }
         if examined == COUNT_EXAMINED_MAX {
             return Ok(Total {
                 count,
@@ -541,10 +591,6 @@ fn count(
             });
         }
         examined += 1;
-        if !fetch {
-            count += 1;
-            continue;
-        }
         let key = keys::event(position);
         let event: Option<Event> = view.get("event", &key)?;
         if event.is_some_and(|e| query.matches(&e)) {
@@ -600,9 +646,8 @@ fn project_count(view: &View<'_>, query: &EventQuery) -> Result<Option<u64>, Err
 /// Rows of several index prefixes (each ending in a position), limited to positions in
 /// `[lo, hi)`, merged into one position order.
 struct Merge<'a> {
-    iters: Vec<DBRawIteratorWithThreadMode<'a, DB>>,
+    iters: Vec<(Vec<u8>, DBRawIteratorWithThreadMode<'a, DB>)>,
     newest_first: bool,
-    started: bool,
 }
 
 impl<'a> Merge<'a> {
@@ -617,60 +662,158 @@ impl<'a> Merge<'a> {
                 let mut options = rocksdb::ReadOptions::default();
                 options.set_iterate_lower_bound(start);
                 options.set_iterate_upper_bound(end);
-                view.snap.raw_iterator_cf_opt(view.cf(), options)
+                let mut it = view.snap.raw_iterator_cf_opt(view.cf(), options);
+                if newest_first {
+                    it.seek_to_last();
+                } else {
+                    it.seek_to_first();
+                }
+                (prefix.clone(), it)
             })
             .collect();
         Self {
             iters,
             newest_first,
-            started: false,
         }
     }
 
-    fn next(&mut self) -> Result<Option<u64>, Error> {
-        if !self.started {
-            self.started = true;
-            for it in &mut self.iters {
-                if self.newest_first {
-                    it.seek_to_last();
-                } else {
-                    it.seek_to_first();
-                }
-            }
-        }
+    /// Whether `a` comes before `b` in walk order.
+    fn before(&self, a: u64, b: u64) -> bool {
+        if self.newest_first { a > b } else { a < b }
+    }
+
+    /// The next position (which of the prefixes holds it), not taken.
+    fn peek(&self) -> Result<Option<(usize, u64)>, Error> {
         let mut best: Option<(usize, u64)> = None;
-        for (i, it) in self.iters.iter().enumerate() {
+        for (i, (_, it)) in self.iters.iter().enumerate() {
             it.status().map_err(Error::rocks("walk index"))?;
             let Some(position) = it.key().and_then(keys::trailing_position) else {
                 continue;
             };
-            let better = match best {
-                None => true,
-                Some((_, b)) if self.newest_first => position > b,
-                Some((_, b)) => position < b,
-            };
-            if better {
+            if best.is_none_or(|(_, b)| self.before(position, b)) {
                 best = Some((i, position));
             }
         }
-        let Some((i, position)) = best else {
+        Ok(best)
+    }
+
+    /// Takes the next position.
+    fn next(&mut self) -> Result<Option<u64>, Error> {
+        let Some((i, position)) = self.peek()? else {
             return Ok(None);
         };
+        let it = &mut self.iters[i].1;
         if self.newest_first {
-            self.iters[i].prev();
+            it.prev();
         } else {
-            self.iters[i].next();
+            it.next();
         }
         Ok(Some(position))
     }
 
+    /// Passes over every position before `target` (in walk order): a few steps first (dense
+    /// lists interleave closely, and a step is cheaper than a seek), then a seek.
+    fn seek(&mut self, target: u64) {
+        let newest_first = self.newest_first;
+        for (prefix, it) in &mut self.iters {
+            let mut stepped = 0;
+            while let Some(p) = it.key().and_then(keys::trailing_position) {
+                let behind = if newest_first { p > target } else { p < target };
+                if !behind {
+                    break;
+                }
+                if stepped == STEPS_BEFORE_SEEK {
+                    let mut key = prefix.clone();
+                    key.extend_from_slice(&target.to_be_bytes());
+                    if newest_first {
+                        it.seek_for_prev(&key);
+                    } else {
+                        it.seek(&key);
+                    }
+                    break;
+                }
+                if newest_first {
+                    it.prev();
+                } else {
+                    it.next();
+                }
+                stepped += 1;
+            }
+        }
+    }
+}
+
+/// One step of a [`Join`].
+enum Step {
+    /// A position in every list.
+    Match(u64),
+    /// No more.
+    End,
+    /// Out of steps: every position before this one (in walk order) was decided.
+    OutOfSteps(u64),
+}
+
+/// The positions in every list of a plan, in walk order: a leapfrog join, bounded by
+/// [`WALK_STEPS_MAX`] seeks and rows.
+struct Join<'a> {
+    lists: Vec<Merge<'a>>,
+    newest_first: bool,
+    steps: usize,
+}
+
+impl<'a> Join<'a> {
+    fn new(view: &'a View<'_>, plan: &Plan, lo: u64, hi: u64, newest_first: bool) -> Self {
+        Self {
+            lists: plan
+                .lists
+                .iter()
+                .map(|l| Merge::new(view, &l.prefixes, lo, hi, newest_first))
+                .collect(),
+            newest_first,
+            steps: 0,
+        }
+    }
+
+    fn next(&mut self) -> Result<Step, Error> {
+        let Some((_, mut target)) = self.lists[0].peek()? else {
+            return Ok(Step::End);
+        };
+        // Lists known to hold `target`, counting round from the one that proposed it.
+        let mut agreed = 1;
+        let mut i = 0;
+        while agreed < self.lists.len() {
+            if self.steps >= WALK_STEPS_MAX {
+                return Ok(Step::OutOfSteps(target));
+            }
+            self.steps += 1;
+            i = (i + 1) % self.lists.len();
+            self.lists[i].seek(target);
+            match self.lists[i].peek()? {
+                None => return Ok(Step::End),
+                Some((_, p)) if p == target => agreed += 1,
+                // Past `target`: the new candidate, which this list holds.
+                Some((_, p)) => {
+                    target = p;
+                    agreed = 1;
+                }
+            }
+        }
+        if self.steps >= WALK_STEPS_MAX {
+            return Ok(Step::OutOfSteps(target));
+        }
+        self.steps += 1;
+        for list in &mut self.lists {
+            list.next()?;
+        }
+        Ok(Step::Match(target))
+    }
+
     /// The page token that makes the next page start at `position` (not yet taken).
-    fn last_taken_before(&self, position: u64, newest_first: bool) -> u64 {
-        debug_assert_eq!(newest_first, self.newest_first);
-        if newest_first {
-            position + 1
+    fn token_before(&self, position: u64) -> u64 {
+        if self.newest_first {
+            position.saturating_add(1)
         } else {
-            position - 1
+            position.saturating_sub(1)
         }
     }
 }

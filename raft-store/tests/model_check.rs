@@ -609,6 +609,26 @@ fn check_queries(sm: &StateMachine, memory: &Memory) {
                 types: vec!["agent.error".into(), event_type::CALL_CREATED.into()],
                 ..EventQuery::default()
             },
+            // Joins of several indexes: an agent type and a minimum severity; exact types, a
+            // minimum severity and a task, newest first.
+            EventQuery {
+                filter: EventFilter {
+                    agent_type: Some("agent-2".into()),
+                    min_severity: Some(Severity::Warning),
+                    ..base.clone()
+                },
+                ..EventQuery::default()
+            },
+            EventQuery {
+                filter: EventFilter {
+                    task_id: Some("t2".into()),
+                    min_severity: Some(Severity::Info),
+                    ..base.clone()
+                },
+                types: vec!["agent.progress".into(), "agent.error".into()],
+                newest_first: true,
+                ..EventQuery::default()
+            },
             // Totals from a project's own counters.
             EventQuery {
                 filter: EventFilter {
