@@ -677,11 +677,6 @@ impl<'a> Merge<'a> {
         }
     }
 
-    /// Whether `a` comes before `b` in walk order.
-    fn before(&self, a: u64, b: u64) -> bool {
-        if self.newest_first { a > b } else { a < b }
-    }
-
     /// The next position (which of the prefixes holds it), not taken.
     fn peek(&self) -> Result<Option<(usize, u64)>, Error> {
         let mut best: Option<(usize, u64)> = None;
@@ -690,7 +685,7 @@ impl<'a> Merge<'a> {
             let Some(position) = it.key().and_then(keys::trailing_position) else {
                 continue;
             };
-            if best.is_none_or(|(_, b)| self.before(position, b)) {
+            if best.is_none_or(|(_, b)| before(self.newest_first, position, b)) {
                 best = Some((i, position));
             }
         }
@@ -718,8 +713,7 @@ impl<'a> Merge<'a> {
         for (prefix, it) in &mut self.iters {
             let mut stepped = 0;
             while let Some(p) = it.key().and_then(keys::trailing_position) {
-                let behind = if newest_first { p > target } else { p < target };
-                if !behind {
+                if !before(newest_first, p, target) {
                     break;
                 }
                 if stepped == STEPS_BEFORE_SEEK {
@@ -741,6 +735,11 @@ impl<'a> Merge<'a> {
             }
         }
     }
+}
+
+/// Whether position `a` comes before `b` in a walk (newest first: the higher one).
+fn before(newest_first: bool, a: u64, b: u64) -> bool {
+    if newest_first { a > b } else { a < b }
 }
 
 /// One step of a [`Join`].
