@@ -5,8 +5,10 @@
 //! the node ends it with a resume position, or it falls silent for three progress intervals, as a
 //! paused or cut-off node does), opens the same watch on the next endpoint from that position.
 //! Positions are cluster-wide and every node delivers them in order, so the application sees each
-//! event once, in order, across any number of nodes. Errors the caller must fix (a bad filter, a
-//! call it may not see, a token refused) end the watch; everything else is retried with the
+//! event once, in order, across any number of nodes. A node that ends the watch names the
+//! position to resume from (`x-switchboard-resume-from`), which also holds before the first
+//! message. Errors the caller must fix (a bad filter, a call no node knows, a token refused) end
+//! the watch; everything else is retried with the
 //! client's backoff, at most `retries_max` times in a row without a message.
 
 use std::time::Duration;
@@ -16,7 +18,9 @@ use tokio::time::Instant;
 use tonic::{Code, Request, Status, Streaming};
 use tracing::debug;
 
-use crate::{AUTHORIZATION_HEADER, Client, ClientError, GiveUp, Route, is_overloaded};
+use crate::{
+    AUTHORIZATION_HEADER, Client, ClientError, GiveUp, RESUME_FROM_HEADER, Route, is_overloaded,
+};
 
 /// How long a watch waits for a message before it takes its node for gone: this many progress
 /// intervals (the node sends one at least every interval), and never less than
@@ -192,7 +196,21 @@ impl EventWatch {
             rejection: None,
             overloaded: is_overloaded(&status),
         };
-        if is_final(&status) {
+        // A node that ended the watch names where to resume: before the first message of a
+        // watch from now, that is the position it started at, which no other node knows.
+        if let Some(position) = status
+            .metadata()
+            .get(RESUME_FROM_HEADER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<u64>().ok())
+        {
+            self.resume_from = Some(self.resume_from.map_or(position, |at| at.max(position)));
+        }
+        // A call just created may not be applied yet on the node asked: NOT_FOUND is final
+        // only once every endpoint has said it since the last message.
+        let lagging =
+            status.code() == Code::NotFound && self.tried.len() < self.client.endpoints().len();
+        if is_final(&status) && !lagging {
             return Err(give_up(GiveUp::NotRetryable));
         }
         if self.failures > self.client.config().retries_max {

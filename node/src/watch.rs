@@ -85,6 +85,9 @@ pub const PROGRESS_INTERVAL_MAX: Duration = Duration::from_secs(60);
 const PAGE_EVENTS: u32 = domain::limits::PAGE_SIZE_MAX;
 /// Encoded event bytes one message holds at most when it joins several batches or messages.
 const PAGE_BYTES: usize = domain::limits::PAGE_BYTES_MAX;
+/// Events the tail reads on the runtime, without the blocking pool, after an apply (at most
+/// this many events and [`PAGE_BYTES`]): a usual apply adds fewer.
+const TAIL_INLINE_EVENTS: u32 = 64;
 /// How long a consumer may take no message before its watcher looks at how far the log has moved
 /// (then every [`LAG_CHECK_EVERY`]): a consumer that reads, however far behind, is not ended.
 const STALL_MIN: Duration = Duration::from_secs(1);
@@ -906,13 +909,21 @@ async fn run_tail(
             }
         }
         // Everything applied so far, a page at a time; a snapshot install may have added many.
+        // The first page of a wake is short and read here: what one apply added is in the
+        // memtable, and reading it costs less than a hand-off to the blocking pool and back.
+        // Whatever is left after it (a long stretch) is read on the blocking pool.
+        let mut first_page = true;
         loop {
             let from = next;
-            let reader = reader.clone();
-            let read = tokio::task::spawn_blocking(move || {
-                reader.scan_events(&EventFilter::default(), from, PAGE_EVENTS)
-            })
-            .await;
+            let read = if std::mem::take(&mut first_page) {
+                Ok(reader.scan_events(&EventFilter::default(), from, TAIL_INLINE_EVENTS))
+            } else {
+                let reader = reader.clone();
+                tokio::task::spawn_blocking(move || {
+                    reader.scan_events(&EventFilter::default(), from, PAGE_EVENTS)
+                })
+                .await
+            };
             let scan = match read {
                 Ok(Ok(scan)) => scan,
                 Ok(Err(error)) => {
