@@ -69,6 +69,15 @@ pub const OVERLOADED_HEADER: &str = "x-switchboard-overloaded";
 /// gRPC metadata on the status that ends a watch (`WatchEvents`): the position to resume from.
 pub const RESUME_FROM_HEADER: &str = "x-switchboard-resume-from";
 
+/// The position a status that ended a watch names to resume from ([`RESUME_FROM_HEADER`]).
+pub fn resume_from_of(status: &Status) -> Option<u64> {
+    status
+        .metadata()
+        .get(RESUME_FROM_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse().ok())
+}
+
 /// The local dev cluster started by `switchboard dev`: the default endpoints.
 pub const DEV_ENDPOINTS: &[&str] = &["127.0.0.1:7101", "127.0.0.1:7102", "127.0.0.1:7103"];
 

@@ -19,7 +19,7 @@ use tonic::{Code, Request, Status, Streaming};
 use tracing::debug;
 
 use crate::{
-    AUTHORIZATION_HEADER, Client, ClientError, GiveUp, RESUME_FROM_HEADER, Route, is_overloaded,
+    AUTHORIZATION_HEADER, Client, ClientError, GiveUp, Route, is_overloaded, resume_from_of,
 };
 
 /// How long a watch waits for a message before it takes its node for gone: this many progress
@@ -198,12 +198,7 @@ impl EventWatch {
         };
         // A node that ended the watch names where to resume: before the first message of a
         // watch from now, that is the position it started at, which no other node knows.
-        if let Some(position) = status
-            .metadata()
-            .get(RESUME_FROM_HEADER)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.parse::<u64>().ok())
-        {
+        if let Some(position) = resume_from_of(&status) {
             self.resume_from = Some(self.resume_from.map_or(position, |at| at.max(position)));
         }
         // A call just created may not be applied yet on the node asked: NOT_FOUND is final

@@ -284,12 +284,7 @@ fn sse_events(
                 })
                 .collect(),
             Err(status) => {
-                let resume_from = status
-                    .metadata()
-                    .get(RESUME_FROM_HEADER)
-                    .and_then(|value| value.to_str().ok())
-                    .and_then(|text| text.parse::<u64>().ok())
-                    .unwrap_or(0);
+                let resume_from = client::resume_from_of(&status).unwrap_or(0);
                 vec![SseEvent::default().event("end").data(end_json(
                     &format!("{:?}", status.code()),
                     status.message(),

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use client::{Client, ClientConfig, EventWatch, RESUME_FROM_HEADER};
+use client::{Client, ClientConfig, EventWatch};
 use futures::StreamExt as _;
 use harness::ProcessCluster;
 use proto::v1;
@@ -110,14 +110,6 @@ async fn log_event(client: &Client, call_id: &str, event_type: &str, lane: &str)
 }
 
 /// The position a status that ended a watch says to resume from.
-fn resume_header(status: &tonic::Status) -> Option<u64> {
-    status
-        .metadata()
-        .get(RESUME_FROM_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-}
-
 fn positions(events: &[v1::Event]) -> Vec<u64> {
     events.iter().map(|e| e.position).collect()
 }
@@ -427,7 +419,11 @@ async fn a_node_cut_off_from_the_leader_ends_its_watches_with_the_position_to_re
         status.message().contains("heard from no leader"),
         "{status:?}"
     );
-    assert_eq!(resume_header(&status), Some(resume_from), "{status:?}");
+    assert_eq!(
+        client::resume_from_of(&status),
+        Some(resume_from),
+        "{status:?}"
+    );
     assert!(
         cut.elapsed() >= Duration::from_millis(2_500),
         "ended after {:?}, before the contact bound",
@@ -507,7 +503,11 @@ async fn a_consumer_that_stops_reading_is_ended_with_the_position_to_resume_from
     };
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(status.message().contains("stopped reading"), "{status:?}");
-    assert_eq!(resume_header(&status), Some(resume_from), "{status:?}");
+    assert_eq!(
+        client::resume_from_of(&status),
+        Some(resume_from),
+        "{status:?}"
+    );
     let total = 4 + CALLS as u64;
     assert!(resume_from <= total, "{resume_from}");
     // Resuming there delivers the rest: together, every position once.

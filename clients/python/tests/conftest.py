@@ -24,7 +24,7 @@ from typing import TypeVar
 
 import pytest
 
-from switchboard import Client, ClientConfig, SwitchboardError, pb
+from switchboard import AsyncClient, Client, ClientConfig, SwitchboardError, pb
 
 DEFAULT_BINARY = Path("/var/tmp/switchboard-target/debug/switchboard")
 NODES = 3
@@ -238,3 +238,11 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 def tenant() -> str:
     """A tenant of this test alone."""
     return unique("t")
+
+
+async def new_voice_call(client: AsyncClient, tenant: str) -> str:
+    """Creates a voice call of `tenant`; returns its id."""
+    created = await client.create_call(
+        pb.CreateCallRequest(tenant_id=tenant, channel=pb.CHANNEL_VOICE)
+    )
+    return created.call.call_id

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from conftest import DevCluster
+from conftest import DevCluster, new_voice_call
 from switchboard import AsyncClient, Client, pb
 
 WATCH_TIMEOUT = 60.0
@@ -86,11 +86,7 @@ async def test_writes_in_flight_during_a_leader_kill_apply_once(
     cluster = healed
     turns = 30
     async with AsyncClient(cluster.config()) as client:
-        call_id = (
-            await client.create_call(
-                pb.CreateCallRequest(tenant_id=tenant, channel=pb.CHANNEL_VOICE)
-            )
-        ).call.call_id
+        call_id = await new_voice_call(client, tenant)
         await client.start_call(pb.StartCallRequest(tenant_id=tenant, call_id=call_id))
         old_leader = cluster.leader_id()
         written: list[int] = []
@@ -125,11 +121,7 @@ async def test_a_watch_survives_the_kill_of_the_node_it_reads_from(
     cluster = healed
     turns = 40
     async with AsyncClient(cluster.config()) as client:
-        call_id = (
-            await client.create_call(
-                pb.CreateCallRequest(tenant_id=tenant, channel=pb.CHANNEL_VOICE)
-            )
-        ).call.call_id
+        call_id = await new_voice_call(client, tenant)
         watch = client.watch(
             pb.WatchEventsRequest(
                 tenant_id=tenant, call_id=call_id, from_position=1, progress_interval_ms=200
